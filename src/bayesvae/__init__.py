@@ -1,0 +1,51 @@
+"""bayesvae: variational autoencoders exactly as the Bayesian derivation says (see README.md).
+
+The public API, explicit. Modules are named after the mathematics: ``likelihoods`` (q(x|z)), ``posteriors``
+(p(z|x)), ``priors`` (q(z)), ``objectives`` (bounds from the log importance weights), ``estimators`` (evaluation).
+"""
+
+from .config import ModelConfig, TrainConfig
+from .errors import (
+    BayesVAEError,
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    ConfigError,
+    DataValidationError,
+    IncompatibleCheckpointError,
+    NonFiniteError,
+    OutputExistsError,
+    UnsafeCheckpointError,
+)
+from .estimators import active_units, bits_per_dim, estimate_log_likelihood, per_dimension_kl
+from .likelihoods import (
+    Bernoulli,
+    GaussianFixedVariance,
+    GaussianLearnedVariance,
+    GaussianSharedVariance,
+    Likelihood,
+    make_likelihood,
+)
+from .model import VAE, build_model, num_parameters
+from .networks import MLP, ConvDecoder, ConvEncoder
+from .objectives import ELBOTerms, elbo, elbo_terms, iwae_bound, log_importance_weights
+from .posteriors import DiagonalGaussian, DiagonalNormal, Posterior, kl_per_dimension
+from .priors import Prior, StandardNormal, StandardNormalPrior
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelConfig", "TrainConfig",
+    "BayesVAEError", "CheckpointCorruptError", "CheckpointError", "CheckpointNotFoundError", "ConfigError",
+    "DataValidationError", "IncompatibleCheckpointError", "NonFiniteError", "OutputExistsError",
+    "UnsafeCheckpointError",
+    "active_units", "bits_per_dim", "estimate_log_likelihood", "per_dimension_kl",
+    "Bernoulli", "GaussianFixedVariance", "GaussianLearnedVariance", "GaussianSharedVariance", "Likelihood",
+    "make_likelihood",
+    "VAE", "build_model", "num_parameters",
+    "MLP", "ConvDecoder", "ConvEncoder",
+    "ELBOTerms", "elbo", "elbo_terms", "iwae_bound", "log_importance_weights",
+    "DiagonalGaussian", "DiagonalNormal", "Posterior", "kl_per_dimension",
+    "Prior", "StandardNormal", "StandardNormalPrior",
+    "__version__",
+]

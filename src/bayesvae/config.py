@@ -1,0 +1,146 @@
+"""Typed, frozen, validated configuration: one dataclass per concern.
+
+``from_dict`` rejects unknown keys and names the offending option; constructors only store and validate (they
+never load data or pick a device). Configurations round-trip through JSON, which is how checkpoints store them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+__all__ = ["ModelConfig", "TrainConfig", "from_dict", "to_dict"]
+
+T = TypeVar("T")
+
+
+def _tuple(value, name: str) -> tuple:
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise ConfigError(f"option {name!r} must be a list, got {value!r}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build ``cls`` from a plain dict (e.g. parsed JSON); unknown keys are errors, lists become tuples."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__} expects a JSON object, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} option(s) {unknown}; valid options are {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if str(hints[key]).startswith("tuple") and value is not None:
+            value = _tuple(value, key)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"bad {cls.__name__}: {err}") from None
+
+
+def to_dict(config) -> dict[str, Any]:
+    """JSON-able dict of a config (tuples become lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"option {name!r} must be a positive integer, got {value!r}")
+
+
+def _positive_float(name: str, value, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"option {name!r} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What ``build_model`` needs to rebuild a VAE from a checkpoint alone."""
+
+    data_shape: tuple[int, ...]
+    """Shape of one example: ``[C, H, W]`` for images, ``[D]`` for vectors."""
+    latent_dim: int = 20
+    architecture: str = "mlp"
+    """``mlp`` or ``conv`` (images only)."""
+    hidden: tuple[int, ...] = (400,)
+    """Hidden layer widths of the MLP encoder; the decoder mirrors them."""
+    activation: str = "relu"
+    conv_channels: tuple[int, ...] = (32, 64)
+    likelihood: str = "bernoulli"
+    likelihood_options: dict = field(default_factory=dict)
+    """Keyword arguments of the likelihood, e.g. ``{"sigma": 0.1}`` for ``gaussian-fixed``."""
+    posterior: str = "diagonal-gaussian"
+    prior: str = "standard-normal"
+
+    def __post_init__(self):
+        object.__setattr__(self, "data_shape", tuple(self.data_shape))
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "conv_channels", tuple(self.conv_channels))
+        if not self.data_shape:
+            raise ConfigError("option 'data_shape' must not be empty")
+        for i, s in enumerate(self.data_shape):
+            _positive_int(f"data_shape[{i}]", s)
+        _positive_int("latent_dim", self.latent_dim)
+        for i, h in enumerate(self.hidden):
+            _positive_int(f"hidden[{i}]", h)
+        if self.architecture not in ("mlp", "conv"):
+            raise ConfigError(f"option 'architecture' must be 'mlp' or 'conv', got {self.architecture!r}")
+        if self.architecture == "conv" and len(self.data_shape) != 3:
+            raise ConfigError(f"architecture 'conv' needs image data [C, H, W], got data_shape {self.data_shape}; use 'mlp'")
+        if not isinstance(self.likelihood_options, dict):
+            raise ConfigError("option 'likelihood_options' must be a JSON object")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; nothing here knows about VAEs except the objective's name and sample count."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    """``constant``, ``cosine`` (to ``lr_min_factor`` x lr), or ``exponential`` (x ``lr_decay`` per epoch)."""
+    lr_min_factor: float = 0.0
+    lr_decay: float = 1.0
+    objective: str = "elbo"
+    """``elbo`` (eqs. 23-24, closed-form KL) or ``iwae`` (the importance-weighted bound)."""
+    samples: int = 1
+    """K samples of z per example (eq. 23)."""
+    kl_warmup_epochs: float = 0.0
+    """Linear KL weight warm-up from 0 to 1 over this many epochs (0: off). Reported losses use weight 1."""
+    early_stopping_patience: int = 0
+    """Stop when the validation loss has not improved for this many epochs (0: off)."""
+    seed: int = 0
+    grad_clip: float = 0.0
+    """Clip the gradient norm at this value (0: off)."""
+    nonfinite_policy: str = "stop"
+    """``stop`` (raise before the step) or ``skip`` (skip the step; stop after ``max_skipped_steps`` in a row)."""
+    max_skipped_steps: int = 10
+    checkpoint_every_steps: int = 0
+    """Also save ``last`` every N optimiser steps (0: only at the end of each epoch)."""
+    eval_batch_size: int = 1000
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "samples", "eval_batch_size", "max_skipped_steps"):
+            _positive_int(name, getattr(self, name))
+        _positive_float("learning_rate", self.learning_rate)
+        for name in ("lr_min_factor", "kl_warmup_epochs", "grad_clip"):
+            _positive_float(name, getattr(self, name), allow_zero=True)
+        _positive_float("lr_decay", self.lr_decay)
+        for name in ("early_stopping_patience", "checkpoint_every_steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"option {name!r} must be a non-negative integer, got {value!r}")
+        choices = {"lr_schedule": ("constant", "cosine", "exponential"), "objective": ("elbo", "iwae"),
+                   "nonfinite_policy": ("stop", "skip")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"option {name!r} must be one of {list(allowed)}, got {getattr(self, name)!r}")

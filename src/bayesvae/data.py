@@ -1,0 +1,680 @@
+"""Data sources for the VAE trainer: everything becomes in-memory float32 tensors, checked before training starts.
+
+Why in memory: the trainer's resume guarantee (identical sample order after a kill) needs data that can be indexed
+by a seeded permutation, and every data set this toolkit targets (MNIST, small tables, image folders) fits in RAM.
+Why validate up front: a NaN in row 40,000 must fail in the first second with the file, row and column, not as a
+NaN loss hours later.  Every user-caused problem raises :class:`DataValidationError` (or :class:`ConfigError` for a
+bad option) with a message that names the file and location and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import http.client
+import math
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DataValidationError
+
+__all__ = [
+    "Dataset", "load_dataset", "dataset_info", "default_likelihood", "check_likelihood_support", "binarize",
+    "fixed_binarization", "needs_binarization", "fetch_mnist", "default_cache_dir", "MNIST_MIRRORS",
+]
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+_MNIST_FILES = {  # name -> (MD5 of the published .gz (torchvision's list), MD5 of the uncompressed IDX file)
+    "train-images-idx3-ubyte": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
+    "train-labels-idx1-ubyte": ("d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
+    "t10k-images-idx3-ubyte": ("9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
+    "t10k-labels-idx1-ubyte": ("ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"),
+}
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/")
+_MNIST_TRAIN, _MNIST_VALID = 59_600, 400  # the dynamic-binarisation (IWAE) protocol: last 400 training images validate
+_MAX_DOWNLOAD_BYTES = 64 << 20  # a mirror cannot fill the disk: the largest MNIST file is under 10 MB
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Three splits of one data set as float32 tensors ``[N, *event_shape]`` plus what the trainer needs to know."""
+
+    name: str
+    kind: str  # "binary" (all values exactly 0/1), "image" (pixels in [0, 1]), "tabular"
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    train_labels: torch.Tensor | None = None
+    valid_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    feature_names: tuple[str, ...] | None = None
+    standardization: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, std) from the train split
+    class_names: tuple[str, ...] | None = None  # label i means class_names[i] (image subfolders, digits, mnist)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    @property
+    def num_dims(self) -> int:
+        return math.prod(self.event_shape)
+
+    @cached_property
+    def value_range(self) -> tuple[float, float]:
+        """(min, max) over all splits; cached because MNIST is 200 MB and the trainer asks more than once."""
+        parts = [t for t in (self.train, self.valid, self.test) if t.numel()]
+        return min(float(t.min()) for t in parts), max(float(t.max()) for t in parts)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the content (shapes and float32 bytes of every split), not the name: a moved file keeps its
+        fingerprint, so a resume can check it is training on the same data."""
+        h = hashlib.sha256(b"bayesvae-dataset-v1")
+        for split, t in (("train", self.train), ("valid", self.valid), ("test", self.test)):
+            h.update(f"{split}:{tuple(t.shape)}:".encode())
+            h.update(np.ascontiguousarray(t.detach().cpu().numpy(), dtype="<f4").data)
+        return h.hexdigest()
+
+    def describe(self) -> dict:
+        """A JSON-able summary for ``bayesvae data info`` and run metadata."""
+        lo, hi = self.value_range
+        info = {
+            "name": self.name, "kind": self.kind,
+            "splits": {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)},
+            "event_shape": list(self.event_shape), "num_dims": self.num_dims, "value_range": [lo, hi],
+            "labels": self.train_labels is not None, "standardized": self.standardization is not None,
+            "default_likelihood": default_likelihood(self),
+        }
+        if self.class_names is not None:
+            info["classes"] = list(self.class_names)
+        if self.feature_names is not None:
+            info["feature_names"] = list(self.feature_names)
+        if self.standardization is not None:  # constant columns were divided by the 1e-8 floor, not by zero
+            const = [i for i, s in enumerate(self.standardization[1].tolist()) if s <= 1e-8]
+            info["constant_columns"] = [self.feature_names[i] if self.feature_names else i for i in const]
+        return info
+
+
+# ----------------------------------------------------------------------------------------------------------- checks
+def _fail(where: str, problem: str, fix: str) -> DataValidationError:
+    return DataValidationError(f"{where}: {problem}. {fix}")
+
+
+def _axis_names(shape: tuple[int, ...]) -> tuple[str, ...]:
+    if len(shape) == 2:
+        return ("example", "feature")
+    if len(shape) == 3:
+        return ("example", "row", "column")
+    if shape[1] not in (1, 3) and shape[3] in (1, 3):
+        return ("example", "row", "column", "channel")
+    return ("example", "channel", "row", "column")
+
+
+def _locate(index, shape: tuple[int, ...]) -> str:
+    parts = ", ".join(f"{n} {int(i)}" for n, i in zip(_axis_names(shape), index))
+    return f"{parts} (0-based indices into an array of shape {tuple(shape)})"
+
+
+def _check_dtype(a: np.ndarray, where: str) -> None:
+    """Only bool, integer and real floating arrays are data; everything else is refused with the reason."""
+    if a.dtype.kind in "biuf":
+        return
+    fixes = {"c": "Complex values are not supported; save x.real or abs(x)",
+             "O": "Object arrays are not supported (they need pickle, which is refused); save a numeric array",
+             "U": "Strings are not numbers; convert the values to floats", "S": "Bytes are not numbers; convert them"}
+    fix = fixes.get(a.dtype.kind, "Save a plain numeric (bool, integer or float) array")
+    raise _fail(where, f"unsupported dtype {a.dtype}", fix)
+
+
+def _to_float32(a: np.ndarray, where: str) -> np.ndarray:
+    """Cast to float32 after refusing NaN/inf and values that float32 cannot hold (1e39 would silently become inf)."""
+    _check_dtype(a, where)
+    if a.dtype.kind == "f":
+        bad = ~np.isfinite(a)
+        if bad.any():
+            idx = tuple(np.argwhere(bad)[0])
+            raise _fail(where, f"non-finite value {a[idx]} at {_locate(idx, a.shape)}",
+                        "Remove or impute missing/infinite values before training")
+    out = a.astype(np.float32)
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4 and not np.isfinite(out).all():
+        idx = tuple(np.argwhere(~np.isfinite(out))[0])
+        raise _fail(where, f"value {a[idx]:g} at {_locate(idx, a.shape)} overflows float32 (max {_F32_MAX:.3g})",
+                    "Rescale the data (e.g. divide by a constant or take logs)")
+    return out
+
+
+def _array_to_examples(a: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
+    """Turn one array into float32 examples; returns (x, is_image).  Images are [N, C, H, W] with C in {1, 3}."""
+    _check_dtype(a, where)
+    if a.ndim not in (2, 3, 4):
+        raise _fail(where, f"expected a 2-D table [N, D] or an image stack [N, H, W], [N, C, H, W] or "
+                    f"[N, H, W, C] (C = 1 or 3), found shape {tuple(a.shape)}",
+                    "Reshape it, e.g. x.reshape(len(x), -1) for vectors or x[:, None] for one feature")
+    if a.ndim == 2:
+        return _to_float32(a, where), False
+    layout = _image_layout(a.shape, where)
+    if a.dtype == np.uint8:
+        x = a.astype(np.float32) / 255.0
+    else:
+        x = _to_float32(a, where)
+        if a.size and (x.min() < 0 or x.max() > 1):
+            raise _fail(where, f"a {a.ndim}-D array of dtype {a.dtype} with values in [{x.min():g}, {x.max():g}] "
+                        "is neither a table [N, D] nor an image stack", "Save images as uint8 (0-255) or floats in "
+                        "[0, 1], or flatten tabular data to 2-D [N, D]")
+    if layout == "NHW":
+        x = x[:, None]
+    elif layout == "NHWC":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x), True
+
+
+def _image_layout(shape: tuple[int, ...], where: str) -> str:
+    if len(shape) == 3:
+        return "NHW"
+    if shape[1] in (1, 3):
+        return "NCHW"
+    if shape[3] in (1, 3):
+        return "NHWC"
+    raise _fail(where, f"4-D array of shape {tuple(shape)} has no channel axis of size 1 or 3",
+                "Save images as [N, C, H, W] or [N, H, W, C] with C = 1 (grey) or 3 (RGB)")
+
+
+def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
+    if y.ndim != 1 or len(y) != n or y.dtype.kind not in "iu":
+        raise _fail(where, f"labels must be a 1-D integer array of length {n}, found shape {tuple(y.shape)} dtype "
+                    f"{y.dtype}", "Save labels as y.astype('int64') with one entry per example")
+    if len(y) and y.min() < 0:
+        raise _fail(where, f"negative label {y.min()}", "Use class indices 0, 1, 2, ...")
+    return y.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------------------ file readers
+def _read_npy(path: Path) -> tuple[np.ndarray, bool]:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise _fail(str(path), f"cannot read .npy file ({exc})",
+                    "Save it with numpy.save from a numeric array (object arrays are refused)") from None
+    if not isinstance(a, np.ndarray):
+        raise _fail(str(path), "is not a .npy array", "Use a .npz suffix for archives or save with numpy.save")
+    return _array_to_examples(a, str(path))
+
+
+def _npz_array(z, key: str, path: Path) -> np.ndarray:
+    try:
+        return z[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise _fail(f"{path} [array '{key}']", f"cannot be read ({exc})", "Store plain numeric arrays with "
+                    "numpy.savez; object arrays need pickle, which is refused for safety") from None
+
+
+def _read_npz(path: Path) -> dict:
+    """Arrays 'train'/'valid'/'test' are used as given splits; otherwise 'x'/'X'/'data' (or the only array)."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise _fail(str(path), f"cannot read .npz archive ({exc})", "Save it with numpy.savez") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise _fail(str(path), "is a single array, not an .npz archive", "Rename it to .npy")
+    with z:
+        keys = list(z.files)
+        out: dict = {"splits": {}, "labels": {}}
+        split_keys = [k for k in ("train", "valid", "test") if k in keys]
+        if split_keys:
+            if "train" not in split_keys:
+                raise _fail(str(path), f"has split arrays {split_keys} but no 'train'", "Add a 'train' array")
+            for s in split_keys:
+                out["splits"][s] = _npz_array(z, s, path)
+                for lk in (f"{s}_labels", f"y_{s}"):
+                    if lk in keys:
+                        out["labels"][s] = _npz_array(z, lk, path)
+            return out
+        x_key = next((k for k in ("x", "X", "data") if k in keys), keys[0] if len(keys) == 1 else None)
+        if x_key is None:
+            raise _fail(str(path), f"has arrays {keys} but none named train/valid/test or x/X/data",
+                        "Name the data array 'x' (and labels 'y'), or provide 'train', 'valid', 'test'")
+        out["x"] = _npz_array(z, x_key, path)
+        y_key = next((k for k in ("y", "labels") if k in keys), None)
+        out["y"] = _npz_array(z, y_key, path) if y_key else None
+        return out
+
+
+def _parse_cell(text: str, path: Path, line: int, col: int, name: str) -> float:
+    where = f"{path}, line {line}, column {col} ({name!r})"
+    try:
+        v = float(text)
+    except ValueError:
+        problem = "empty cell (missing value)" if not text.strip() else f"non-numeric value {text!r}"
+        if ";" in text or "\t" in text:
+            problem += " (only comma-separated files are supported)"
+        raise _fail(where, problem, "Every data cell must be a number; impute or drop the row "
+                    "(if line 1 is a header, make every header name non-numeric)") from None
+    if not math.isfinite(v):
+        raise _fail(where, f"non-finite value {text!r}", "Replace NaN/inf by a number or drop the row")
+    if abs(v) > _F32_MAX:
+        raise _fail(where, f"value {text!r} overflows float32 (max {_F32_MAX:.3g})", "Rescale the column")
+    return v
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """Parse a numeric CSV by hand so every error can name the line (1-based, as an editor shows it) and column."""
+    rows: list[list[float]] = []
+    header: tuple[str, ...] | None = None
+    width = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            for cells in reader:
+                if not cells or all(not c.strip() for c in cells):
+                    continue  # blank lines carry no data
+                line = reader.line_num
+                if not width:
+                    width = len(cells)
+                    if not any(_is_number(c) for c in cells):
+                        header = tuple(c.strip() for c in cells)
+                        continue
+                if len(cells) != width:
+                    raise _fail(f"{path}, line {line}", f"has {len(cells)} columns, expected {width} as in the "
+                                "first row", "Every row needs the same number of comma-separated cells")
+                names = header or tuple(f"column {j + 1}" for j in range(width))
+                rows.append([_parse_cell(c, path, line, j + 1, names[j]) for j, c in enumerate(cells)])
+    except UnicodeDecodeError as exc:
+        raise _fail(str(path), f"is not UTF-8 text ({exc.reason})", "Save the CSV as UTF-8") from None
+    except csv.Error as exc:
+        raise _fail(str(path), f"malformed CSV ({exc})", "Check quoting on the reported line") from None
+    if not rows:
+        raise _fail(str(path), "contains no data rows" + (" (only a header)" if header else ""),
+                    "Provide a CSV with one example per row")
+    return np.asarray(rows, dtype=np.float64).astype(np.float32), header
+
+
+def _read_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                raise _fail(str(path), f"{mode} (16/32-bit) images are not supported", "Convert it to 8-bit")
+            if mode in ("1", "L", "LA"):
+                return img.convert("L")
+            return img.convert("RGB")
+    except DataValidationError:
+        raise
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise _fail(str(path), f"unreadable or corrupt image ({exc})", "Re-export or delete this file") from None
+
+
+def _image_files(root: Path) -> tuple[list[Path], list[int] | None, tuple[str, ...] | None]:
+    """Images directly in ``root``, or one subfolder per class (labels follow sorted folder names)."""
+    def images(d: Path) -> list[Path]:
+        return sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES
+                      and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        return images(root), None, None
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES]
+    if loose:
+        raise _fail(str(loose[0]), "is an image outside the class subfolders",
+                    "Move it into a class folder or remove the subfolders")
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        found = images(root / c)
+        if not found:
+            raise _fail(str(root / c), "class folder contains no images", "Add images or remove the folder")
+        files += found
+        labels += [i] * len(found)
+    return files, labels, tuple(classes)
+
+
+def _read_image_dir(root: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None]:
+    files, labels, classes = _image_files(root)
+    if not files:
+        raise _fail(str(root), f"contains no images ({', '.join(sorted(_IMAGE_SUFFIXES))})",
+                    "Point to a folder of images, or subfolders of images (one per class)")
+    imgs = []
+    for f in files:
+        img = _read_image(f)
+        if imgs and img.size != imgs[0].size:
+            raise _fail(str(f), f"has size {img.size[0]}x{img.size[1]} but {files[0].name} has "
+                        f"{imgs[0].size[0]}x{imgs[0].size[1]}", "Resize all images to one size (e.g. ImageMagick: "
+                        f"mogrify -resize {imgs[0].size[0]}x{imgs[0].size[1]}! *.png)")
+        imgs.append(img)
+    colour = any(i.mode == "RGB" for i in imgs)  # mixed grey and colour: grey is exactly representable in RGB
+    arrays = [np.asarray(i.convert("RGB") if colour else i, dtype=np.uint8) for i in imgs]
+    x = np.stack(arrays)
+    x = x.transpose(0, 3, 1, 2) if colour else x[:, None]
+    return np.ascontiguousarray(x, dtype=np.float32) / 255.0, (np.asarray(labels) if labels else None), classes
+
+
+# ---------------------------------------------------------------------------------------------------------- MNIST
+def default_cache_dir(name: str = "mnist") -> Path:
+    """``$BAYESVAE_DATA/<name>`` if the variable is set, else ``~/.cache/bayesvae/<name>``."""
+    return Path(os.environ.get("BAYESVAE_DATA") or "~/.cache/bayesvae").expanduser() / name
+
+
+def _read_idx(directory: Path, stem: str, ndim: int) -> np.ndarray:
+    """Parse an IDX file (optionally gzipped) and check magic, dimensions and size, so corruption fails loudly."""
+    raw_path, gz_path = directory / stem, directory / f"{stem}.gz"
+    path = raw_path if raw_path.is_file() else gz_path
+    if not path.is_file():
+        raise _fail(str(gz_path), "MNIST file not found",
+                    "Run `bayesvae data fetch mnist`, or pass --data-dir pointing to the four IDX files")
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _fail(str(path), f"corrupt gzip data ({exc})", "Delete it and run `bayesvae data fetch mnist`") from None
+    head = 4 + 4 * ndim
+    if len(data) < head or data[:3] != b"\x00\x00\x08" or data[3] != ndim:
+        raise _fail(str(path), f"bad IDX header (magic {data[:4].hex() or 'missing'}, expected 000008{ndim:02x})",
+                    "The file is not an MNIST IDX file; delete it and run `bayesvae data fetch mnist`")
+    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
+    if len(data) - head != math.prod(dims):
+        raise _fail(str(path), f"holds {len(data) - head} bytes of data but its header promises {math.prod(dims)} "
+                    f"(dims {dims}): truncated or corrupt", "Delete it and run `bayesvae data fetch mnist`")
+    return np.frombuffer(data, np.uint8, offset=head).reshape(dims)
+
+
+def _load_mnist_split(directory: Path, prefix: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    images = _read_idx(directory, f"{prefix}-images-idx3-ubyte", 3)
+    labels = _read_idx(directory, f"{prefix}-labels-idx1-ubyte", 1)
+    if images.shape != (count, 28, 28) or labels.shape != (count,):
+        raise _fail(str(directory / prefix), f"expected {count} images of 28x28 and {count} labels, found "
+                    f"{images.shape} and {labels.shape}", "Use the original MNIST files (`bayesvae data fetch mnist`)")
+    return images, labels
+
+
+def _load_mnist(data_dir: str | None, limit: int | None) -> Dataset:
+    directory = Path(data_dir).expanduser() if data_dir else default_cache_dir("mnist")
+    train_x, train_y = _load_mnist_split(directory, "train", _MNIST_TRAIN + _MNIST_VALID)
+    test_x, test_y = _load_mnist_split(directory, "t10k", 10_000)
+    parts = {"train": (train_x[:_MNIST_TRAIN], train_y[:_MNIST_TRAIN]),
+             "valid": (train_x[_MNIST_TRAIN:], train_y[_MNIST_TRAIN:]), "test": (test_x, test_y)}
+    tensors = {s: (torch.from_numpy(x[:limit].astype(np.float32)[:, None] / 255.0),  # slice first: cheap limit
+                   torch.from_numpy(y[:limit].astype(np.int64))) for s, (x, y) in parts.items()}
+    return Dataset("mnist", "image", tensors["train"][0], tensors["valid"][0], tensors["test"][0],
+                   tensors["train"][1], tensors["valid"][1], tensors["test"][1],
+                   class_names=tuple(str(i) for i in range(10)))
+
+
+# ------------------------------------------------------------------------------------------------------- assembling
+def _split_indices(n: int, seed: int, valid_fraction: float, test_fraction: float, where: str) -> dict:
+    """Fixed-seed split.  The test set is taken first, so it depends only on (seed, test_fraction): tuning the
+    validation fraction can never move examples into or out of the test set."""
+    if n < 3:
+        raise _fail(where, f"has {n} example(s); at least 3 are needed for train/valid/test",
+                    "Provide more data")
+    sizes = {k: (max(1, math.floor(n * f + 0.5)) if f > 0 else 0)
+             for k, f in (("test", test_fraction), ("valid", valid_fraction))}
+    if n - sizes["test"] - sizes["valid"] < 1:
+        raise _fail(where, f"has {n} examples: too few to hold out {sizes['valid']} valid and {sizes['test']} test",
+                    "Lower --valid-fraction/--test-fraction or provide more data")
+    perm = np.random.default_rng(seed).permutation(n)
+    test, valid = perm[: sizes["test"]], perm[sizes["test"]: sizes["test"] + sizes["valid"]]
+    train = perm[sizes["test"] + sizes["valid"]:]
+    return {"train": np.sort(train), "valid": np.sort(valid), "test": np.sort(test)}
+
+
+def _check_options(valid_fraction: float, test_fraction: float, limit: int | None) -> None:
+    for name, f in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= f < 1:
+            raise ConfigError(f"{name} must be in [0, 1), got {f}")
+    if valid_fraction + test_fraction >= 1:
+        raise ConfigError(f"valid_fraction + test_fraction must be < 1, got {valid_fraction + test_fraction}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be a positive integer, got {limit}")
+
+
+def _standardize(splits: dict, names, where: str) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
+    """z-score every column with the TRAIN split's mean and std (no peeking at valid/test); the std is floored at
+    1e-8 so a constant column gives zeros instead of NaN."""
+    train = splits["train"].astype(np.float64)
+    mean, std = train.mean(axis=0), np.maximum(train.std(axis=0), 1e-8)
+    out = {}
+    for s, x in splits.items():
+        z = ((x.astype(np.float64) - mean) / std).astype(np.float32)
+        if not np.isfinite(z).all():
+            col = int(np.argwhere(~np.isfinite(z))[0][1])
+            raise _fail(where, f"standardising {s} column {names[col] if names else col} overflows float32 (its "
+                        "train values are constant)", "Drop the constant column or pass standardize=False")
+        out[s] = z
+    return out, (torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32)))
+
+
+def _assemble(name: str, where: str, splits: dict, labels: dict, is_image: bool, *, seed: int, valid_fraction: float,
+              test_fraction: float, standardize: bool | None, limit: int | None, feature_names=None,
+              class_names=None) -> Dataset:
+    if "x" in splits:  # one array: split it with the fixed-seed permutation
+        x, y = splits.pop("x"), labels.pop("x", None)
+        idx = _split_indices(len(x), seed, valid_fraction, test_fraction, where)
+        splits = {s: x[i] for s, i in idx.items()}
+        labels = {s: y[i] for s, i in idx.items()} if y is not None else {}
+    shapes = {s: tuple(a.shape[1:]) for s, a in splits.items()}
+    if len(set(shapes.values())) != 1:
+        raise _fail(where, f"splits have different example shapes {shapes}", "Give every split the same shape")
+    if len(splits["train"]) < 1:
+        raise _fail(where, "the train split is empty", "Provide at least one training example")
+    if labels and set(labels) != set(splits):  # labels for only some splits would be a silent half-truth
+        raise _fail(where, f"labels given for splits {sorted(labels)} but data for {sorted(splits)}",
+                    "Provide labels for every split or for none")
+    # a split missing from an .npz stays empty (it is not carved out of "train")
+    splits = {s: splits.get(s, np.zeros((0, *shapes["train"]), np.float32))[:limit] for s in ("train", "valid", "test")}
+    labels = {s: labels.get(s, np.zeros(0, np.int64))[:limit] for s in splits} if labels else {}
+    values = np.concatenate([a.ravel() for a in splits.values()])
+    kind = "binary" if ((values == 0) | (values == 1)).all() else ("image" if is_image else "tabular")
+    standardization = None
+    if standardize if standardize is not None else kind == "tabular":
+        if is_image:
+            raise ConfigError(f"standardize=True is only for tabular data, but {where} holds images")
+        splits, standardization = _standardize(splits, feature_names, where)
+        kind = "tabular"
+    t = {s: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for s, a in splits.items()}
+    lab = {s: (torch.from_numpy(labels[s]) if s in labels else None) for s in ("train", "valid", "test")}
+    return Dataset(name, kind, t["train"], t["valid"], t["test"], lab["train"], lab["valid"], lab["test"],
+                   feature_names, standardization, class_names)
+
+
+def _load_digits(**opts) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None]
+    y = bunch.target.astype(np.int64)
+    return _assemble("digits", "digits", {"x": x}, {"x": y}, True, class_names=tuple(map(str, range(10))), **opts)
+
+
+def _load_path(source: str, **opts) -> Dataset:
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise _fail(source, "no such file or directory", "Use 'digits', 'mnist', or a path to a .npy, .npz, .csv "
+                    "file or a folder of images")
+    where = str(path)
+    if path.is_dir():
+        x, y, classes = _read_image_dir(path)
+        return _assemble(where, where, {"x": x}, {"x": y} if y is not None else {}, True, class_names=classes, **opts)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        x, is_image = _read_npy(path)
+        if len(x) == 0:
+            raise _fail(where, "contains no examples", "Provide a non-empty array")
+        return _assemble(where, where, {"x": x}, {}, is_image, **opts)
+    if suffix == ".csv":
+        x, header = _read_csv(path)
+        return _assemble(where, where, {"x": x}, {}, False, feature_names=header, **opts)
+    if suffix == ".npz":
+        return _from_npz(path, **opts)
+    raise _fail(where, f"unsupported file type {suffix or '(none)'}",
+                "Use .npy, .npz, .csv, or a folder of PNG/JPEG/BMP/GIF images")
+
+
+def _from_npz(path: Path, **opts) -> Dataset:
+    where = str(path)
+    content = _read_npz(path)
+    raw = content["splits"] or {"x": content["x"]}
+    splits, kinds = {}, set()
+    for s, a in raw.items():
+        splits[s], is_image = _array_to_examples(a, f"{where} [array '{s}']")
+        kinds.add(is_image)
+    if len(kinds) > 1:
+        raise _fail(where, "some splits are images and some are tables", "Save every split in the same layout")
+    if "x" in splits and len(splits["x"]) == 0:
+        raise _fail(where, "contains no examples", "Provide a non-empty array")
+    raw_labels = content["labels"] if content["splits"] else ({"x": content["y"]} if content["y"] is not None else {})
+    labels = {s: _labels(y, len(splits[s]), f"{where} [labels of '{s}']") for s, y in raw_labels.items()}
+    return _assemble(where, where, splits, labels, kinds.pop(), **opts)
+
+
+def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, valid_fraction: float = 0.1,
+                 test_fraction: float = 0.1, standardize: bool | None = None, limit: int | None = None) -> Dataset:
+    """Load ``digits``, ``mnist`` or a path (.npy, .npz, .csv, image folder) into validated float32 tensors.
+
+    ``data_dir`` is where the MNIST IDX files live (default: :func:`default_cache_dir`); MNIST uses its fixed
+    protocol split (59,600 / 400 / 10,000) and ignores seed and fractions.  ``limit`` keeps the first ``limit``
+    examples of each split (for quick tests).  ``standardize`` defaults to True for tabular data only.
+    """
+    _check_options(valid_fraction, test_fraction, limit)
+    if source == "mnist":
+        if standardize:
+            raise ConfigError("standardize=True is only for tabular data, but mnist holds images")
+        return _load_mnist(data_dir, limit)
+    opts = dict(seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction, standardize=standardize,
+                limit=limit)
+    if source == "digits":
+        return _load_digits(**opts)
+    return _load_path(source, **opts)
+
+
+def dataset_info(source: str, **kw) -> dict:
+    """What ``bayesvae data info SOURCE`` prints: :meth:`Dataset.describe` plus the content fingerprint."""
+    ds = load_dataset(source, **kw)
+    return {**ds.describe(), "fingerprint": ds.fingerprint()}
+
+
+# ----------------------------------------------------------------------------------------------------- likelihoods
+def default_likelihood(dataset: Dataset) -> str:
+    """Bernoulli for binary data and grey images (trained with dynamic binarisation, the MNIST protocol);
+    a Gaussian with learned variance for colour images and tables, where a Bernoulli is no likelihood at all."""
+    if dataset.kind == "binary" or (dataset.kind == "image" and dataset.event_shape[0] == 1):
+        return "bernoulli"
+    return "gaussian-learned"
+
+
+def check_likelihood_support(dataset: Dataset, likelihood: str) -> None:
+    """Refuse a Bernoulli likelihood on data outside [0, 1] before training (it would give a negative 'loss' or a
+    device assert); other likelihoods accept any finite data."""
+    if "bernoulli" not in likelihood:
+        return
+    lo, hi = dataset.value_range
+    if lo < 0 or hi > 1:
+        raise DataValidationError(
+            f"{dataset.name}: likelihood {likelihood!r} needs values in [0, 1], but the data range from {lo:g} to "
+            f"{hi:g}{' (they were standardised)' if dataset.standardization is not None else ''}. Use a Gaussian "
+            "likelihood (e.g. gaussian-learned) or rescale the data to [0, 1]")
+
+
+def needs_binarization(dataset: Dataset, likelihood: str) -> bool:
+    """True when a Bernoulli likelihood meets grey levels in [0, 1]: train on fresh draws (dynamic binarisation)."""
+    if likelihood != "bernoulli" or dataset.kind == "binary":
+        return False
+    lo, hi = dataset.value_range
+    return lo >= 0 and hi <= 1
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One Bernoulli draw per value with p = x; the trainer calls it on every minibatch (dynamic binarisation)."""
+    x = x.to(torch.float32)
+    if x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
+        raise DataValidationError("binarize: probabilities must lie in [0, 1] (found values outside, or NaN). "
+                                  "Rescale the data to [0, 1] or use a Gaussian likelihood")
+    return torch.bernoulli(x, generator=generator)
+
+
+def fixed_binarization(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """One draw with a private generator: the same binary valid/test set on every evaluation (re-drawing the test
+    binarisation per evaluation is a known way to report wrong numbers).  Call it on the whole split, not per batch."""
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    return binarize(x, generator)
+
+
+# -------------------------------------------------------------------------------------------------------- fetching
+def _gz_is_valid(path: Path, stem: str) -> bool:
+    """Accept the published .gz MD5, or, for a mirror that re-compressed, the MD5 of the uncompressed content."""
+    gz_md5, raw_md5 = _MNIST_FILES[stem]
+    if hashlib.md5(path.read_bytes()).hexdigest() == gz_md5:
+        return True
+    try:
+        with gzip.open(path, "rb") as fh:
+            h = hashlib.md5()
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return h.hexdigest() == raw_md5
+
+
+def _download(url: str, target: Path, timeout: float) -> None:
+    """Stream ``url`` to a temp file beside ``target`` and rename it only after the checksum passed."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            total = 0
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                total += len(chunk)
+                if total > _MAX_DOWNLOAD_BYTES:
+                    raise _fail(url, "download is larger than any MNIST file", "Use another mirror")
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if not _gz_is_valid(Path(tmp), target.name[:-3]):
+            raise _fail(url, "checksum mismatch (MD5 matches neither the published .gz nor the uncompressed file)",
+                        "The mirror served a corrupt or tampered file; try another mirror or pass --data-dir")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def fetch_mnist(cache_dir: str | None = None, *, mirrors=None, timeout: float = 60.0) -> Path:
+    """Download the four MNIST .gz files into ``cache_dir`` (default :func:`default_cache_dir`), verifying MD5s.
+    Files already present and valid are kept; each mirror is tried in turn; returns the directory."""
+    directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir("mnist")
+    directory.mkdir(parents=True, exist_ok=True)
+    for stem in _MNIST_FILES:
+        target = directory / f"{stem}.gz"
+        if target.is_file() and _gz_is_valid(target, stem):
+            continue
+        errors = []
+        for mirror in mirrors or MNIST_MIRRORS:
+            url = mirror.rstrip("/") + f"/{stem}.gz"
+            try:
+                _download(url, target, timeout)
+                break
+            except DataValidationError as exc:
+                errors.append(str(exc))
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+                errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
+        else:
+            raise DataValidationError(f"could not download {stem}.gz into {directory}: " + "; ".join(errors) +
+                                      ". Check the network, or download the files yourself and pass --data-dir")
+    return directory

@@ -1,0 +1,220 @@
+"""Decoders' distributions q(x|z): eqs. (18)-(22) of the seed text.
+
+A likelihood is a small head that turns the decoder network's raw output into a ``torch.distributions`` object
+over the data dimensions. It states how many decoder outputs it needs per data dimension (``num_params``), so the
+decoder is sized from it and nothing else in the code branches on the kind of likelihood.
+
+Parameters arrive as one tensor ``[N, m*C, *rest]`` (or ``[N, m*D]`` for flat data): the ``m`` parameter blocks are
+stacked along the first event dimension. Every value of ``log_prob`` keeps all constants, so it is a true
+log-density (continuous data) or log-probability (binary data), in nats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.distributions import Distribution, Independent, Normal, constraints
+from torch.distributions import Bernoulli as _TorchBernoulli
+
+__all__ = [
+    "Likelihood",
+    "Bernoulli",
+    "GaussianFixedVariance",
+    "GaussianLearnedVariance",
+    "GaussianSharedVariance",
+    "LIKELIHOODS",
+    "make_likelihood",
+]
+
+
+def _split(params: torch.Tensor, m: int, event_ndim: int) -> tuple[torch.Tensor, ...]:
+    """Split ``params`` into ``m`` equal blocks along the first event dimension."""
+    dim = params.dim() - event_ndim
+    if params.shape[dim] % m:
+        raise ValueError(
+            f"decoder output has {params.shape[dim]} channels along dim {dim}, not a multiple of {m}; "
+            f"size the decoder with likelihood.num_params"
+        )
+    return params.chunk(m, dim=dim) if m > 1 else (params,)
+
+
+class Likelihood(nn.Module):
+    """Contract: ``num_params`` outputs per data dimension; ``forward(params, event_ndim)`` -> Distribution.
+
+    The returned distribution has ``batch_shape = params.shape[:-event_ndim]`` and
+    ``event_shape = params.shape[-event_ndim:]`` with the first event dimension divided by ``num_params``.
+    """
+
+    num_params: int = 1
+    name: str = "likelihood"
+
+    def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def mean(self, params: torch.Tensor, event_ndim: int = 1) -> torch.Tensor:
+        """E[x|z], what ``reconstruct`` and image plots show."""
+        return self(params, event_ndim).mean
+
+    def config(self) -> dict:
+        """JSON-able constructor arguments (checkpoints rebuild the head from them)."""
+        return {"name": self.name}
+
+
+class Bernoulli(Likelihood):
+    """Eq. (19): -ln q(x|z) = Σ_k BCE(x_k, sigmoid(logit_k)), computed from logits (exact and stable).
+
+    For binary data only: grey levels must be binarised first (``bayesvae.data.binarize``).
+    """
+
+    name = "bernoulli"
+
+    def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:
+        return Independent(_TorchBernoulli(logits=params, validate_args=False), event_ndim, validate_args=False)
+
+    def mean(self, params: torch.Tensor, event_ndim: int = 1) -> torch.Tensor:
+        return torch.sigmoid(params)
+
+
+class GaussianFixedVariance(Likelihood):
+    """Eq. (22) with its constant: -ln q(x|z) = ||x - μ||²/(2σ²) + D ln σ + (D/2) ln 2π, σ given by the user.
+
+    σ sets the balance between reconstruction and KL ("MSE or cross-entropy?" is a choice of likelihood).
+    """
+
+    name = "gaussian-fixed"
+
+    def __init__(self, sigma: float = 1.0):
+        super().__init__()
+        sigma = float(sigma)
+        if not (sigma > 0.0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be a positive finite number, got {sigma}; try sigma=0.1 for data in [0, 1]")
+        self.sigma = sigma
+
+    def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:
+        scale = torch.full((), self.sigma, dtype=params.dtype, device=params.device).expand_as(params)
+        return Independent(Normal(params, scale, validate_args=False), event_ndim, validate_args=False)
+
+    def mean(self, params: torch.Tensor, event_ndim: int = 1) -> torch.Tensor:
+        return params
+
+    def config(self) -> dict:
+        return {"name": self.name, "sigma": self.sigma}
+
+
+class GaussianLearnedVariance(Likelihood):
+    """Eq. (21): mean and per-dimension σ from the decoder (twice the outputs), σ = floor + softplus(raw).
+
+    The floor keeps the density bounded: without it a dimension that the decoder predicts exactly drives
+    ln σ to -inf and the loss to -inf.
+    """
+
+    name = "gaussian-learned"
+    num_params = 2
+
+    def __init__(self, min_sigma: float = 1e-3):
+        super().__init__()
+        min_sigma = float(min_sigma)
+        if not (min_sigma > 0.0 and math.isfinite(min_sigma)):
+            raise ValueError(f"min_sigma must be a positive finite number, got {min_sigma}")
+        self.min_sigma = min_sigma
+
+    def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:
+        loc, raw = _split(params, 2, event_ndim)
+        scale = nn.functional.softplus(raw) + self.min_sigma
+        return Independent(Normal(loc, scale, validate_args=False), event_ndim, validate_args=False)
+
+    def mean(self, params: torch.Tensor, event_ndim: int = 1) -> torch.Tensor:
+        return _split(params, 2, event_ndim)[0]
+
+    def config(self) -> dict:
+        return {"name": self.name, "min_sigma": self.min_sigma}
+
+
+class _SharedScaleNormal(Distribution):
+    """Normal(loc, σ) with one σ for all dimensions, asked of its owner when ``log_prob`` is called.
+
+    For the closed-form variant, σ² = mean((x - μ)²) over every element of the call maximises the Gaussian
+    log-likelihood (the "σ-VAE" optimum). It is detached: at the optimum its gradient is zero anyway.
+    """
+
+    arg_constraints = {"loc": constraints.real}
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(self, loc: torch.Tensor, event_ndim: int, owner: "GaussianSharedVariance"):
+        self.loc, self._owner, self._event_ndim = loc, owner, event_ndim
+        super().__init__(loc.shape[: loc.dim() - event_ndim], loc.shape[loc.dim() - event_ndim :], validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    def _normal(self, log_sigma: torch.Tensor) -> Independent:
+        scale = log_sigma.to(self.loc.dtype).exp().expand_as(self.loc)
+        return Independent(Normal(self.loc, scale, validate_args=False), self._event_ndim, validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self._normal(self._owner.current_log_sigma(value, self.loc)).log_prob(value)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self._normal(self._owner.log_sigma.detach()).rsample(sample_shape)
+
+
+class GaussianSharedVariance(Likelihood):
+    """Gaussian with one σ shared by every dimension: learned (a parameter), or set to its closed-form optimum.
+
+    With ``optimal=True``, in training mode σ² is the mean squared error of the current batch (and a running
+    average is kept); in eval mode the running value is used, so a test example's log-density does not depend on
+    the other examples of its batch.
+    """
+
+    name = "gaussian-shared"
+
+    def __init__(self, optimal: bool = False, init_sigma: float = 1.0, min_sigma: float = 1e-3, momentum: float = 0.1):
+        super().__init__()
+        if not (init_sigma > 0 and min_sigma > 0 and 0 < momentum <= 1):
+            raise ValueError("init_sigma and min_sigma must be > 0 and momentum in (0, 1]")
+        self.optimal, self.min_sigma, self.momentum = bool(optimal), float(min_sigma), float(momentum)
+        value = torch.tensor(math.log(init_sigma))
+        if self.optimal:
+            self.register_buffer("log_sigma", value)
+        else:
+            self.log_sigma = nn.Parameter(value)
+
+    def current_log_sigma(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        """The log σ used for ``log_prob(x)``: the parameter, the batch optimum, or the running optimum."""
+        floor = math.log(self.min_sigma)
+        if not self.optimal:
+            return self.log_sigma.clamp(min=floor)
+        if not self.training:
+            return self.log_sigma
+        with torch.no_grad():
+            batch = 0.5 * (x - loc).float().pow(2).mean().clamp(min=self.min_sigma**2).log()
+            self.log_sigma.lerp_(batch.to(self.log_sigma.dtype), self.momentum)
+        return batch
+
+    def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:
+        return _SharedScaleNormal(params, event_ndim, self)
+
+    def mean(self, params: torch.Tensor, event_ndim: int = 1) -> torch.Tensor:
+        return params
+
+    def config(self) -> dict:
+        return {"name": self.name, "optimal": self.optimal, "min_sigma": self.min_sigma, "momentum": self.momentum}
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    cls.name: cls for cls in (Bernoulli, GaussianFixedVariance, GaussianLearnedVariance, GaussianSharedVariance)
+}
+
+
+def make_likelihood(name: str, **kwargs) -> Likelihood:
+    """Build a registered likelihood by name (only registered names: checkpoints cannot name arbitrary code)."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")
+    try:
+        return LIKELIHOODS[name](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad options for likelihood {name!r}: {err}") from None

@@ -1,0 +1,108 @@
+"""Bounds on log q(x), all built from one primitive: the log importance weights (design principle 3).
+
+    log w = log q(x|z) + log q(z) - log p(z|x),   z ~ p(z|x),   Tensor[K, B]
+
+The K-sample ELBO (eqs. 23-24) is the mean of log w over K (with the KL term in closed form, eq. 16, when the
+posterior/prior pair has one); the IWAE bound (Burda et al. 2016) is logsumexp over K minus log K. Every function
+returns per-example values in nats, higher is better; the trainer negates them in one place. The functions accept
+any model offering ``posterior(x)``, ``likelihood(z)`` and ``prior`` (distributions are the interface).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.distributions import Distribution, kl_divergence
+
+__all__ = ["ELBOTerms", "log_importance_weights", "elbo_terms", "elbo", "iwae_bound", "check_num_samples"]
+
+KL_MODES = ("analytic", "sampled", "auto")
+
+
+def check_num_samples(num_samples, name: str = "num_samples") -> int:
+    """Validate a sample count (a ValueError, not an assert, so it also holds under ``python -O``)."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {num_samples!r}")
+    return num_samples
+
+
+def _check_x(x) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a non-empty batch Tensor[B, *data_shape], got {shape}")
+
+
+def _check_pair(q: Distribution, p_x: Distribution, x: torch.Tensor) -> None:
+    if tuple(q.batch_shape) != (x.shape[0],):
+        raise ValueError(f"posterior(x) has batch_shape {tuple(q.batch_shape)}, expected ({x.shape[0]},) for x of shape {tuple(x.shape)}")
+    if tuple(p_x.event_shape) != tuple(x.shape[1:]):
+        raise ValueError(f"x has data shape {tuple(x.shape[1:])} but the likelihood's event_shape is "
+                         f"{tuple(p_x.event_shape)}; reshape the data or size the decoder for it")
+
+
+def _log_weight_parts(model, x: torch.Tensor, q: Distribution, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log q(x|z), log q(z) - log p(z|x)), each Tensor[K, B]."""
+    p_x = model.likelihood(z)
+    _check_pair(q, p_x, x)
+    return p_x.log_prob(x), model.prior.log_prob(z) - q.log_prob(z)
+
+
+def log_importance_weights(model, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+    """log w = log q(x|z) + log q(z) - log p(z|x) with z ~ p(z|x) reparameterised; Tensor[K, B] in nats."""
+    check_num_samples(num_samples)
+    _check_x(x)
+    q = model.posterior(x)
+    log_px, log_ratio = _log_weight_parts(model, x, q, q.rsample((num_samples,)))
+    return log_px + log_ratio
+
+
+@dataclass(frozen=True)
+class ELBOTerms:
+    """The two terms of eq. (13), per example: ELBO = reconstruction - kl (all Tensor[B], nats)."""
+
+    reconstruction: torch.Tensor
+    """E_{z~p(z|x)}[log q(x|z)], estimated with K samples (eq. 23)."""
+    kl: torch.Tensor
+    """KL(p(z|x) || q(z)): closed form (eq. 16) or the K-sample estimate."""
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        return self.reconstruction - self.kl
+
+
+def elbo_terms(model, x: torch.Tensor, num_samples: int = 1, kl: str = "auto") -> ELBOTerms:
+    """Reconstruction and KL terms of the K-sample ELBO (eqs. 23-24).
+
+    ``kl``: ``analytic`` (closed form, error if the pair has none), ``sampled`` (mean of log p(z|x) - log q(z) over
+    the same K samples, so the ELBO is exactly the mean of the log importance weights), or ``auto``.
+    """
+    check_num_samples(num_samples)
+    if kl not in KL_MODES:
+        raise ValueError(f"kl must be one of {KL_MODES}, got {kl!r}")
+    _check_x(x)
+    q = model.posterior(x)
+    log_px, log_ratio = _log_weight_parts(model, x, q, q.rsample((num_samples,)))
+    kl_value = None
+    if kl != "sampled":
+        try:
+            kl_value = kl_divergence(q, model.prior)
+        except NotImplementedError:
+            if kl == "analytic":
+                raise ValueError(f"no closed-form KL for {type(q).__name__} against {type(model.prior).__name__}; "
+                                 "use kl='sampled'") from None
+    if kl_value is None:
+        kl_value = -log_ratio.mean(0)
+    return ELBOTerms(log_px.mean(0), kl_value)
+
+
+def elbo(model, x: torch.Tensor, num_samples: int = 1, kl: str = "auto") -> torch.Tensor:
+    """The K-sample evidence lower bound, Tensor[B] in nats (the negative of the seed's loss, eq. 24)."""
+    return elbo_terms(model, x, num_samples, kl).elbo
+
+
+def iwae_bound(model, x: torch.Tensor, num_samples: int = 50) -> torch.Tensor:
+    """IWAE bound logsumexp_k log w_k - log K, Tensor[B] in nats; ELBO ≤ IWAE_K ≤ log q(x), growing with K."""
+    log_w = log_importance_weights(model, x, num_samples)
+    return torch.logsumexp(log_w, dim=0) - math.log(num_samples)

@@ -1,0 +1,79 @@
+"""Priors q(z) (seed eq. 7): the same object enters the loss, the estimator and sampling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.distributions import Distribution, constraints
+
+__all__ = ["StandardNormal", "Prior", "StandardNormalPrior", "PRIORS", "make_prior"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class StandardNormal(Distribution):
+    """N(0, I) over ``event_shape = [d]`` with an empty batch shape; broadcasts against any batch of z."""
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, latent_dim: int, *, dtype: torch.dtype = torch.float32, device=None):
+        self.latent_dim, self._dtype, self._device = int(latent_dim), dtype, device
+        super().__init__(torch.Size(), torch.Size([self.latent_dim]), validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.zeros(self.latent_dim, dtype=self._dtype, device=self._device)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return torch.ones(self.latent_dim, dtype=self._dtype, device=self._device)
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.event_shape
+        return torch.randn(shape, dtype=self._dtype, device=self._device)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Tensor[...] = -½ Σ_k z_k² - (d/2) ln 2π."""
+        return -0.5 * value.pow(2).sum(-1) - 0.5 * self.latent_dim * _LOG_2PI
+
+    def entropy(self) -> torch.Tensor:
+        return torch.tensor(0.5 * self.latent_dim * (1.0 + _LOG_2PI), dtype=self._dtype, device=self._device)
+
+
+class Prior(nn.Module):
+    """Contract: ``forward()`` returns the prior Distribution over z with ``event_shape [latent_dim]``."""
+
+    name = "prior"
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        if int(latent_dim) <= 0:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
+        self.latent_dim = int(latent_dim)
+        # A buffer tells the prior which device and dtype the model lives on.
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    def config(self) -> dict:
+        return {"name": self.name}
+
+
+class StandardNormalPrior(Prior):
+    """q(z) = N(0, I), the seed's prior."""
+
+    name = "standard-normal"
+
+    def forward(self) -> StandardNormal:
+        return StandardNormal(self.latent_dim, dtype=self._anchor.dtype, device=self._anchor.device)
+
+
+PRIORS: dict[str, type[Prior]] = {StandardNormalPrior.name: StandardNormalPrior}
+
+
+def make_prior(name: str, latent_dim: int) -> Prior:
+    if name not in PRIORS:
+        raise ValueError(f"unknown prior {name!r}; choose one of {sorted(PRIORS)}")
+    return PRIORS[name](latent_dim)

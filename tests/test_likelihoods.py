@@ -1,0 +1,120 @@
+"""q(x|z): every likelihood against torch.distributions and against hand-computed values (eqs. 19, 21, 22)."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Bernoulli as TorchBernoulli
+from torch.distributions import Normal
+
+import bayesvae as bv
+from bayesvae.likelihoods import LIKELIHOODS, make_likelihood
+
+
+def _params(lik, batch=(3, 4), data=(2, 5, 5), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*batch, lik.num_params * data[0], *data[1:], generator=g)
+
+
+def test_bernoulli_matches_torch_from_logits():
+    logits = torch.randn(4, 6, 10) * 5
+    x = torch.randint(0, 2, (4, 6, 10)).float()
+    got = bv.Bernoulli()(logits, event_ndim=1).log_prob(x)
+    want = TorchBernoulli(logits=logits).log_prob(x).sum(-1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_bernoulli_is_stable_for_huge_logits():
+    logits = torch.tensor([[200.0, -200.0]])
+    lp = bv.Bernoulli()(logits).log_prob(torch.tensor([[0.0, 1.0]]))
+    # eq. (19) from logits: -softplus(200) - softplus(200) = -400, where probabilities would give -inf.
+    torch.testing.assert_close(lp, torch.tensor([-400.0]))
+
+
+def test_eq19_by_hand():
+    # logit 0 -> rho = 0.5: -ln q = 2 ln 2 for two pixels; logit ln 3 -> rho = 0.75, x = 1: -ln 0.75.
+    lp = bv.Bernoulli()(torch.tensor([[0.0, 0.0, math.log(3.0)]])).log_prob(torch.tensor([[1.0, 0.0, 1.0]]))
+    torch.testing.assert_close(lp, torch.tensor([-(2 * 0.6931471806 + 0.2876820725)]), atol=1e-6, rtol=0)
+
+
+def test_fixed_variance_matches_torch_normal_with_constants():
+    loc = torch.randn(5, 7)
+    x = torch.randn(5, 7)
+    got = bv.GaussianFixedVariance(sigma=0.3)(loc).log_prob(x)
+    want = Normal(loc, 0.3).log_prob(x).sum(-1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_eq22_by_hand():
+    # ||x - mu||^2 / (2 sigma^2) + D ln sigma + (D/2) ln 2pi with x - mu = (1, 1), sigma = 0.5, D = 2:
+    # 2 / 0.5 + 2 ln 0.5 + ln 2pi = 4 - 1.3862944 + 1.8378771 = 4.4515827
+    nll = -bv.GaussianFixedVariance(0.5)(torch.zeros(1, 2)).log_prob(torch.ones(1, 2))
+    torch.testing.assert_close(nll, torch.tensor([4.4515827]), atol=1e-6, rtol=0)
+
+
+def test_eq21_by_hand():
+    # x = (1, 2), mu = 0, sigma = (1, 2): ½(1 + 1) + ln 2pi + ½(ln 1 + ln 4) = 1 + 1.8378771 + 0.6931472 = 3.5310243
+    lik = bv.GaussianLearnedVariance(min_sigma=1e-3)
+    raw = torch.log(torch.expm1(torch.tensor([1.0, 2.0]) - 1e-3))  # inverse of softplus(raw) + floor
+    nll = -lik(torch.cat([torch.zeros(2), raw])[None]).log_prob(torch.tensor([[1.0, 2.0]]))
+    torch.testing.assert_close(nll, torch.tensor([3.5310243]), atol=1e-5, rtol=0)
+
+
+def test_learned_variance_matches_torch_and_respects_floor():
+    lik = bv.GaussianLearnedVariance(min_sigma=0.01)
+    params = torch.randn(3, 2 * 4, 6) * 10
+    loc, raw = params[:, :4], params[:, 4:]
+    scale = torch.nn.functional.softplus(raw) + 0.01
+    x = torch.randn(3, 4, 6)
+    dist = lik(params, event_ndim=2)
+    torch.testing.assert_close(dist.log_prob(x), Normal(loc, scale).log_prob(x).sum((-1, -2)), atol=1e-4, rtol=1e-6)
+    assert dist.base_dist.scale.min() >= 0.01
+
+
+def test_shared_learned_variance_matches_torch_normal():
+    lik = bv.GaussianSharedVariance(init_sigma=0.2)
+    loc, x = torch.randn(4, 9) * 0.2, torch.randn(4, 9) * 0.2
+    want = Normal(loc, 0.2).log_prob(x).sum(-1)
+    torch.testing.assert_close(lik(loc).log_prob(x), want, atol=1e-5, rtol=0)
+    assert lik.log_sigma.requires_grad
+
+
+def test_shared_optimal_variance_is_the_batch_mse_in_training_and_running_value_in_eval():
+    lik = bv.GaussianSharedVariance(optimal=True, momentum=1.0)
+    loc, x = torch.zeros(8, 5), torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
+    sigma = x.pow(2).mean().sqrt()
+    torch.testing.assert_close(lik(loc).log_prob(x), Normal(loc, sigma).log_prob(x).sum(-1), atol=1e-5, rtol=0)
+    lik.eval()
+    # In eval mode the stored σ is used: a lone example gets the same σ as when it sat in the batch.
+    torch.testing.assert_close(lik(loc[:1]).log_prob(x[:1] * 3), Normal(0.0, sigma).log_prob(x[:1] * 3).sum(-1),
+                               atol=1e-5, rtol=0)
+    # and the optimum really is the maximiser: any other σ gives a lower log-likelihood
+    for other in (0.9 * sigma, 1.1 * sigma):
+        assert Normal(loc, other).log_prob(x).sum() < Normal(loc, sigma).log_prob(x).sum()
+
+
+@pytest.mark.parametrize("name", sorted(LIKELIHOODS))
+def test_contract_shapes_for_every_likelihood(name):
+    lik = make_likelihood(name)
+    params = _params(lik)
+    dist = lik(params, event_ndim=3)
+    assert tuple(dist.batch_shape) == (3, 4)
+    assert tuple(dist.event_shape) == (2, 5, 5)
+    x = dist.sample()
+    assert x.shape == (3, 4, 2, 5, 5)
+    assert dist.log_prob(x).shape == (3, 4)
+    assert torch.isfinite(dist.log_prob(x)).all()
+    assert lik.mean(params, event_ndim=3).shape == (3, 4, 2, 5, 5)
+
+
+@pytest.mark.parametrize("kwargs", [{"sigma": 0.0}, {"sigma": -1.0}, {"sigma": float("nan")}, {"sigma": float("inf")}])
+def test_invalid_sigma_raises_value_error(kwargs):
+    with pytest.raises(ValueError, match="sigma"):
+        bv.GaussianFixedVariance(**kwargs)
+    with pytest.raises(ValueError, match="sigma"):
+        bv.GaussianLearnedVariance(min_sigma=kwargs["sigma"])
+
+
+def test_unknown_likelihood_names_the_choices():
+    with pytest.raises(ValueError, match="bernoulli"):
+        make_likelihood("os.system")

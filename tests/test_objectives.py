@@ -1,0 +1,125 @@
+"""Bounds from the log importance weights, checked on a linear-Gaussian model whose log p(x) is exact."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import bayesvae as bv
+from linear_gaussian import LinearGaussian
+
+
+def test_exact_posterior_makes_every_bound_exact():
+    # With p(z|x) the true posterior, log w = log p(x) for every z, so any K gives the exact value.
+    m = LinearGaussian()
+    x = m.data(16)
+    exact = m.marginal().log_prob(x)
+    torch.manual_seed(0)
+    for k in (1, 2, 10, 100):
+        torch.testing.assert_close(bv.elbo(m, x, k, kl="sampled"), exact, atol=1e-4, rtol=0)
+        torch.testing.assert_close(bv.iwae_bound(m, x, k), exact, atol=1e-4, rtol=0)
+        torch.testing.assert_close(bv.estimate_log_likelihood(m, x, k, chunk_size=7), exact, atol=1e-4, rtol=0)
+
+
+def test_elbo_with_closed_form_kl_agrees_with_exact_value_in_expectation():
+    # Analytic KL (MVN-MVN is registered) plus a K-sample reconstruction: unbiased for log p(x).
+    m = LinearGaussian()
+    x = m.data(8)
+    torch.manual_seed(0)
+    terms = bv.elbo_terms(m, x, 20_000, kl="analytic")
+    torch.testing.assert_close(terms.elbo, m.marginal().log_prob(x), atol=0.05, rtol=0)
+    assert (terms.kl > 0).all()
+
+
+def test_bounds_are_ordered_and_tighten_with_k_for_a_worse_posterior():
+    m = LinearGaussian(posterior_shift=0.4, posterior_scale=1.6)
+    x = m.data(400)
+    exact = m.marginal().log_prob(x).mean()
+    torch.manual_seed(0)
+    e = bv.elbo(m, x, 1, kl="sampled").mean()
+    bounds = [bv.iwae_bound(m, x, k).mean() for k in (1, 5, 50, 500)]
+    # averages over 400 examples; the gaps between consecutive K are > 0.05 nats here, far above MC noise
+    assert abs(bounds[0] - e) < 0.2
+    assert all(a < b for a, b in zip(bounds, bounds[1:])), bounds
+    assert bounds[-1] < exact
+
+
+def test_vae_class_with_orthogonal_linear_model_is_exact():
+    # W = s Q with orthonormal columns gives a diagonal exact posterior, so bv.VAE with its own heads is exact.
+    torch.manual_seed(0)
+    D, d, s, sigma = 6, 2, 1.5, 0.5
+    Q, _ = torch.linalg.qr(torch.randn(D, d, dtype=torch.float64))
+    W, b = s * Q, torch.randn(D, dtype=torch.float64)
+    post_var = 1.0 / (1.0 + s**2 / sigma**2)
+    enc, dec = torch.nn.Linear(D, 2 * d).double(), torch.nn.Linear(d, D).double()
+    with torch.no_grad():
+        enc.weight.zero_()
+        enc.weight[:d] = post_var * W.T / sigma**2
+        enc.bias.zero_()
+        enc.bias[:d] = -(post_var * W.T / sigma**2) @ b
+        enc.bias[d:] = math.log(post_var)
+        dec.weight.copy_(W)
+        dec.bias.copy_(b)
+    model = bv.VAE(enc, dec, bv.GaussianFixedVariance(sigma), latent_dim=d).double()
+    x = torch.distributions.MultivariateNormal(b, W @ W.T + sigma**2 * torch.eye(D, dtype=torch.float64)).sample((32,))
+    exact = torch.distributions.MultivariateNormal(b, W @ W.T + sigma**2 * torch.eye(D, dtype=torch.float64)).log_prob(x)
+    torch.testing.assert_close(bv.elbo(model, x, 3, kl="sampled"), exact, atol=1e-4, rtol=0)
+    torch.testing.assert_close(bv.estimate_log_likelihood(model, x, 50), exact, atol=1e-4, rtol=0)
+
+
+def test_loss_is_negative_for_concentrated_continuous_data_and_that_is_correct():
+    # Data with σ = 0.01 have densities far above 1: log p(x) > 0, so the loss -ELBO = -log p(x) < 0 exactly.
+    m = LinearGaussian(D=10, d=2, sigma=0.01, seed=3, w_scale=0.01)
+    x = m.data(64)
+    loss = -bv.elbo(m, x, 1, kl="sampled").mean()
+    assert loss < 0
+    torch.testing.assert_close(loss, -m.marginal().log_prob(x).mean(), atol=1e-4, rtol=0)
+
+
+def test_loss_is_summed_over_dimensions_and_averaged_over_the_batch():
+    m = LinearGaussian()
+    x = m.data(10)
+    torch.manual_seed(0)
+    loss = -bv.elbo(m, x, 1, kl="sampled").mean()
+    loss_doubled = -bv.elbo(m, torch.cat([x, x]), 1, kl="sampled").mean()
+    torch.testing.assert_close(loss, loss_doubled, atol=1e-6, rtol=0)
+    # summed over data dimensions: the per-example value is a log-density of all D dimensions, not a mean
+    torch.testing.assert_close(loss, -m.marginal().log_prob(x).mean(), atol=1e-4, rtol=0)
+
+
+def _mlp_model():
+    return bv.build_model(bv.ModelConfig(data_shape=(6,), latent_dim=2, hidden=(8,)))
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, True, "3"])
+def test_bad_sample_counts_raise(k):
+    x = torch.rand(4, 6).round()
+    for fn in (bv.elbo, bv.iwae_bound, bv.estimate_log_likelihood, bv.log_importance_weights):
+        with pytest.raises(ValueError, match="num_samples"):
+            fn(_mlp_model(), x, k)
+
+
+def test_wrong_shapes_raise_with_a_useful_message():
+    model = _mlp_model()
+    with pytest.raises(ValueError, match="data shape"):
+        bv.elbo(model, torch.rand(4, 1, 6).round())
+    with pytest.raises(ValueError, match="batch"):
+        bv.elbo(model, torch.rand(6))
+    with pytest.raises(ValueError, match="z must have shape"):
+        model.likelihood(torch.zeros(3, 5))
+
+
+def test_argument_checks_survive_python_O():
+    code = (
+        "import torch, bayesvae as bv\n"
+        "m = bv.build_model(bv.ModelConfig(data_shape=(6,), latent_dim=2, hidden=(8,)))\n"
+        "for call in (lambda: bv.elbo(m, torch.zeros(2, 6), 0), lambda: bv.GaussianFixedVariance(-1.0),\n"
+        "             lambda: bv.estimate_log_likelihood(m, torch.zeros(2, 6), -3), lambda: bv.elbo(m, torch.zeros(2, 5))):\n"
+        "    try:\n        call()\n    except ValueError:\n        pass\n"
+        "    else:\n        raise SystemExit('no ValueError')\n"
+        "assert False, 'asserts are on'\n"
+    )
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
