@@ -31,6 +31,7 @@ from .networks import MLP, ConvDecoder, ConvEncoder
 from .objectives import ELBOTerms, elbo, elbo_terms, iwae_bound, log_importance_weights
 from .posteriors import DiagonalGaussian, DiagonalNormal, Posterior, kl_per_dimension
 from .priors import Prior, StandardNormal, StandardNormalPrior
+from .runs import load
 
 __version__ = "0.1.0"
 
@@ -47,5 +48,6 @@ __all__ = [
     "ELBOTerms", "elbo", "elbo_terms", "iwae_bound", "log_importance_weights",
     "DiagonalGaussian", "DiagonalNormal", "Posterior", "kl_per_dimension",
     "Prior", "StandardNormal", "StandardNormalPrior",
+    "load",
     "__version__",
 ]

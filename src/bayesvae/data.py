@@ -146,7 +146,8 @@ def _to_float32(a: np.ndarray, where: str) -> np.ndarray:
             idx = tuple(np.argwhere(bad)[0])
             raise _fail(where, f"non-finite value {a[idx]} at {_locate(idx, a.shape)}",
                         "Remove or impute missing/infinite values before training")
-    out = a.astype(np.float32)
+    with np.errstate(over="ignore"):  # overflow is detected below, with its location
+        out = a.astype(np.float32)
     if a.dtype.kind == "f" and a.dtype.itemsize > 4 and not np.isfinite(out).all():
         idx = tuple(np.argwhere(~np.isfinite(out))[0])
         raise _fail(where, f"value {a[idx]:g} at {_locate(idx, a.shape)} overflows float32 (max {_F32_MAX:.3g})",
@@ -453,7 +454,8 @@ def _standardize(splits: dict, names, where: str) -> tuple[dict, tuple[torch.Ten
     mean, std = train.mean(axis=0), np.maximum(train.std(axis=0), 1e-8)
     out = {}
     for s, x in splits.items():
-        z = ((x.astype(np.float64) - mean) / std).astype(np.float32)
+        with np.errstate(over="ignore"):
+            z = ((x.astype(np.float64) - mean) / std).astype(np.float32)
         if not np.isfinite(z).all():
             col = int(np.argwhere(~np.isfinite(z))[0][1])
             raise _fail(where, f"standardising {s} column {names[col] if names else col} overflows float32 (its "

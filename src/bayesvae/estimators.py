@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import torch
 
-from .objectives import _check_x, _log_weight_parts, check_num_samples
+from .objectives import _check_x, _log_weight_parts, check_num_samples, elbo_terms
 from .posteriors import kl_per_dimension
 
-__all__ = ["estimate_log_likelihood", "bits_per_dim", "active_units", "per_dimension_kl", "eval_mode"]
+__all__ = ["estimate_log_likelihood", "bits_per_dim", "active_units", "per_dimension_kl", "eval_mode", "evaluate"]
 
 #: Elements of decoder output per chunk when no chunk size is given (about 64 MiB of float32 per tensor).
 _CHUNK_ELEMENTS = 1 << 24
@@ -77,14 +77,17 @@ def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chu
     return torch.cat(out)
 
 
-def bits_per_dim(nll_nats, num_dims: int, *, dequantized_8bit: bool = False):
+def bits_per_dim(nll_nats, num_dims: int, *, dequantized_8bit: bool = False, levels: int | None = None):
     """NLL in bits per dimension: nll / (D ln 2).
 
-    With ``dequantized_8bit``, the data are 8-bit values scaled to [0, 1] and modelled by a density, so
-    D ln 256 is added first: the result is then the bits/dim of the discrete 8-bit data (uniform dequantisation).
+    With ``dequantized_8bit`` (or, generally, ``levels`` = L), the data are L-level values scaled to [0, 1] and
+    modelled by a density after uniform dequantisation, so D ln L is added first: the result is then the
+    bits/dim of the discrete data (for 8-bit data, L = 256).
     """
     check_num_samples(num_dims, "num_dims")
-    extra = num_dims * math.log(256.0) if dequantized_8bit else 0.0
+    if dequantized_8bit:
+        levels = 256
+    extra = num_dims * math.log(levels) if levels else 0.0
     return (nll_nats + extra) / (num_dims * math.log(2.0))
 
 
@@ -111,3 +114,40 @@ def per_dimension_kl(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Te
             kl = kl_per_dimension(model.posterior(xb), model.prior).double().sum(0)
             total, n = (kl if total is None else total + kl), n + xb.shape[0]
     return total / n
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | None = None,
+             batch_size: int = 500, chunk_size: int | None = None) -> dict:
+    """Every figure of an honest evaluation of ``x``, as a JSON-able dict (names carry sign and unit).
+
+    ``log_likelihood_nats`` is the mean importance-sampled log p(x) with K = ``num_samples``; ``nll_nats`` its
+    negative; ``elbo_nats`` the one-sample ELBO with closed-form KL, split into ``reconstruction_nll_nats`` and
+    ``kl_nats``; bits/dim per :func:`bits_per_dim` (``levels``: the data were dequantised from that many levels).
+    """
+    ll = estimate_log_likelihood(model, x, num_samples, chunk_size=chunk_size, batch_size=batch_size)
+    recon, kl = [], []
+    with eval_mode(model):
+        for xb in _batches(x, batch_size):
+            terms = elbo_terms(model, xb, 1)
+            recon.append(-terms.reconstruction.double())
+            kl.append(terms.kl.double())
+    recon_nll, kl_all = torch.cat(recon), torch.cat(kl)
+    count, variances = active_units(model, x, batch_size=batch_size)
+    nll, num_dims = -float(ll.mean()), x[0].numel()
+    return {
+        "num_examples": int(x.shape[0]),
+        "num_samples": num_samples,
+        "log_likelihood_nats": -nll,
+        "nll_nats": nll,
+        "nll_nats_stderr": float(ll.std() / math.sqrt(ll.numel())) if ll.numel() > 1 else 0.0,
+        "nll_bits_per_dim": bits_per_dim(nll, num_dims, levels=levels),
+        "dequantization_levels": levels,
+        "elbo_nats": -float((recon_nll + kl_all).mean()),
+        "reconstruction_nll_nats": float(recon_nll.mean()),
+        "kl_nats": float(kl_all.mean()),
+        "active_units": count,
+        "latent_dim": int(variances.numel()),
+        "active_unit_variances": variances.tolist(),
+        "kl_per_dimension_nats": per_dimension_kl(model, x, batch_size=batch_size).tolist(),
+    }

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch.distributions import Distribution, kl_divergence
 
-__all__ = ["ELBOTerms", "log_importance_weights", "elbo_terms", "elbo", "iwae_bound", "check_num_samples"]
+__all__ = ["ELBOTerms", "log_importance_weights", "elbo_terms", "elbo", "iwae_bound", "check_num_samples",
+           "TrainingObjective"]
 
 KL_MODES = ("analytic", "sampled", "auto")
 
@@ -106,3 +107,34 @@ def iwae_bound(model, x: torch.Tensor, num_samples: int = 50) -> torch.Tensor:
     """IWAE bound logsumexp_k log w_k - log K, Tensor[B] in nats; ELBO ≤ IWAE_K ≤ log q(x), growing with K."""
     log_w = log_importance_weights(model, x, num_samples)
     return torch.logsumexp(log_w, dim=0) - math.log(num_samples)
+
+
+class TrainingObjective:
+    """What the trainer maximises, per example, with the terms it logs (all nats per example).
+
+    ``objective`` is the K-sample ELBO (``kind="elbo"``) or the IWAE bound (``kind="iwae"``); with KL warm-up the
+    ELBO's KL term is weighted by min(1, progress / warmup_epochs) (Bowman et al. 2016), while the logged
+    ``reconstruction_nll`` and ``kl`` are always the unweighted terms of eq. (13), whose sum is the seed's loss.
+    """
+
+    def __init__(self, kind: str = "elbo", num_samples: int = 1, kl_warmup_epochs: float = 0.0):
+        if kind not in ("elbo", "iwae"):
+            raise ValueError(f"kind must be 'elbo' or 'iwae', got {kind!r}")
+        self.kind, self.num_samples = kind, check_num_samples(num_samples)
+        self.kl_warmup_epochs = float(kl_warmup_epochs)
+
+    def kl_weight(self, progress: float) -> float:
+        return 1.0 if self.kl_warmup_epochs <= 0 else min(1.0, progress / self.kl_warmup_epochs)
+
+    def __call__(self, model, x: torch.Tensor, progress: float = math.inf) -> dict[str, torch.Tensor]:
+        if self.kind == "iwae":
+            _check_x(x)
+            q = model.posterior(x)
+            log_px, log_ratio = _log_weight_parts(model, x, q, q.rsample((self.num_samples,)))
+            beta = self.kl_weight(progress)
+            bound = torch.logsumexp(log_px + beta * log_ratio, dim=0) - math.log(self.num_samples)
+            return {"objective": bound, "reconstruction_nll": -log_px.mean(0), "kl": -log_ratio.mean(0)}
+        terms = elbo_terms(model, x, self.num_samples)
+        beta = self.kl_weight(progress)
+        objective = terms.elbo if beta == 1.0 else terms.reconstruction - beta * terms.kl
+        return {"objective": objective, "reconstruction_nll": -terms.reconstruction, "kl": terms.kl}

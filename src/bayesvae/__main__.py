@@ -1,0 +1,7 @@
+"""``python -m bayesvae``: the same command as ``bayesvae``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,396 @@
+"""The ``bayesvae`` command: each subcommand parses options and calls one library function.
+
+Errors a user can cause exit with code 2 and a one-line message (``--debug`` shows the traceback); SIGTERM and
+SIGINT during training commit a checkpoint and exit with 143 and 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import data as bdata
+from .checkpoint import atomic_write_bytes, atomic_write_text
+from .config import TrainConfig
+from .errors import BayesVAEError
+from .training import Callback, TrainingInterrupted
+
+EXIT_USAGE, EXIT_SIGTERM, EXIT_SIGINT = 2, 143, 130
+
+
+# ------------------------------------------------------------------------------------------------------ output
+class Progress(Callback):
+    """A one-line progress bar on a terminal (a line per epoch otherwise): loss in nats and its two terms."""
+
+    def __init__(self, stream=None, every: float = 0.25):
+        self.stream, self.every, self.last = stream or sys.stderr, every, 0.0
+
+    def on_step_end(self, trainer, metrics) -> None:
+        now = time.monotonic()
+        if not self.stream.isatty() or now - self.last < self.every or "loss" not in metrics:
+            return
+        self.last = now
+        st = trainer.state
+        self.stream.write(
+            f"\repoch {st.epoch + 1}/{trainer.config.epochs} step {st.step_in_epoch}/{trainer.steps_per_epoch} "
+            f"loss {metrics['loss']:.3f} nats (recon {metrics.get('reconstruction_nll', float('nan')):.3f} "
+            f"+ KL {metrics.get('kl', float('nan')):.3f}) {metrics['examples_per_second']:.0f} ex/s   ")
+        self.stream.flush()
+
+    def on_epoch_end(self, trainer, record) -> None:
+        valid = f" valid loss {record['valid_loss']:.3f}" if "valid_loss" in record else ""
+        self.stream.write(
+            f"\repoch {record['epoch']}/{trainer.config.epochs} loss {record.get('train_loss', float('nan')):.3f} nats "
+            f"(recon {record.get('train_reconstruction_nll', float('nan')):.3f} + KL "
+            f"{record.get('train_kl', float('nan')):.3f}){valid} "
+            f"[{record['epoch_seconds']:.1f} s]\n")
+        self.stream.flush()
+
+
+def _print(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _write_table(path: Path, columns: dict[str, "np.ndarray"], overwrite: bool) -> None:
+    """Named 1-D columns to ``.csv`` (integer columns stay integers) or, stacked as floats, to ``.npy``; atomic."""
+    import io
+
+    import numpy as np
+
+    arrays = [np.asarray(c) for c in columns.values()]
+    if path.suffix == ".npy":
+        buf = io.BytesIO()
+        matrix = arrays[0] if len(arrays) == 1 else np.stack(arrays, 1)
+        np.save(buf, matrix.astype(np.float32), allow_pickle=False)
+        atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
+        return
+    fmt = [(lambda v: str(int(v))) if a.dtype.kind in "iub" else (lambda v: repr(float(v))) for a in arrays]
+    rows = [",".join(columns)] + [",".join(f(a[i]) for f, a in zip(fmt, arrays)) for i in range(len(arrays[0]))]
+    atomic_write_text(path, "\n".join(rows) + "\n", overwrite=overwrite)
+
+
+def _matrix_columns(matrix, names=None, prefix: str = "x") -> dict:
+    names = list(names) if names else [f"{prefix}{i}" for i in range(matrix.shape[1])]
+    return {n: matrix[:, i] for i, n in enumerate(names)}
+
+
+def _check_out(path: Path, overwrite: bool, suffixes: tuple[str, ...]) -> None:
+    """Fail before any work when the output would be refused later."""
+    if path.suffix not in suffixes:
+        raise bdata.DataValidationError(f"--out {path}: use one of {', '.join(suffixes)}")
+    if path.exists() and not overwrite:
+        from .errors import OutputExistsError
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    if not path.parent.exists():
+        raise bdata.DataValidationError(f"--out {path}: directory {path.parent} does not exist")
+
+
+# ------------------------------------------------------------------------------------------------- subcommands
+def _train_config(args) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                       lr_schedule=args.lr_schedule, objective=args.objective, samples=args.samples,
+                       kl_warmup_epochs=args.kl_warmup, early_stopping_patience=args.patience, seed=args.seed,
+                       checkpoint_every_steps=args.checkpoint_every, nonfinite_policy=args.on_nonfinite)
+
+
+def _install_signal_handlers(trainer) -> None:
+    def handler(signum, frame):
+        if trainer.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop_requested = int(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _on_ready(trainer, dataset, likelihood) -> None:
+    from .model import num_parameters
+
+    info = dataset.describe()
+    _print(f"data: {info['name']} ({info['kind']}, shape {info['event_shape']}, "
+           f"train/valid/test {info['splits']['train']}/{info['splits']['valid']}/{info['splits']['test']})")
+    if info.get("constant_columns"):
+        _print(f"warning: constant columns {info['constant_columns']} carry no information")
+    how = trainer.run_state["data"]["preparation"]
+    note = {"binarize": " (dynamic binarisation: a fresh draw each minibatch; valid/test binarised once, fixed seed)",
+            "dequantize": " (uniform dequantisation of the pixel levels)"}.get(how, "")
+    _print(f"likelihood: {likelihood}{note}; latent dim {trainer.model.latent_dim}; "
+           f"{num_parameters(trainer.model):,} parameters")
+    if trainer.run_dir is not None:
+        _print(f"run directory: {trainer.run_dir}")
+    _install_signal_handlers(trainer)
+
+
+def cmd_train(args) -> int:
+    from . import runs
+
+    callbacks = [Progress()]
+    try:
+        if args.resume:
+            trainer = runs.resume(args.resume, epochs=args.epochs_override, callbacks=callbacks, on_ready=_on_ready)
+        else:
+            spec = runs.DataSpec(args.data, args.data_dir, args.seed, args.valid_fraction, args.test_fraction, args.limit)
+            options = json.loads(args.likelihood_options) if args.likelihood_options else {}
+            if args.sigma is not None:
+                options["sigma"] = args.sigma
+            trainer = runs.train(spec, out=args.out, train_config=_train_config(args), likelihood=args.likelihood,
+                                 likelihood_options=options, latent_dim=args.latent_dim,
+                                 architecture=args.architecture, hidden=args.hidden, activation=args.activation,
+                                 overwrite=args.overwrite, callbacks=callbacks, on_ready=_on_ready)
+    except TrainingInterrupted as stop:
+        signum = stop.signum
+        _print(f"stopped: checkpoint committed at {stop.checkpoint_path}; continue with "
+               f"`bayesvae train --resume {args.resume or args.out}`")
+        return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+    st = trainer.state
+    best = f"; best validation loss {st.best_valid_loss:.3f} nats" if st.history and "valid_loss" in st.history[-1] else ""
+    _print(f"done: {st.epoch} epochs, {st.global_step} steps{best}"
+           + (" (stopped early)" if st.stopped_early else "") + f"; run directory {trainer.run_dir}")
+    return 0
+
+
+def _split_data(run, split: str):
+    dataset = run.dataset()
+    prepared = run.prepared(dataset)
+    x = getattr(prepared, split)
+    if x.shape[0] == 0:
+        raise bdata.DataValidationError(f"the {split} split of {run.spec.source!r} is empty; choose another --split")
+    labels = getattr(dataset, f"{split}_labels")
+    return x, labels, prepared
+
+
+def cmd_evaluate(args) -> int:
+    from . import runs
+    from .estimators import evaluate
+
+    run = runs.load_run(args.run_dir, args.checkpoint)
+    x, _, prepared = _split_data(run, args.split)
+    if args.limit:
+        x = x[: args.limit]
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    result = evaluate(run.model, x, args.samples, levels=prepared.levels, batch_size=args.batch_size)
+    result.update(split=args.split, checkpoint=str(run.checkpoint), seconds=round(time.perf_counter() - t0, 2),
+                  likelihood=run.model_config.likelihood, preparation=prepared.preparation)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.split}: {result['num_examples']} examples, K = {result['num_samples']} importance samples")
+        print(f"  log-likelihood  {result['log_likelihood_nats']:.3f} nats   (NLL {result['nll_nats']:.3f} "
+              f"± {result['nll_nats_stderr']:.3f} nats, {result['nll_bits_per_dim']:.4f} bits/dim)")
+        print(f"  ELBO            {result['elbo_nats']:.3f} nats   (reconstruction NLL "
+              f"{result['reconstruction_nll_nats']:.3f} + KL {result['kl_nats']:.3f})")
+        print(f"  active units    {result['active_units']} of {result['latent_dim']}")
+        print("  KL per dim      " + " ".join(f"{v:.2f}" for v in result["kl_per_dimension_nats"]))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from . import runs
+    from .grids import save_grid_png
+
+    out = Path(args.out)
+    _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
+    if args.n <= 0:
+        raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
+    run = runs.load_run(args.run_dir, args.checkpoint)
+    torch.manual_seed(args.seed)
+    x = run.model.sample(args.n, mean=not args.draw)
+    _save_examples(out, x, run, args.overwrite, save_grid_png)
+    _print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def _save_examples(out: Path, x, run, overwrite: bool, save_grid_png) -> None:
+    if out.suffix == ".png":
+        if len(run.model_config.data_shape) != 3:
+            raise bdata.DataValidationError("PNG output needs image data; use .npy or .csv")
+        save_grid_png(out, x, overwrite=overwrite, scale=2 if x.shape[-1] < 32 else 1)
+    else:
+        std = run.state["data"].get("standardization")
+        flat = x.reshape(x.shape[0], -1)
+        if std is not None:  # back to the user's units
+            flat = flat * torch.tensor(std[1]) + torch.tensor(std[0])
+        names = run.state["data"]["description"].get("feature_names")
+        _write_table(out, _matrix_columns(flat.numpy(), names), overwrite)
+
+
+def cmd_reconstruct(args) -> int:
+    from . import runs
+    from .grids import save_grid_png
+
+    out = Path(args.out)
+    _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
+    run = runs.load_run(args.run_dir, args.checkpoint)
+    x, _, _ = _split_data(run, args.split)
+    x = x[: args.n]
+    recon = run.model.reconstruct(x)
+    if out.suffix == ".png" and len(run.model_config.data_shape) == 3:
+        pairs = torch.stack([x, recon], 1).reshape(-1, *x.shape[1:])  # input, reconstruction, input, ...
+        save_grid_png(out, pairs, ncol=2 * min(8, x.shape[0]) if x.shape[0] > 1 else 2, overwrite=args.overwrite,
+                      scale=2 if x.shape[-1] < 32 else 1)
+    else:
+        _save_examples(out, recon, run, args.overwrite, save_grid_png)
+    _print(f"wrote {x.shape[0]} reconstructions (inputs beside them in PNG) to {out}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from . import runs
+
+    out = Path(args.out)
+    _check_out(out, args.overwrite, (".npy", ".csv"))
+    run = runs.load_run(args.run_dir, args.checkpoint)
+    x, labels, _ = _split_data(run, args.split)
+    z = torch.cat([run.model.encode(x[i: i + 1000]) for i in range(0, x.shape[0], 1000)])
+    columns = _matrix_columns(z.numpy(), prefix="z")
+    if labels is not None and out.suffix == ".csv":
+        columns["label"] = labels.numpy()
+    _write_table(out, columns, args.overwrite)
+    _print(f"wrote posterior means E[z|x] of {z.shape[0]} {args.split} examples to {out}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    """Per-example NLL = -log p(x) in nats: high values flag examples the model finds unlikely."""
+    from . import runs
+    from .estimators import estimate_log_likelihood
+
+    out = Path(args.out)
+    _check_out(out, args.overwrite, (".csv", ".npy"))
+    run = runs.load_run(args.run_dir, args.checkpoint)
+    x, _, _ = _split_data(run, args.split)
+    torch.manual_seed(args.seed)
+    ll = estimate_log_likelihood(run.model, x, args.samples, batch_size=500)
+    import numpy as np
+    columns = {"index": np.arange(x.shape[0]), "nll_nats": (-ll).numpy()}
+    _write_table(out, columns if out.suffix == ".csv" else {"nll_nats": columns["nll_nats"]}, args.overwrite)
+    _print(f"wrote -log p(x) (nats, K = {args.samples}) of {x.shape[0]} {args.split} examples to {out}")
+    return 0
+
+
+def cmd_data_fetch(args) -> int:
+    if args.name != "mnist":
+        raise bdata.DataValidationError(f"only 'mnist' can be fetched, got {args.name!r}")
+    path = bdata.fetch_mnist(args.cache_dir)
+    _print(f"MNIST is in {path} (checksums verified); train with `bayesvae train --data mnist --data-dir {path}`")
+    return 0
+
+
+def cmd_data_info(args) -> int:
+    info = bdata.dataset_info(args.source, data_dir=args.data_dir)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- parser
+def _run_dir_args(p, checkpoint_default: str = "best") -> None:
+    p.add_argument("run_dir", help="a run directory written by `bayesvae train`")
+    p.add_argument("--checkpoint", default=checkpoint_default, help="best, last, or a step directory (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bayesvae", description="Variational autoencoders, exactly as derived.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a VAE on a data source (or --resume a run)")
+    p.add_argument("--data", default="digits", help="digits (default, embedded), mnist, or a .npy/.npz/.csv file or image folder")
+    p.add_argument("--data-dir", help="directory holding the MNIST IDX files")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--epochs-override", type=int, help="with --resume: train to this many epochs in total")
+    p.add_argument("--out", default="runs/latest", help="run directory (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--likelihood", choices=["bernoulli", "gaussian-fixed", "gaussian-learned", "gaussian-shared"],
+                   help="q(x|z); default follows the data (printed)")
+    p.add_argument("--sigma", type=float, help="σ of the gaussian-fixed likelihood")
+    p.add_argument("--likelihood-options", help="JSON object of likelihood options, e.g. '{\"optimal\": true}'")
+    p.add_argument("--latent-dim", type=int, default=20)
+    p.add_argument("--architecture", choices=["mlp", "conv"], default="mlp")
+    p.add_argument("--hidden", type=int, nargs="+", default=[400], help="hidden widths (default: 400)")
+    p.add_argument("--activation", default="relu")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine", "exponential"], default="constant")
+    p.add_argument("--objective", choices=["elbo", "iwae"], default="elbo")
+    p.add_argument("--samples", type=int, default=1, help="K samples of z per example (eq. 23)")
+    p.add_argument("--kl-warmup", type=float, default=0.0, help="epochs of linear KL warm-up (0: off)")
+    p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--valid-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--limit", type=int, help="keep only the first N examples of each split (quick trials)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, active units, KL per dimension")
+    _run_dir_args(p)
+    p.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    p.add_argument("--samples", type=int, default=5000, help="K importance samples (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sample", help="draw from the model: PNG grid for images, .npy/.csv otherwise")
+    _run_dir_args(p)
+    p.add_argument("-n", type=int, default=64)
+    p.add_argument("--out", required=True)
+    p.add_argument("--draw", action="store_true", help="draw x ~ q(x|z) instead of showing E[x|z]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_sample)
+
+    for name, func, helptext, suffixes in (
+        ("reconstruct", cmd_reconstruct, "inputs beside their reconstructions E[x|z=E[z|x]]", ".png/.npy/.csv"),
+        ("encode", cmd_encode, "posterior means E[z|x] of a split", ".npy/.csv"),
+        ("score", cmd_score, "per-example -log p(x) in nats (anomaly scores)", ".csv/.npy"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        _run_dir_args(p)
+        p.add_argument("--split", choices=["train", "valid", "test"], default="test")
+        p.add_argument("--out", required=True, help=f"output file ({suffixes})")
+        p.add_argument("--overwrite", action="store_true")
+        if name == "reconstruct":
+            p.add_argument("-n", type=int, default=16)
+        if name == "score":
+            p.add_argument("--samples", type=int, default=1000)
+            p.add_argument("--seed", type=int, default=0)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("data", help="data sources: fetch, info")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = dsub.add_parser("fetch", help="download a data set into the cache, checksums verified")
+    q.add_argument("name", help="mnist")
+    q.add_argument("--cache-dir", help="target directory (default: $BAYESVAE_DATA/mnist or ~/.cache/bayesvae/mnist)")
+    q.set_defaults(func=cmd_data_fetch)
+    q = dsub.add_parser("info", help="load and validate a data source and describe it")
+    q.add_argument("source")
+    q.add_argument("--data-dir")
+    q.set_defaults(func=cmd_data_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (BayesVAEError, ValueError, FileNotFoundError, PermissionError) as err:
+        if args.debug:
+            raise
+        _print(f"error: {err}")
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Runs: data + model + trainer + run directory. Each CLI subcommand is one call into this module.
+
+A run directory holds ``run.json`` (what was asked for), ``checkpoints/`` (self-describing: every checkpoint
+carries the model and data configuration, so ``load`` needs nothing else) and ``metrics.jsonl``/``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint as ckpt
+from . import data as bdata
+from .config import ModelConfig, TrainConfig, from_dict, to_dict
+from .errors import ConfigError, IncompatibleCheckpointError, OutputExistsError
+from .model import VAE, build_model
+from .objectives import TrainingObjective
+from .training import Callback, Trainer
+
+__all__ = ["DataSpec", "PreparedData", "prepare_data", "train", "resume", "load", "load_run", "LoadedRun"]
+
+RUN_FORMAT = 1
+#: Fixed seeds of the one-off binarisation/dequantisation of validation and test data (protocol: never re-drawn).
+VALID_SEED, TEST_SEED = 1, 2
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a run's data come from; stored in checkpoints so that evaluation reloads the same splits."""
+
+    source: str = "digits"
+    data_dir: str | None = None
+    seed: int = 0
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    limit: int | None = None
+
+    def load(self) -> bdata.Dataset:
+        return bdata.load_dataset(self.source, data_dir=self.data_dir, seed=self.seed,
+                                  valid_fraction=self.valid_fraction, test_fraction=self.test_fraction,
+                                  limit=self.limit)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Splits ready for the likelihood, plus the per-batch transform of the training split."""
+
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None
+    preparation: str
+    """``none``, ``binarize`` (dynamic binarisation) or ``dequantize`` (uniform noise on 8-bit levels)."""
+    levels: int | None = None
+
+
+def _levels(dataset: bdata.Dataset) -> int:
+    return 17 if dataset.name == "digits" else 256  # digits hold 0..16, every other image source 8-bit pixels
+
+
+def _dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(k + u) / levels with k the integer level and u ~ U[0, 1): a density on [0, 1] for discrete pixels."""
+    k = torch.round(x * (levels - 1))
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return (k + u) / levels
+
+
+def preparation_for(dataset: bdata.Dataset, likelihood: str) -> str:
+    if bdata.needs_binarization(dataset, likelihood):
+        return "binarize"
+    if dataset.kind == "image" and likelihood != "bernoulli":
+        return "dequantize"
+    return "none"
+
+
+def prepare_data(dataset: bdata.Dataset, likelihood: str) -> PreparedData:
+    """Follow the likelihood: dynamic binarisation for a Bernoulli decoder on grey levels (a fresh draw each
+    minibatch, one fixed-seed draw for validation and test); uniform dequantisation for a Gaussian decoder on
+    image pixels; nothing otherwise (tabular data were standardised by the loader)."""
+    bdata.check_likelihood_support(dataset, likelihood)
+    how = preparation_for(dataset, likelihood)
+    if how == "binarize":
+        return PreparedData(dataset.train, bdata.fixed_binarization(dataset.valid, VALID_SEED),
+                            bdata.fixed_binarization(dataset.test, TEST_SEED), bdata.binarize, how)
+    if how == "dequantize":
+        levels = _levels(dataset)
+
+        def fixed(x, seed):
+            return _dequantize(x, levels, torch.Generator().manual_seed(seed))
+        return PreparedData(dataset.train, fixed(dataset.valid, VALID_SEED), fixed(dataset.test, TEST_SEED),
+                            lambda x: _dequantize(x, levels), how, levels)
+    return PreparedData(dataset.train, dataset.valid, dataset.test, None, how)
+
+
+# ----------------------------------------------------------------------------------------------------- run dirs
+def _prepare_run_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an existing non-empty directory unless ``overwrite``; check it is writable before the first step."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"output directory {out} already exists and is not empty; pass --overwrite "
+                                    "to replace it, --resume to continue it, or choose another --out")
+        if not (out / "run.json").exists():
+            raise OutputExistsError(f"{out} is not a bayesvae run directory; refusing to delete it with --overwrite")
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"cannot write to output directory {out}: {err.strerror or err}; choose a writable --out") from None
+
+
+class _MetricsLog(Callback):
+    """metrics.jsonl and metrics.csv, rewritten atomically from the history at the end of every epoch."""
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        if trainer.run_dir is None:
+            return
+        history = trainer.state.history
+        ckpt.atomic_write_text(trainer.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        keys = list(dict.fromkeys(k for r in history for k in r))
+        rows = [",".join(keys)] + [",".join(_csv(r.get(k)) for k in keys) for r in history]
+        ckpt.atomic_write_text(trainer.run_dir / "metrics.csv", "\n".join(rows) + "\n")
+
+
+def _csv(v) -> str:
+    return "" if v is None else (repr(v) if isinstance(v, float) else str(v))
+
+
+def _run_state(model_config: ModelConfig, spec: DataSpec, dataset: bdata.Dataset, prepared: PreparedData) -> dict:
+    std = dataset.standardization
+    return {
+        "run_format": RUN_FORMAT,
+        "model_config": to_dict(model_config),
+        "data": {**spec.__dict__, "fingerprint": dataset.fingerprint(), "kind": dataset.kind,
+                 "preparation": prepared.preparation, "levels": prepared.levels,
+                 "standardization": None if std is None else [std[0].tolist(), std[1].tolist()],
+                 "description": dataset.describe()},
+    }
+
+
+def _make_trainer(model: VAE, config: TrainConfig, prepared: PreparedData, run_dir: Path | None, run_state: dict,
+                  callbacks: Sequence[Callback]) -> Trainer:
+    objective = TrainingObjective(config.objective, config.samples, config.kl_warmup_epochs)
+    valid_objective = TrainingObjective(config.objective, config.samples)
+    return Trainer(model, objective, prepared.train, config, valid_data=prepared.valid, run_dir=run_dir,
+                   batch_transform=prepared.batch_transform, valid_objective=valid_objective,
+                   callbacks=[_MetricsLog(), *callbacks], run_state=run_state)
+
+
+def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig = TrainConfig(),
+          likelihood: str | None = None, likelihood_options: dict | None = None, latent_dim: int = 20,
+          architecture: str = "mlp", hidden: Sequence[int] = (400,), activation: str = "relu",
+          overwrite: bool = False, callbacks: Sequence[Callback] = (),
+          on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None) -> Trainer:
+    """Load and validate the data, build the model the data call for, and train it (into ``out`` if given).
+
+    ``on_ready(trainer, dataset, likelihood)`` is called after every check passed and before the first step
+    (the CLI prints the chosen likelihood there).
+    """
+    dataset = spec.load()
+    likelihood = likelihood or bdata.default_likelihood(dataset)
+    prepared = prepare_data(dataset, likelihood)
+    model_config = ModelConfig(data_shape=dataset.event_shape, latent_dim=latent_dim, architecture=architecture,
+                               hidden=tuple(hidden), activation=activation, likelihood=likelihood,
+                               likelihood_options=dict(likelihood_options or {}))
+    run_dir = Path(out) if out is not None else None
+    torch.manual_seed(train_config.seed)
+    model = build_model(model_config)
+    if run_dir is not None:
+        _prepare_run_dir(run_dir, overwrite)
+        state = _run_state(model_config, spec, dataset, prepared)
+        ckpt.atomic_write_text(run_dir / "run.json", json.dumps(
+            {**state, "train_config": to_dict(train_config)}, indent=2))
+    else:
+        state = _run_state(model_config, spec, dataset, prepared)
+    trainer = _make_trainer(model, train_config, prepared, run_dir, state, callbacks)
+    if on_ready is not None:
+        on_ready(trainer, dataset, likelihood)
+    trainer.fit()
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------------------- loading
+@dataclass
+class LoadedRun:
+    model: VAE
+    model_config: ModelConfig
+    train_config: TrainConfig
+    spec: DataSpec
+    state: dict
+    tensors: dict
+    checkpoint: Path
+
+    def dataset(self) -> bdata.Dataset:
+        return self.spec.load()
+
+    def prepared(self, dataset: bdata.Dataset | None = None) -> PreparedData:
+        return prepare_data(dataset or self.dataset(), self.model_config.likelihood)
+
+
+def _spec_from_state(data: dict) -> DataSpec:
+    keys = {f for f in DataSpec.__dataclass_fields__}
+    return DataSpec(**{k: v for k, v in data.items() if k in keys})
+
+
+def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool = False) -> LoadedRun:
+    """Rebuild the model and configuration from a checkpoint alone (``which``: best, last, or a step dir)."""
+    path = ckpt.resolve_checkpoint(run_dir, which)
+    tensors, state = ckpt.load_checkpoint(path, allow_nonfinite=allow_nonfinite)
+    for key in ("model_config", "train_config", "data"):
+        if key not in state:
+            raise ckpt.CheckpointCorruptError(f"{path}: state.json lacks {key!r}; not a bayesvae training checkpoint")
+    model_config = from_dict(ModelConfig, state["model_config"])
+    train_config = from_dict(TrainConfig, state["train_config"])
+    model = build_model(model_config)
+    model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_sd, strict=True)
+    except RuntimeError as err:
+        raise IncompatibleCheckpointError(f"{path}: weights do not fit the stored model configuration: "
+                                          f"{str(err).splitlines()[0]}") from None
+    model.eval()
+    return LoadedRun(model, model_config, train_config, _spec_from_state(state["data"]), state, tensors, path)
+
+
+def load(run_dir: str | Path, which: str = "best") -> VAE:
+    """The trained model of a run directory, in eval mode: ``model = bayesvae.load("runs/digits")``."""
+    return load_run(run_dir, which).model
+
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, callbacks: Sequence[Callback] = (),
+           on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None) -> Trainer:
+    """Continue a stopped run from its last complete checkpoint; only ``epochs`` may change.
+
+    Refuses when the data changed since the run started (the fingerprint differs).
+    """
+    run = load_run(run_dir, "last")
+    dataset = run.dataset()
+    fingerprint = run.state["data"].get("fingerprint")
+    if dataset.fingerprint() != fingerprint:
+        raise IncompatibleCheckpointError(
+            f"the data of {run.spec.source!r} changed since this run started (fingerprint {fingerprint[:12]}... vs "
+            f"{dataset.fingerprint()[:12]}...); resume needs the same data: restore them or start a new run")
+    config = run.train_config
+    if epochs is not None and epochs != config.epochs:
+        config = from_dict(TrainConfig, {**to_dict(config), "epochs": epochs})
+    prepared = run.prepared(dataset)
+    state = {k: v for k, v in run.state.items() if k in ("run_format", "model_config", "data")}
+    run.model.train()
+    trainer = _make_trainer(run.model, config, prepared, Path(run_dir), state, callbacks)
+    trainer.load_state(run.tensors, run.state)
+    if on_ready is not None:
+        on_ready(trainer, dataset, run.model_config.likelihood)
+    trainer.fit()
+    return trainer
