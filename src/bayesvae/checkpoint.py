@@ -248,7 +248,7 @@ def _serialise(step: int, tensors: dict, state: dict, allow_nonfinite: bool) -> 
         if bad:
             raise CheckpointError(f"refusing to save non-finite values in {', '.join(bad)}")
     blob.update(state_tensors)
-    doc = {"step": step, "state_tensors": sorted(state_tensors), "state": state_json}
+    doc = {"step": step, "tensors": list(tensors), "state_tensors": sorted(state_tensors), "state": state_json}
     if _json_depth(doc) > MAX_JSON_DEPTH:  # would be refused on load, so refuse now
         raise CheckpointError(f"state is nested deeper than {MAX_JSON_DEPTH} levels once encoded")
     files = {
@@ -317,7 +317,10 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, tensors: dict[str, to
         raise CheckpointError(f"checkpoint save failed: {exc} at {target}") from exc
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
-    _rotate(ckdir, keep)
+    try:
+        _rotate(ckdir, keep)
+    except OSError as exc:  # the new checkpoint is committed; failing to tidy up must not lose it
+        warnings.warn(f"could not rotate old checkpoints in {ckdir}: {exc}", RuntimeWarning, stacklevel=2)
     return final
 
 
@@ -418,7 +421,9 @@ def _parse_safetensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:
         if len(data) < 8 or not 2 <= struct.unpack("<Q", data[:8])[0] <= min(len(data) - 8, MAX_ST_HEADER):
             raise ValueError("bad header length")
         return _st_load(data)
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # BaseException: a Rust panic surfaces as PanicException, not an Exception
         if _looks_pickled(data):
             raise _unsafe(path) from None
         raise CheckpointCorruptError(f"{path} is not a valid safetensors file: {exc}") from None
@@ -470,12 +475,13 @@ def _read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         blobs[name] = data
     tensors = _parse_safetensors(blobs[TENSORS_FILE], path / TENSORS_FILE)
     doc = _parse_json(blobs[STATE_FILE], path / STATE_FILE)
-    keys = doc.get("state_tensors") if isinstance(doc, dict) else None
-    if not (isinstance(keys, list) and all(isinstance(k, str) and k in tensors for k in keys) and "state" in doc):
+    doc = doc if isinstance(doc, dict) else {}
+    keys, order = doc.get("state_tensors"), doc.get("tensors")
+    if not (isinstance(keys, list) and isinstance(order, list) and "state" in doc
+            and all(isinstance(k, str) for k in keys + order) and sorted(keys + order) == sorted(tensors)):
         raise CheckpointCorruptError(f"{path / STATE_FILE} does not match the bayesvae state schema")
     state = decode_state({k: tensors[k] for k in keys}, doc["state"])
-    internal = set(keys)
-    return {k: v for k, v in tensors.items() if k not in internal}, state
+    return {k: tensors[k] for k in order}, state  # in the order they were given to save_checkpoint
 
 
 def load_checkpoint(path: str | os.PathLike, *, allow_nonfinite: bool = False
@@ -522,7 +528,8 @@ def _read_pointer(ptr: Path) -> str:
 
 
 def resolve_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Path:
-    """The step dir that pointer ``which`` names (``run_dir`` may itself be a step dir).
+    """The step dir that pointer ``which`` ("last"/"best") names; ``which`` may also be a step-dir name or path,
+    and ``run_dir`` may itself be a step dir.
 
     For "last", a missing or failing target falls back, with a warning, to the newest step dir that verifies:
     auto-resume should lose as little work as possible.  "best" never falls back, since another checkpoint
@@ -532,8 +539,11 @@ def resolve_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Path:
         raise CheckpointNotFoundError(f"no run directory at {run}")
     if (run / MANIFEST_FILE).is_file():
         return run
-    if which not in POINTERS:
-        raise ValueError(f"which must be one of {POINTERS}, got {which!r}")
+    if which not in POINTERS:  # an explicit step: "step-00000123" or a path; the loader verifies it
+        for cand in (run / CHECKPOINTS / str(which), Path(which)):
+            if (cand / MANIFEST_FILE).is_file():
+                return cand
+        raise CheckpointNotFoundError(f"no checkpoint {which!r} in {run} (use last, best or a step directory)")
     ptr = run / CHECKPOINTS / which
     try:
         target = run / CHECKPOINTS / _read_pointer(ptr)
@@ -542,8 +552,8 @@ def resolve_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Path:
     except CheckpointError as exc:
         if which != "last" and isinstance(exc, CheckpointNotFoundError):
             raise CheckpointNotFoundError(f"no {which!r} checkpoint in {run}: {exc}") from exc
-        if which != "last":
-            raise
+        if which != "last" or isinstance(exc, IncompatibleCheckpointError):
+            raise  # a newer format is not damage: resuming from an older step instead would silently lose work
         reason = exc
     for cand in reversed(list_checkpoints(run)):
         try:

@@ -87,7 +87,8 @@ def prepare_data(dataset: bdata.Dataset, likelihood: str) -> PreparedData:
     how = preparation_for(dataset, likelihood)
     if how == "binarize":
         return PreparedData(dataset.train, bdata.fixed_binarization(dataset.valid, VALID_SEED),
-                            bdata.fixed_binarization(dataset.test, TEST_SEED), bdata.binarize, how)
+                            bdata.fixed_binarization(dataset.test, TEST_SEED),
+                            lambda x: bdata.binarize(x, validate=False), how)
     if how == "dequantize":
         levels = _levels(dataset)
 

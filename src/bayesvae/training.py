@@ -84,6 +84,14 @@ def learning_rate_at(config: TrainConfig, progress: float) -> float:
     return base
 
 
+def _adam(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where this build has it (one pass over the parameters instead of ~10)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
 class Trainer:
     """Adam on ``-objective.mean()`` over minibatches of an in-memory tensor, with checkpoints and validation.
 
@@ -114,7 +122,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.run_state = dict(run_state or {})
         self.state = TrainState()
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        self.optimizer = _adam(model, config.learning_rate)
         self.stop_requested: bool | int = False
         """Set (to True or a signal number) to stop after the current step with a committed checkpoint."""
         self.last_checkpoint: Path | None = None
@@ -148,7 +156,7 @@ class Trainer:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         if torch.isfinite(norm):
             if self.config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
