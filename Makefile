@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.bayesvae-installed
 
-.PHONY: env test test-all demo bench clean
+.PHONY: env test test-all demo bench-speed bench-eval bench-table bench-continuous clean
 
 env: $(STAMP)
 
@@ -22,6 +22,21 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# The main job: train on the embedded digits data, evaluate honestly, draw samples (about a minute on 2 cores).
+demo: $(STAMP)
+	$(VENV)/bin/bayesvae train --data digits --epochs 100 --latent-dim 8 --hidden 256 --out runs/demo --overwrite
+	$(VENV)/bin/bayesvae evaluate runs/demo --samples 1000
+	$(VENV)/bin/bayesvae sample runs/demo -n 64 --out runs/demo/samples.png --overwrite
+	$(VENV)/bin/bayesvae reconstruct runs/demo --out runs/demo/reconstructions.png --overwrite
+
+MNIST_DIR ?= ../shared/data/mnist
+
+bench-speed: $(STAMP)
+	$(PY) benchmarks/train_speed.py --data-dir $(MNIST_DIR) --json benchmarks/results/train_speed.json
+
+bench-eval: $(STAMP)
+	$(PY) benchmarks/eval_speed.py --data-dir $(MNIST_DIR) --json benchmarks/results/eval_speed.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import time
@@ -25,6 +26,13 @@ EXIT_USAGE, EXIT_SIGTERM, EXIT_SIGINT = 2, 143, 130
 
 
 # ------------------------------------------------------------------------------------------------------ output
+def _loss_text(trainer, loss: float, recon: float, kl: float) -> str:
+    """The seed's headline, the total loss, with its two terms (for IWAE the terms are the ELBO's, not a split)."""
+    if trainer.config.objective == "iwae":
+        return f"loss {loss:.3f} nats (-IWAE-{trainer.config.samples}; ELBO terms: recon {recon:.3f} + KL {kl:.3f})"
+    return f"loss {loss:.3f} nats (recon {recon:.3f} + KL {kl:.3f})"
+
+
 class Progress(Callback):
     """A one-line progress bar on a terminal (a line per epoch otherwise): loss in nats and its two terms."""
 
@@ -37,19 +45,17 @@ class Progress(Callback):
             return
         self.last = now
         st = trainer.state
-        self.stream.write(
-            f"\repoch {st.epoch + 1}/{trainer.config.epochs} step {st.step_in_epoch}/{trainer.steps_per_epoch} "
-            f"loss {metrics['loss']:.3f} nats (recon {metrics.get('reconstruction_nll', float('nan')):.3f} "
-            f"+ KL {metrics.get('kl', float('nan')):.3f}) {metrics['examples_per_second']:.0f} ex/s   ")
+        text = _loss_text(trainer, metrics["loss"], metrics.get("reconstruction_nll", math.nan), metrics.get("kl", math.nan))
+        self.stream.write(f"\repoch {st.epoch + 1}/{trainer.config.epochs} step {st.step_in_epoch}/"
+                          f"{trainer.steps_per_epoch} {text} {metrics['examples_per_second']:.0f} ex/s   ")
         self.stream.flush()
 
     def on_epoch_end(self, trainer, record) -> None:
         valid = f" valid loss {record['valid_loss']:.3f}" if "valid_loss" in record else ""
-        self.stream.write(
-            f"\repoch {record['epoch']}/{trainer.config.epochs} loss {record.get('train_loss', float('nan')):.3f} nats "
-            f"(recon {record.get('train_reconstruction_nll', float('nan')):.3f} + KL "
-            f"{record.get('train_kl', float('nan')):.3f}){valid} "
-            f"[{record['epoch_seconds']:.1f} s]\n")
+        text = _loss_text(trainer, record.get("train_loss", math.nan), record.get("train_reconstruction_nll", math.nan),
+                          record.get("train_kl", math.nan))
+        self.stream.write(f"\repoch {record['epoch']}/{trainer.config.epochs} {text}{valid} "
+                          f"[{record['epoch_seconds']:.1f} s]\n")
         self.stream.flush()
 
 
@@ -96,7 +102,8 @@ def _train_config(args) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                        lr_schedule=args.lr_schedule, objective=args.objective, samples=args.samples,
                        kl_warmup_epochs=args.kl_warmup, early_stopping_patience=args.patience, seed=args.seed,
-                       checkpoint_every_steps=args.checkpoint_every, nonfinite_policy=args.on_nonfinite)
+                       checkpoint_every_steps=args.checkpoint_every, nonfinite_policy=args.on_nonfinite,
+                       max_seconds=60.0 * args.max_minutes)
 
 
 def _install_signal_handlers(trainer) -> None:
@@ -207,11 +214,16 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _scale(images) -> int:
+    """Enlarge small images in PNG grids (8x8 digits become 32x32 tiles)."""
+    return max(1, min(4, 32 // images.shape[-1]))
+
+
 def _save_examples(out: Path, x, run, overwrite: bool, save_grid_png) -> None:
     if out.suffix == ".png":
         if len(run.model_config.data_shape) != 3:
             raise bdata.DataValidationError("PNG output needs image data; use .npy or .csv")
-        save_grid_png(out, x, overwrite=overwrite, scale=2 if x.shape[-1] < 32 else 1)
+        save_grid_png(out, x, overwrite=overwrite, scale=_scale(x))
     else:
         std = run.state["data"].get("standardization")
         flat = x.reshape(x.shape[0], -1)
@@ -234,7 +246,7 @@ def cmd_reconstruct(args) -> int:
     if out.suffix == ".png" and len(run.model_config.data_shape) == 3:
         pairs = torch.stack([x, recon], 1).reshape(-1, *x.shape[1:])  # input, reconstruction, input, ...
         save_grid_png(out, pairs, ncol=2 * min(8, x.shape[0]) if x.shape[0] > 1 else 2, overwrite=args.overwrite,
-                      scale=2 if x.shape[-1] < 32 else 1)
+                      scale=_scale(x))
     else:
         _save_examples(out, recon, run, args.overwrite, save_grid_png)
     _print(f"wrote {x.shape[0]} reconstructions (inputs beside them in PNG) to {out}")
@@ -289,6 +301,71 @@ def cmd_data_info(args) -> int:
     return 0
 
 
+# ---- pictures and report (plots.py, report.py) ------------------------------------------------------------------
+def cmd_plot(args) -> int:
+    from . import plots, runs
+
+    run_dir = Path(args.run_dir)
+    out = Path(args.out) if args.out else run_dir / "plots" / f"{args.kind}.png"
+    if args.out is None and run_dir.is_dir():
+        out.parent.mkdir(exist_ok=True)
+    _check_out(out, args.overwrite, (".png",))
+    run = runs.load_run(run_dir, args.checkpoint)
+    options = {"split": args.split, "seed": args.seed}
+    if args.dims is not None:
+        if args.kind not in ("latent", "manifold"):
+            raise bdata.DataValidationError(f"--dims applies to the latent and manifold kinds, not {args.kind!r}")
+        options["dims"] = tuple(args.dims)
+    fig = plots.plot(plots.context(run, split=args.split), args.kind, **options)
+    atomic_write_bytes(out, plots.to_png(fig, dpi=args.dpi), overwrite=args.overwrite)
+    _print(f"wrote the {args.kind} plot to {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    if args.samples <= 0:
+        raise bdata.DataValidationError(f"--samples must be a positive integer, got {args.samples}")
+    if args.max_examples <= 0:
+        raise bdata.DataValidationError(f"--max-examples must be a positive integer, got {args.max_examples}")
+    path = write_report(args.run_dir, num_samples=args.samples, max_examples=args.max_examples,
+                        checkpoint=args.checkpoint, seed=args.seed)
+    _print(f"wrote {path} (self-contained; open it in a browser)")
+    return 0
+
+
+def _add_picture_commands(sub) -> None:
+    from .plots import KINDS
+
+    p = sub.add_parser("plot", help="draw one picture of a run as a PNG (latent, manifold, samples, ...)",
+                       description="Draw one picture of a trained run. Kinds: latent (test posterior means by "
+                       "label; PCA beyond 2-D), manifold (decoded lattice of normal quantiles), samples, "
+                       "reconstructions, interpolation, traversals, kl (per-dimension KL and active units), curves "
+                       "(learning curves), histograms (tabular data: data vs model per feature).")
+    _run_dir_args(p)
+    p.add_argument("kind", choices=list(KINDS), metavar="KIND", help=f"one of: {', '.join(KINDS)}")
+    p.add_argument("--out", help="output .png (default: RUN_DIR/plots/KIND.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--dims", type=int, nargs=2, metavar=("I", "J"),
+                   help="latent dimensions to show (latent, manifold; default: the two with the largest KL)")
+    p.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dpi", type=int, default=100)
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: metrics, every plot, a latent explorer",
+                       description="Write a self-contained report.html (no network needed to view it) into the "
+                       "run directory: configuration, test log-likelihood with K importance samples, NLL in nats "
+                       "and bits/dim, ELBO, active units, every applicable plot and an interactive latent explorer.")
+    _run_dir_args(p)
+    p.add_argument("--samples", type=int, default=1000, help="K importance samples (default: %(default)s)")
+    p.add_argument("--max-examples", type=int, default=2000,
+                   help="evaluate at most this many test examples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_report)
+
+
 # ---------------------------------------------------------------------------------------------------- parser
 def _run_dir_args(p, checkpoint_default: str = "best") -> None:
     p.add_argument("run_dir", help="a run directory written by `bayesvae train`")
@@ -325,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="training time budget in minutes (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
@@ -377,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("source")
     q.add_argument("--data-dir")
     q.set_defaults(func=cmd_data_info)
+    _add_picture_commands(sub)
     return parser
 
 

@@ -127,12 +127,14 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     """Also save ``last`` every N optimiser steps (0: only at the end of each epoch)."""
     eval_batch_size: int = 1000
+    max_seconds: float = 0.0
+    """Stop at the end of the epoch after which another epoch would pass this training time (0: no limit)."""
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "samples", "eval_batch_size", "max_skipped_steps"):
             _positive_int(name, getattr(self, name))
         _positive_float("learning_rate", self.learning_rate)
-        for name in ("lr_min_factor", "kl_warmup_epochs", "grad_clip"):
+        for name in ("lr_min_factor", "kl_warmup_epochs", "grad_clip", "max_seconds"):
             _positive_float(name, getattr(self, name), allow_zero=True)
         _positive_float("lr_decay", self.lr_decay)
         for name in ("early_stopping_patience", "checkpoint_every_steps", "seed"):

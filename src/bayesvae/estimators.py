@@ -13,10 +13,11 @@ from collections.abc import Iterator
 
 import torch
 
-from .objectives import _check_x, _log_weight_parts, check_num_samples, elbo_terms
+from .objectives import _check_event, _check_x, check_num_samples, elbo_terms
 from .posteriors import kl_per_dimension
 
-__all__ = ["estimate_log_likelihood", "bits_per_dim", "active_units", "per_dimension_kl", "eval_mode", "evaluate"]
+__all__ = ["estimate_log_likelihood", "bits_per_dim", "active_units", "per_dimension_kl", "eval_mode", "evaluate",
+           "example_latents"]
 
 #: Elements of decoder output per chunk when no chunk size is given (about 64 MiB of float32 per tensor).
 _CHUNK_ELEMENTS = 1 << 24
@@ -41,21 +42,38 @@ def _batches(x: torch.Tensor, batch_size: int | None) -> Iterator[torch.Tensor]:
         yield x[i : i + step]
 
 
-def _estimate_batch(model, x: torch.Tensor, num_samples: int, chunk_size: int) -> torch.Tensor:
-    q = model.posterior(x)
+def example_latents(model, x_i: torch.Tensor, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K draws z ~ p(z|x_i) for ONE example ``x_i [1, ...]`` from a generator seeded by ``seed`` alone, and their
+    log p(z|x_i): (Tensor[K, 1, d], Tensor[K, 1]). Per-example seeds make an estimate independent of the batch
+    size and the chunk size, and let a plain per-example loop reproduce it draw for draw."""
+    q = model.posterior(x_i)
+    if getattr(q, "accepts_generator", False):  # cheaper than re-seeding the global generator
+        z = q.sample((num_samples,), generator=torch.Generator(device=x_i.device).manual_seed(seed))
+    else:
+        with torch.random.fork_rng(devices=[] if x_i.device.type == "cpu" else [x_i.device]):
+            torch.manual_seed(seed)
+            z = q.sample((num_samples,))
+    return z, q.log_prob(z)
+
+
+def _estimate_batch(model, x: torch.Tensor, num_samples: int, chunk_size: int, seeds: list[int]) -> torch.Tensor:
+    draws = [example_latents(model, x[i : i + 1], num_samples, seeds[i]) for i in range(x.shape[0])]
+    z = torch.cat([d[0] for d in draws], dim=1)  # [K, B, d]
+    log_q = torch.cat([d[1] for d in draws], dim=1)  # [K, B]
+    prior = model.prior
     lse_per_chunk = []
     for start in range(0, num_samples, chunk_size):
-        c = min(chunk_size, num_samples - start)
-        # One draw per sample index, so the samples (and the estimate) do not depend on the chunk size.
-        z = torch.stack([q.sample() for _ in range(c)]) if c > 1 else q.sample((1,))
-        log_px, log_ratio = _log_weight_parts(model, x, q, z)
-        lse_per_chunk.append(torch.logsumexp((log_px + log_ratio).double(), dim=0))
+        zc = z[start : start + chunk_size]
+        p_x = model.likelihood(zc)
+        _check_event(p_x, x)
+        log_w = p_x.log_prob(x) + prior.log_prob(zc) - log_q[start : start + chunk_size]
+        lse_per_chunk.append(torch.logsumexp(log_w.double(), dim=0))
     return torch.logsumexp(torch.stack(lse_per_chunk), dim=0) - math.log(num_samples)
 
 
 @torch.no_grad()
 def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chunk_size: int | None = None,
-                            batch_size: int | None = None) -> torch.Tensor:
+                            batch_size: int | None = 100, seed: int | None = None) -> torch.Tensor:
     """Importance-sampled log p(x) per example, Tensor[B] (float64, nats), with the posterior as proposal:
 
         log p(x) ≈ logsumexp_{k=1..K} [log q(x|z_k) + log q(z_k) - log p(z_k|x)] - log K,   z_k ~ p(z|x)
@@ -63,17 +81,23 @@ def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chu
     Args:
         num_samples: K, used exactly (never rounded to a chunk multiple).
         chunk_size: samples decoded together; only memory and speed depend on it, not the value.
-        batch_size: examples encoded together (default: all of x).
+        batch_size: examples processed together (memory grows as K x batch_size x latent_dim).
+        seed: example i draws its samples from seed + i; default: drawn from torch's global generator, so
+            ``torch.manual_seed`` makes the estimate reproducible.
     """
     check_num_samples(num_samples)
     _check_x(x)
     if chunk_size is not None:
         check_num_samples(chunk_size, "chunk_size")
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()))
     out = []
     with eval_mode(model):
+        offset = 0
         for xb in _batches(x, batch_size):
             c = chunk_size or max(1, min(num_samples, _CHUNK_ELEMENTS // max(1, xb[0].numel() * xb.shape[0])))
-            out.append(_estimate_batch(model, xb, num_samples, c))
+            out.append(_estimate_batch(model, xb, num_samples, c, [seed + offset + i for i in range(xb.shape[0])]))
+            offset += xb.shape[0]
     return torch.cat(out)
 
 
@@ -125,7 +149,7 @@ def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | N
     negative; ``elbo_nats`` the one-sample ELBO with closed-form KL, split into ``reconstruction_nll_nats`` and
     ``kl_nats``; bits/dim per :func:`bits_per_dim` (``levels``: the data were dequantised from that many levels).
     """
-    ll = estimate_log_likelihood(model, x, num_samples, chunk_size=chunk_size, batch_size=batch_size)
+    ll = estimate_log_likelihood(model, x, num_samples, chunk_size=chunk_size, batch_size=min(batch_size, 100))
     recon, kl = [], []
     with eval_mode(model):
         for xb in _batches(x, batch_size):

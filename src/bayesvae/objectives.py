@@ -38,6 +38,10 @@ def _check_x(x) -> None:
 def _check_pair(q: Distribution, p_x: Distribution, x: torch.Tensor) -> None:
     if tuple(q.batch_shape) != (x.shape[0],):
         raise ValueError(f"posterior(x) has batch_shape {tuple(q.batch_shape)}, expected ({x.shape[0]},) for x of shape {tuple(x.shape)}")
+    _check_event(p_x, x)
+
+
+def _check_event(p_x: Distribution, x: torch.Tensor) -> None:
     if tuple(p_x.event_shape) != tuple(x.shape[1:]):
         raise ValueError(f"x has data shape {tuple(x.shape[1:])} but the likelihood's event_shape is "
                          f"{tuple(p_x.event_shape)}; reshape the data or size the decoder for it")

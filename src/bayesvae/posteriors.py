@@ -29,6 +29,8 @@ class DiagonalNormal(Distribution):
     arg_constraints = {"loc": constraints.real_vector, "logvar": constraints.real_vector}
     support = constraints.real_vector
     has_rsample = True
+    #: ``sample``/``rsample`` accept ``generator=`` (estimators use it for per-example reproducible draws).
+    accepts_generator = True
 
     def __init__(self, loc: torch.Tensor, logvar: torch.Tensor):
         if loc.shape != logvar.shape or loc.dim() < 1:
@@ -48,10 +50,15 @@ class DiagonalNormal(Distribution):
     def stddev(self) -> torch.Tensor:
         return (0.5 * self.logvar).exp()
 
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
         """Eq. (23), the reparameterisation: z = μ + σ ⊙ ε, ε ~ N(0, I). Tensor[*sample_shape, B, d]."""
-        eps = torch.randn(torch.Size(sample_shape) + self.loc.shape, dtype=self.loc.dtype, device=self.loc.device)
+        eps = torch.randn(torch.Size(sample_shape) + self.loc.shape, dtype=self.loc.dtype, device=self.loc.device,
+                          generator=generator)
         return self.loc + self.stddev * eps
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Tensor[..., B]: -½ Σ_k [(z_k - μ_k)² / σ_k² + ln σ_k² + ln 2π]."""

@@ -54,6 +54,8 @@ class TrainState:
     consecutive_skips: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    train_seconds: float = 0.0
+    """Wall time spent in training epochs (kept across resumes, for ``max_seconds``)."""
 
 
 class Callback:
@@ -253,7 +255,10 @@ class Trainer:
             record.update({f"valid_{k}": v for k, v in self.validate().items()})
             record["global_step"] = st.global_step
             st.epoch, st.step_in_epoch = st.epoch + 1, 0
+            st.train_seconds += record["epoch_seconds"]
             improved = self._update_best(record)
+            if cfg.max_seconds and st.train_seconds + record["epoch_seconds"] > cfg.max_seconds:
+                st.stopped_early = True  # the next epoch would overrun the time budget
             st.history.append(record)
             self.save(best=improved)
             for cb in self.callbacks:
