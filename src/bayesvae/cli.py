@@ -381,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="digits", help="digits (default, embedded), mnist, or a .npy/.npz/.csv file or image folder")
     p.add_argument("--data-dir", help="directory holding the MNIST IDX files")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--preset", help="named settings (e.g. mnist-iwae-vae, mnist-best); explicit flags still win")
     p.add_argument("--epochs-override", type=int, help="with --resume: train to this many epochs in total")
     p.add_argument("--out", default="runs/latest", help="run directory (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -459,8 +460,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: CLI option names of the TrainConfig fields a preset may set.
+_PRESET_TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "learning_rate": "lr",
+                         "lr_schedule": "lr_schedule", "objective": "objective", "samples": "samples",
+                         "kl_warmup_epochs": "kl_warmup", "early_stopping_patience": "patience", "seed": "seed"}
+
+
+def _apply_preset(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """``train --preset NAME`` sets the defaults of the train options; flags given explicitly still win."""
+    from .runs import load_preset
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset")
+    known, _ = pre.parse_known_args(argv)
+    if not known.preset:
+        return
+    preset = load_preset(known.preset)
+    train_parser = parser._subparsers._group_actions[0].choices["train"]  # noqa: SLF001 - argparse has no API
+    defaults = {k: v for k, v in preset.get("model", {}).items()}
+    unsupported = sorted(set(preset.get("train", {})) - set(_PRESET_TRAIN_OPTIONS))
+    if unsupported:
+        raise BayesVAEError(f"preset {known.preset!r} sets {unsupported}, which the CLI cannot take")
+    defaults.update({_PRESET_TRAIN_OPTIONS[k]: v for k, v in preset.get("train", {}).items()})
+    if "likelihood_options" in defaults:
+        defaults["likelihood_options"] = json.dumps(defaults["likelihood_options"])
+    train_parser.set_defaults(**defaults)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    try:
+        _apply_preset(parser, argv)
+    except BayesVAEError as err:
+        _print(f"error: {err}")
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -23,7 +23,8 @@ from .model import VAE, build_model
 from .objectives import TrainingObjective
 from .training import Callback, Trainer
 
-__all__ = ["DataSpec", "PreparedData", "prepare_data", "train", "resume", "load", "load_run", "LoadedRun"]
+__all__ = ["DataSpec", "PreparedData", "prepare_data", "train", "resume", "load", "load_run", "LoadedRun",
+           "load_preset", "PRESET_MODEL_KEYS"]
 
 RUN_FORMAT = 1
 #: Fixed seeds of the one-off binarisation/dequantisation of validation and test data (protocol: never re-drawn).
@@ -97,6 +98,27 @@ def prepare_data(dataset: bdata.Dataset, likelihood: str) -> PreparedData:
         return PreparedData(dataset.train, fixed(dataset.valid, VALID_SEED), fixed(dataset.test, TEST_SEED),
                             lambda x: _dequantize(x, levels), how, levels)
     return PreparedData(dataset.train, dataset.valid, dataset.test, None, how)
+
+
+# ------------------------------------------------------------------------------------------------------ presets
+#: The model options a preset may set (the keyword arguments of ``train``).
+PRESET_MODEL_KEYS = ("latent_dim", "hidden", "activation", "architecture", "likelihood", "likelihood_options")
+
+
+def load_preset(name: str) -> dict:
+    """A named preset (a JSON file shipped in ``bayesvae/presets``): {"description", "model", "train"}, validated."""
+    from importlib import resources
+
+    names = sorted(p.name[:-5] for p in resources.files("bayesvae").joinpath("presets").iterdir() if p.name.endswith(".json"))
+    if name not in names:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {names}")
+    preset = json.loads(resources.files("bayesvae").joinpath("presets", f"{name}.json").read_text())
+    unknown = sorted(set(preset) - {"description", "model", "train"}) + sorted(
+        set(preset.get("model", {})) - set(PRESET_MODEL_KEYS))
+    if unknown:
+        raise ConfigError(f"preset {name!r} has unknown keys {unknown}")
+    from_dict(TrainConfig, preset.get("train", {}))  # validates
+    return preset
 
 
 # ----------------------------------------------------------------------------------------------------- run dirs
