@@ -155,6 +155,14 @@ def cmd_train(args) -> int:
         _print(f"stopped: checkpoint committed at {stop.checkpoint_path}; continue with "
                f"`bayesvae train --resume {args.resume or args.out}`")
         return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+    if trainer.run_dir is not None and args.report_samples > 0:
+        from .report import write_report
+
+        try:
+            path = write_report(trainer.run_dir, num_samples=args.report_samples)
+            _print(f"report: {path}")
+        except Exception as err:  # the trained model is safe; a report failure must not fail the run
+            _print(f"warning: could not write the report ({err}); try `bayesvae report {trainer.run_dir}`")
     st = trainer.state
     best = f"; best validation loss {st.best_valid_loss:.3f} nats" if st.history and "valid_loss" in st.history[-1] else ""
     _print(f"done: {st.epoch} epochs, {st.global_step} steps{best}"
@@ -404,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop")
     p.add_argument("--max-minutes", type=float, default=0.0, help="training time budget in minutes (0: none)")
+    p.add_argument("--report-samples", type=int, default=1000,
+                   help="K importance samples for report.html at the end (0: no report)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
