@@ -336,7 +336,12 @@ def _rotate(ckdir: Path, keep: int) -> None:
     doomed += [p for p in ckdir.iterdir() if p.name.startswith(".tmp-")]
     for p in doomed:
         try:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            if p.is_dir() and not p.is_symlink():
+                if not p.name.startswith(".tmp-"):  # out of sight first: a kill mid-delete leaves only a temp dir
+                    p = p.rename(_tmp_name(ckdir, f"del-{p.name}"))
+                shutil.rmtree(p)
+            else:
+                p.unlink()
         except OSError as exc:
             warnings.warn(f"could not delete old checkpoint {p}: {exc}", RuntimeWarning, stacklevel=3)
 

@@ -19,7 +19,7 @@ import torch
 from . import data as bdata
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .config import TrainConfig
-from .errors import BayesVAEError
+from .errors import BayesVAEError, ConfigError
 from .training import Callback, TrainingInterrupted
 
 EXIT_USAGE, EXIT_SIGTERM, EXIT_SIGINT = 2, 143, 130
@@ -144,6 +144,9 @@ def cmd_train(args) -> int:
         else:
             spec = runs.DataSpec(args.data, args.data_dir, args.seed, args.valid_fraction, args.test_fraction, args.limit)
             options = json.loads(args.likelihood_options) if args.likelihood_options else {}
+            if not isinstance(options, dict):
+                raise ConfigError(f"--likelihood-options must be a JSON object like '{{\"sigma\": 0.1}}', "
+                                  f"got {args.likelihood_options!r}")
             if args.sigma is not None:
                 options["sigma"] = args.sigma
             trainer = runs.train(spec, out=args.out, train_config=_train_config(args), likelihood=args.likelihood,
@@ -186,7 +189,9 @@ def cmd_evaluate(args) -> int:
 
     run = runs.load_run(args.run_dir, args.checkpoint)
     x, _, prepared = _split_data(run, args.split)
-    if args.limit:
+    if args.limit is not None:
+        if args.limit <= 0:
+            raise bdata.DataValidationError(f"--limit must be a positive integer, got {args.limit}")
         x = x[: args.limit]
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -247,6 +252,8 @@ def cmd_reconstruct(args) -> int:
 
     out = Path(args.out)
     _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
+    if args.n <= 0:
+        raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
     run = runs.load_run(args.run_dir, args.checkpoint)
     x, _, _ = _split_data(run, args.split)
     x = x[: args.n]

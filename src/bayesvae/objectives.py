@@ -118,7 +118,8 @@ class TrainingObjective:
 
     ``objective`` is the K-sample ELBO (``kind="elbo"``) or the IWAE bound (``kind="iwae"``); with KL warm-up the
     ELBO's KL term is weighted by min(1, progress / warmup_epochs) (Bowman et al. 2016), while the logged
-    ``reconstruction_nll`` and ``kl`` are always the unweighted terms of eq. (13), whose sum is the seed's loss.
+    ``loss`` (the bound's negative), ``reconstruction_nll`` and ``kl`` are always unweighted: for the ELBO,
+    loss = reconstruction_nll + kl, the seed's loss (eq. 13).
     """
 
     def __init__(self, kind: str = "elbo", num_samples: int = 1, kl_warmup_epochs: float = 0.0):
@@ -136,9 +137,13 @@ class TrainingObjective:
             q = model.posterior(x)
             log_px, log_ratio = _log_weight_parts(model, x, q, q.rsample((self.num_samples,)))
             beta = self.kl_weight(progress)
-            bound = torch.logsumexp(log_px + beta * log_ratio, dim=0) - math.log(self.num_samples)
-            return {"objective": bound, "reconstruction_nll": -log_px.mean(0), "kl": -log_ratio.mean(0)}
+            log_k = math.log(self.num_samples)
+            bound = torch.logsumexp(log_px + log_ratio, dim=0) - log_k
+            objective = bound if beta == 1.0 else torch.logsumexp(log_px + beta * log_ratio, dim=0) - log_k
+            return {"objective": objective, "loss": -bound.detach(), "reconstruction_nll": -log_px.mean(0),
+                    "kl": -log_ratio.mean(0)}
         terms = elbo_terms(model, x, self.num_samples)
         beta = self.kl_weight(progress)
         objective = terms.elbo if beta == 1.0 else terms.reconstruction - beta * terms.kl
-        return {"objective": objective, "reconstruction_nll": -terms.reconstruction, "kl": terms.kl}
+        return {"objective": objective, "loss": -terms.elbo.detach(), "reconstruction_nll": -terms.reconstruction,
+                "kl": terms.kl}

@@ -56,6 +56,9 @@ class TrainState:
     stopped_early: bool = False
     train_seconds: float = 0.0
     """Wall time spent in training epochs (kept across resumes, for ``max_seconds``)."""
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    """Running sums of this epoch's step metrics (checkpointed, so a mid-epoch resume logs the same means)."""
+    epoch_count: int = 0
 
 
 class Callback:
@@ -145,7 +148,7 @@ class Trainer:
         if torch.isfinite(loss):
             return
         bad = [name for name, v in out.items() if not torch.isfinite(v).all()] or ["objective"]
-        term = next((n for n in bad if n != "objective"), bad[0])
+        term = next((n for n in bad if n not in ("objective", "loss")), bad[0])  # name the culprit term
         rows = (~torch.isfinite(out[term])).nonzero().flatten()
         examples = batch_idx[rows[:10]].tolist()
         raise NonFiniteError(
@@ -175,7 +178,7 @@ class Trainer:
         lr = self._set_lr()
         progress = self.state.global_step / self.steps_per_epoch
         out = self.objective(self.model, batch, progress)
-        loss = -out["objective"].mean()
+        loss = -out["objective"].mean()  # the one place where the objective is negated
         self.optimizer.zero_grad(set_to_none=True)
         try:
             self._check_terms(out, loss, batch_idx)
@@ -183,15 +186,16 @@ class Trainer:
             self._check_gradients()
         except NonFiniteError:
             self.optimizer.zero_grad(set_to_none=True)
-            if self.config.nonfinite_policy == "stop" or self.state.consecutive_skips + 1 >= self.config.max_skipped_steps:
-                raise
+            if self.config.nonfinite_policy == "stop" or self.state.consecutive_skips >= self.config.max_skipped_steps:
+                raise  # "skip" allows max_skipped_steps bad steps in a row; the next one stops
             self.state.skipped_steps += 1
             self.state.consecutive_skips += 1
             return {"skipped": 1.0}
         self.optimizer.step()
         self.state.consecutive_skips = 0
         metrics = {k: float(v.detach().mean()) for k, v in out.items() if k != "objective"}
-        metrics.update(loss=float(loss.detach()), lr=lr)
+        metrics.setdefault("loss", float(loss.detach()))  # an objective may report its own (e.g. unweighted) loss
+        metrics["lr"] = lr
         return metrics
 
     # --------------------------------------------------------------------------------------------- an epoch
@@ -212,14 +216,14 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + float(v.double().sum())
         self.model.train()
         means = {k: v / n for k, v in sums.items()}
-        means["loss"] = -means.pop("objective")
+        objective = means.pop("objective")
+        means.setdefault("loss", -objective)
         return means
 
     def _run_epoch(self) -> dict[str, float]:
         cfg, st = self.config, self.state
         order = epoch_order(self.train_data.shape[0], cfg.seed, st.epoch)
-        sums: dict[str, float] = {}
-        first, count, start = st.step_in_epoch, 0, time.perf_counter()
+        first, start = st.step_in_epoch, time.perf_counter()
         for b in range(first, self.steps_per_epoch):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             batch = self.train_data[idx]
@@ -228,22 +232,21 @@ class Trainer:
             metrics = self.train_step(batch, idx)
             st.step_in_epoch, st.global_step = b + 1, st.global_step + 1
             if "skipped" not in metrics:
-                count += 1
+                st.epoch_count += 1
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-            metrics["examples_per_second"] = (b + 1 - first) * cfg.batch_size / max(
-                1e-9, time.perf_counter() - start)
+                    st.epoch_sums[k] = st.epoch_sums.get(k, 0.0) + v
+            metrics["examples_per_second"] = (b + 1 - first) * cfg.batch_size / max(1e-9, time.perf_counter() - start)
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
             if cfg.checkpoint_every_steps and st.global_step % cfg.checkpoint_every_steps == 0 and b + 1 < self.steps_per_epoch:
                 self.save()
             if self.stop_requested:
                 raise TrainingInterrupted(self.save(), self._stop_signal())
-        seconds = time.perf_counter() - start
-        means = {f"train_{k}": v / max(1, count) for k, v in sums.items()}
-        means["epoch_seconds"] = seconds
+        means = {f"train_{k}": v / max(1, st.epoch_count) for k, v in st.epoch_sums.items()}
         if "train_lr" in means:
             means["train_lr"] = self.optimizer.param_groups[0]["lr"]
+        means["epoch_seconds"] = time.perf_counter() - start
+        st.epoch_sums, st.epoch_count = {}, 0
         return means
 
     def fit(self) -> TrainState:
