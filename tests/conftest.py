@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 
 import pytest
+import torch
 
 
 def pytest_collection_modifyitems(config, items):
@@ -23,3 +24,13 @@ def _restore_signal_handlers():
     yield
     for s, handler in saved.items():
         signal.signal(s, handler)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """The tests' models are tiny: one intra-op thread is as fast, and far faster on a loaded machine (no OpenMP
+    spinning against other processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -37,13 +37,6 @@ N_TEST_DIGITS = 180
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and far faster on a loaded machine (no OpenMP spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def _tree(root: Path) -> dict[str, tuple[str, int]]:
     """relative path -> (SHA-256, mtime_ns) of every file under root (bytes and timestamps must not change)."""

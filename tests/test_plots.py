@@ -17,13 +17,6 @@ from bayesvae.grids import make_grid  # noqa: E402
 from plot_runs import TAB_SCALE, TAB_SHIFT, get_run  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster, and much faster on a busy machine (no oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,6 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 K = 40  # importance samples in these tests (the report's default is 1000)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -39,13 +39,6 @@ CFG = TrainConfig(epochs=3, batch_size=64, lr_schedule="cosine", kl_warmup_epoch
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and far faster on a loaded machine (no OpenMP spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def _tree(root: Path) -> dict[str, tuple[str, int]]:
     """relative path -> (SHA-256, mtime_ns) of every file under root."""

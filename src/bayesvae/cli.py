@@ -63,7 +63,7 @@ def _print(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _write_table(path: Path, columns: dict[str, "np.ndarray"], overwrite: bool) -> None:
+def _write_table(path: Path, columns: dict, overwrite: bool) -> None:
     """Named 1-D columns to ``.csv`` (integer columns stay integers) or, stacked as floats, to ``.npy``; atomic."""
     import io
 
