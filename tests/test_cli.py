@@ -595,3 +595,15 @@ def test_sigterm_and_sigint_commit_a_checkpoint_and_resume(tmp_path):
     assert main(["train", "--resume", str(run), "--epochs-override", str(target)]) == 0
     _, final = ckpt.load_checkpoint(ckpt.resolve_checkpoint(run, "last"))
     assert final["trainer"]["epoch"] == target and final["trainer"]["global_step"] == target * 23 > stopped_at
+
+
+def test_tensorboard_logging_writes_events_or_says_what_to_install(tmp_path, capsys):
+    run = tmp_path / "tb"
+    code = main(["train", *SMALL, "--epochs", "1", "--tensorboard", "--out", str(run), "--report-samples", "0"])
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert code == 2 and "pip install 'bayesvae[tensorboard]'" in capsys.readouterr().err
+        assert not run.exists()  # refused before anything was written
+    else:
+        assert code == 0 and any((run / "tensorboard").iterdir())

@@ -152,7 +152,8 @@ def cmd_train(args) -> int:
             trainer = runs.train(spec, out=args.out, train_config=_train_config(args), likelihood=args.likelihood,
                                  likelihood_options=options, latent_dim=args.latent_dim,
                                  architecture=args.architecture, hidden=args.hidden, activation=args.activation,
-                                 overwrite=args.overwrite, callbacks=callbacks, on_ready=_on_ready)
+                                 overwrite=args.overwrite, callbacks=callbacks, tensorboard=args.tensorboard,
+                                 on_ready=_on_ready)
     except TrainingInterrupted as stop:
         signum = stop.signum
         _print(f"stopped: checkpoint committed at {stop.checkpoint_path}; continue with "
@@ -419,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop")
     p.add_argument("--max-minutes", type=float, default=0.0, help="training time budget in minutes (0: none)")
+    p.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard (extra: tensorboard)")
     p.add_argument("--report-samples", type=int, default=1000,
                    help="K importance samples for report.html at the end (0: no report)")
     p.add_argument("--seed", type=int, default=0)

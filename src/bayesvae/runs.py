@@ -153,6 +153,29 @@ class _MetricsLog(Callback):
         ckpt.atomic_write_text(trainer.run_dir / "metrics.csv", "\n".join(rows) + "\n")
 
 
+class TensorBoardLog(Callback):
+    """Scalars of every epoch record under ``RUN_DIR/tensorboard`` (needs the ``tensorboard`` extra)."""
+
+    @staticmethod
+    def writer_class():
+        """SummaryWriter, or a clear error before anything is written when the extra is missing."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("TensorBoard logging needs the tensorboard package: "
+                              "pip install 'bayesvae[tensorboard]'") from None
+        return SummaryWriter
+
+    def __init__(self, run_dir: Path):
+        self.writer = self.writer_class()(str(Path(run_dir) / "tensorboard"))
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
+        self.writer.flush()
+
+
 def _csv(v) -> str:
     return "" if v is None else (repr(v) if isinstance(v, float) else str(v))
 
@@ -181,13 +204,17 @@ def _make_trainer(model: VAE, config: TrainConfig, prepared: PreparedData, run_d
 def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig = TrainConfig(),
           likelihood: str | None = None, likelihood_options: dict | None = None, latent_dim: int = 20,
           architecture: str = "mlp", hidden: Sequence[int] = (400,), activation: str = "relu",
-          overwrite: bool = False, callbacks: Sequence[Callback] = (),
+          overwrite: bool = False, callbacks: Sequence[Callback] = (), tensorboard: bool = False,
           on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None) -> Trainer:
     """Load and validate the data, build the model the data call for, and train it (into ``out`` if given).
 
     ``on_ready(trainer, dataset, likelihood)`` is called after every check passed and before the first step
     (the CLI prints the chosen likelihood there).
     """
+    if tensorboard:
+        if out is None:
+            raise ConfigError("TensorBoard logging needs a run directory (--out)")
+        TensorBoardLog.writer_class()
     dataset = spec.load()
     likelihood = likelihood or bdata.default_likelihood(dataset)
     prepared = prepare_data(dataset, likelihood)
@@ -204,6 +231,8 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
             {**state, "train_config": to_dict(train_config)}, indent=2))
     else:
         state = _run_state(model_config, spec, dataset, prepared)
+    if tensorboard:
+        callbacks = [*callbacks, TensorBoardLog(run_dir)]
     trainer = _make_trainer(model, train_config, prepared, run_dir, state, callbacks)
     if on_ready is not None:
         on_ready(trainer, dataset, likelihood)
