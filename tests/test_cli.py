@@ -607,3 +607,18 @@ def test_tensorboard_logging_writes_events_or_says_what_to_install(tmp_path, cap
         assert not run.exists()  # refused before anything was written
     else:
         assert code == 0 and any((run / "tensorboard").iterdir())
+
+
+def test_export_writes_a_small_model_that_evaluates_like_the_run(digits_run, tmp_path, capsys):
+    out = tmp_path / "exported"
+    assert main(["export", str(digits_run), "--out", str(out)]) == 0
+    tensors, state = ckpt.load_checkpoint(ckpt.resolve_checkpoint(out, "best"))
+    assert tensors and all(k.startswith("model.") for k in tensors)  # no optimiser or RNG state
+    assert "trainer" not in state and "optimizer" not in state
+    capsys.readouterr()
+    results = []
+    for run in (digits_run, out):
+        assert main(["evaluate", str(run), "--samples", "7", "--json", "--seed", "3"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0]["nll_nats"] == results[1]["nll_nats"]
+    assert main(["export", str(digits_run), "--out", str(out)]) == 2  # never over an existing output

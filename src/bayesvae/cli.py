@@ -188,7 +188,7 @@ def cmd_evaluate(args) -> int:
     from . import runs
     from .estimators import evaluate
 
-    run = runs.load_run(args.run_dir, args.checkpoint)
+    run = runs.load_run(args.run_dir, args.checkpoint, data_dir=args.data_dir)
     x, _, prepared = _split_data(run, args.split)
     if args.limit is not None:
         if args.limit <= 0:
@@ -220,7 +220,7 @@ def cmd_sample(args) -> int:
     _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     if args.n <= 0:
         raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
-    run = runs.load_run(args.run_dir, args.checkpoint)
+    run = runs.load_run(args.run_dir, args.checkpoint, data_dir=args.data_dir)
     torch.manual_seed(args.seed)
     x = run.model.sample(args.n, mean=not args.draw)
     _save_examples(out, x, run, args.overwrite, save_grid_png)
@@ -255,7 +255,7 @@ def cmd_reconstruct(args) -> int:
     _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     if args.n <= 0:
         raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
-    run = runs.load_run(args.run_dir, args.checkpoint)
+    run = runs.load_run(args.run_dir, args.checkpoint, data_dir=args.data_dir)
     x, _, _ = _split_data(run, args.split)
     x = x[: args.n]
     recon = run.model.reconstruct(x)
@@ -274,7 +274,7 @@ def cmd_encode(args) -> int:
 
     out = Path(args.out)
     _check_out(out, args.overwrite, (".npy", ".csv"))
-    run = runs.load_run(args.run_dir, args.checkpoint)
+    run = runs.load_run(args.run_dir, args.checkpoint, data_dir=args.data_dir)
     x, labels, _ = _split_data(run, args.split)
     z = torch.cat([run.model.encode(x[i: i + 1000]) for i in range(0, x.shape[0], 1000)])
     columns = _matrix_columns(z.numpy(), prefix="z")
@@ -292,7 +292,7 @@ def cmd_score(args) -> int:
 
     out = Path(args.out)
     _check_out(out, args.overwrite, (".csv", ".npy"))
-    run = runs.load_run(args.run_dir, args.checkpoint)
+    run = runs.load_run(args.run_dir, args.checkpoint, data_dir=args.data_dir)
     x, _, _ = _split_data(run, args.split)
     torch.manual_seed(args.seed)
     ll = estimate_log_likelihood(run.model, x, args.samples, batch_size=500)
@@ -300,6 +300,15 @@ def cmd_score(args) -> int:
     columns = {"index": np.arange(x.shape[0]), "nll_nats": (-ll).numpy()}
     _write_table(out, columns if out.suffix == ".csv" else {"nll_nats": columns["nll_nats"]}, args.overwrite)
     _print(f"wrote -log p(x) (nats, K = {args.samples}) of {x.shape[0]} {args.split} examples to {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from . import runs
+
+    path = runs.export_model(args.run_dir, args.out, args.checkpoint, overwrite=args.overwrite)
+    _print(f"exported the model of {args.run_dir} ({args.checkpoint}) to {path}; "
+           f"check it with `bayesvae evaluate {args.out}`")
     return 0
 
 
@@ -326,7 +335,7 @@ def cmd_plot(args) -> int:
     if args.out is None and run_dir.is_dir():
         out.parent.mkdir(exist_ok=True)
     _check_out(out, args.overwrite, (".png",))
-    run = runs.load_run(run_dir, args.checkpoint)
+    run = runs.load_run(run_dir, args.checkpoint, data_dir=args.data_dir)
     options = {"split": args.split, "seed": args.seed}
     if args.dims is not None:
         if args.kind not in ("latent", "manifold"):
@@ -386,6 +395,7 @@ def _add_picture_commands(sub) -> None:
 def _run_dir_args(p, checkpoint_default: str = "best") -> None:
     p.add_argument("run_dir", help="a run directory written by `bayesvae train`")
     p.add_argument("--checkpoint", default=checkpoint_default, help="best, last, or a step directory (default: %(default)s)")
+    p.add_argument("--data-dir", help="where the run's MNIST files are now (default: where they were in training)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -464,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--samples", type=int, default=1000)
             p.add_argument("--seed", type=int, default=0)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("export", help="write a run's model without optimiser state, for publishing")
+    _run_dir_args(p)
+    p.add_argument("--out", required=True, help="a new directory")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("data", help="data sources: fetch, info")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -6,6 +6,7 @@ carries the model and data configuration, so ``load`` needs nothing else) and ``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from .objectives import TrainingObjective
 from .training import Callback, Trainer
 
 __all__ = ["DataSpec", "PreparedData", "prepare_data", "train", "resume", "load", "load_run", "LoadedRun",
-           "load_preset", "PRESET_MODEL_KEYS"]
+           "load_preset", "PRESET_MODEL_KEYS", "export_model"]
 
 RUN_FORMAT = 1
 #: Fixed seeds of the one-off binarisation/dequantisation of validation and test data (protocol: never re-drawn).
@@ -263,8 +264,12 @@ def _spec_from_state(data: dict) -> DataSpec:
     return DataSpec(**{k: v for k, v in data.items() if k in keys})
 
 
-def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool = False) -> LoadedRun:
-    """Rebuild the model and configuration from a checkpoint alone (``which``: best, last, or a step dir)."""
+def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool = False,
+             data_dir: str | None = None) -> LoadedRun:
+    """Rebuild the model and configuration from a checkpoint alone (``which``: best, last, or a step dir).
+
+    ``data_dir`` replaces the stored MNIST directory (a run or exported model evaluated on another machine).
+    """
     path = ckpt.resolve_checkpoint(run_dir, which)
     tensors, state = ckpt.load_checkpoint(path, allow_nonfinite=allow_nonfinite)
     for key in ("model_config", "train_config", "data"):
@@ -280,7 +285,31 @@ def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool 
         raise IncompatibleCheckpointError(f"{path}: weights do not fit the stored model configuration: "
                                           f"{str(err).splitlines()[0]}") from None
     model.eval()
-    return LoadedRun(model, model_config, train_config, _spec_from_state(state["data"]), state, tensors, path)
+    spec = _spec_from_state(state["data"])
+    if data_dir is not None:
+        spec = dataclasses.replace(spec, data_dir=str(data_dir))
+    return LoadedRun(model, model_config, train_config, spec, state, tensors, path)
+
+
+def export_model(run_dir: str | Path, out: str | Path, which: str = "best", *, overwrite: bool = False) -> Path:
+    """Write the model of a run's checkpoint, without optimiser or trainer state, as a small run directory that
+    ``load``, ``evaluate`` and the other subcommands accept (for publishing a model)."""
+    run = load_run(run_dir, which)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"{out} already exists and is not empty; pass --overwrite or choose another --out")
+        if not (out / "run.json").exists():
+            raise OutputExistsError(f"{out} is not a bayesvae run directory; refusing to replace it")
+        shutil.rmtree(out)
+    tensors = {k: v for k, v in run.tensors.items() if k.startswith("model.")}
+    state = {k: run.state[k] for k in ("run_format", "model_config", "train_config", "data") if k in run.state}
+    state["exported_from"] = {"checkpoint": run.checkpoint.name,
+                              "epoch": run.state.get("trainer", {}).get("epoch")}
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_text(out / "run.json", json.dumps(state, indent=2))
+    step = int(run.checkpoint.name.split("-")[-1]) if run.checkpoint.name.startswith("step-") else 0
+    return ckpt.save_checkpoint(out, step, tensors, state, tags=("last", "best"))
 
 
 def load(run_dir: str | Path, which: str = "best") -> VAE:
