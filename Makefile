@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.bayesvae-installed
 
-.PHONY: env test test-all demo bench-speed bench-eval bench-table bench-continuous clean
+.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist clean
 
 env: $(STAMP)
 
@@ -37,6 +37,18 @@ bench-speed: $(STAMP)
 
 bench-eval: $(STAMP)
 	$(PY) benchmarks/eval_speed.py --data-dir $(MNIST_DIR) --json benchmarks/results/eval_speed.json
+
+bench-table-best: $(STAMP)
+	$(PY) benchmarks/mnist_likelihood.py --preset mnist-best --minutes 60 --out runs/mnist-best --data-dir $(MNIST_DIR) --json benchmarks/results/mnist_best.json
+
+bench-table-preset: $(STAMP)
+	$(PY) benchmarks/mnist_likelihood.py --preset mnist-iwae-vae --minutes 25 --out runs/mnist-iwae-vae --data-dir $(MNIST_DIR) --json benchmarks/results/mnist_iwae_vae.json
+
+bench-continuous-digits: $(STAMP)
+	$(PY) benchmarks/continuous.py --data digits --epochs 100 --json benchmarks/results/continuous_digits.json
+
+bench-continuous-mnist: $(STAMP)
+	$(PY) benchmarks/continuous.py --data mnist --data-dir $(MNIST_DIR) --minutes 3 --epochs 100 --json benchmarks/results/continuous_mnist.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,64 @@
+"""Each benchmark's --smoke mode runs end to end (no speed assertions), and the README quotes the JSON results."""
+
+import json
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT.parent / "shared" / "data" / "mnist"
+needs_mnist = pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").exists(), reason="MNIST files not found")
+
+
+def _run(script: str, *args: str, monkeypatch):
+    """Run a benchmark's main() in-process with these arguments; returns what it returns."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    module = runpy.run_path(str(ROOT / "benchmarks" / script), run_name="benchmark")
+    return module["main"](list(args))
+
+
+def test_continuous_smoke_on_digits(monkeypatch, tmp_path):
+    result = _run("continuous.py", "--smoke", "--json", str(tmp_path / "c.json"), monkeypatch=monkeypatch)
+    assert len(result["rows"]) == 6 and json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert all(r["levels"] == 17 for r in result["rows"])  # digits hold 17 grey levels
+
+
+@needs_mnist
+def test_train_speed_smoke(monkeypatch):
+    result = _run("train_speed.py", "--smoke", "--data-dir", str(MNIST), monkeypatch=monkeypatch)
+    assert result["plain_examples_per_second"] > 0 and result["bayesvae_examples_per_second"] > 0
+
+
+@needs_mnist
+def test_eval_speed_smoke_agrees_with_the_naive_loop(monkeypatch):
+    result = _run("eval_speed.py", "--smoke", "--data-dir", str(MNIST), monkeypatch=monkeypatch)
+    assert result["max_abs_difference_nats"] <= 1e-4
+
+
+@needs_mnist
+def test_likelihood_table_smoke(monkeypatch, tmp_path):
+    results = _run("mnist_likelihood.py", "--smoke", "--data-dir", str(MNIST), "--out", str(tmp_path / "run"),
+                   monkeypatch=monkeypatch)
+    assert results[0]["num_samples"] == 20 and results[0]["nll_nats"] > 0
+
+
+def _numbers(text: str) -> set[str]:
+    return set(re.findall(r"\d+\.\d+", text))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "benchmarks" / "results").glob("*.json")))
+def test_readme_figures_come_from_the_json_results(name):
+    """Every figure the README's table row for a result file quotes must be one of that file's numbers."""
+    data = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+    flat = json.dumps(data)
+    values = {float(v) for v in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", flat)}
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if f"results/{name}" in line]
+    assert rows, f"the README quotes nothing from benchmarks/results/{name}"
+    for row in rows:
+        for figure in _numbers(row.split("`")[0]):
+            decimals = len(figure.split(".")[1])
+            assert any(round(v, decimals) == float(figure) or round(-v, decimals) == float(figure) for v in values), (
+                f"README figure {figure} in the row for {name} is not in the JSON")
