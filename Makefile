@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.bayesvae-installed
 
-.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist clean
+.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist pictures clean
 
 env: $(STAMP)
 
@@ -49,6 +49,12 @@ bench-continuous-digits: $(STAMP)
 
 bench-continuous-mnist: $(STAMP)
 	$(PY) benchmarks/continuous.py --data mnist --data-dir $(MNIST_DIR) --minutes 3 --epochs 100 --json benchmarks/results/continuous_mnist.json
+
+# The README's pictures: a 2-D latent model on MNIST (6 minutes), its manifold and latent scatter.
+pictures: $(STAMP)
+	$(VENV)/bin/bayesvae train --data mnist --data-dir $(MNIST_DIR) --latent-dim 2 --hidden 512 --epochs 30 --max-minutes 6 --out runs/mnist-2d --overwrite --report-samples 200
+	$(VENV)/bin/bayesvae plot runs/mnist-2d manifold --out docs/mnist-2d-manifold.png --overwrite
+	$(VENV)/bin/bayesvae plot runs/mnist-2d latent --out docs/mnist-2d-latent.png --overwrite
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

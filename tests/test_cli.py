@@ -622,3 +622,26 @@ def test_export_writes_a_small_model_that_evaluates_like_the_run(digits_run, tmp
         results.append(json.loads(capsys.readouterr().out))
     assert results[0]["nll_nats"] == results[1]["nll_nats"]
     assert main(["export", str(digits_run), "--out", str(out)]) == 2  # never over an existing output
+
+
+def test_score_new_data_uses_the_runs_standardisation(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    table = rng.normal(5.0, 2.0, size=(200, 3)).astype(np.float32)
+    np.save(tmp_path / "t.npy", table)
+    run = tmp_path / "tab"
+    assert main(["train", "--data", str(tmp_path / "t.npy"), *SMALL, "--epochs", "2", "--out", str(run),
+                 "--report-samples", "0"]) == 0
+    odd = table[:5].copy()
+    odd[0] = 1000.0  # far outside the training data, in the file's own units
+    np.save(tmp_path / "new.npy", odd)
+    assert main(["score", str(run), "--data", str(tmp_path / "new.npy"), "--samples", "20",
+                 "--out", str(tmp_path / "s.csv")]) == 0
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    nll = [float(r.split(",")[1]) for r in rows[1:]]
+    assert len(nll) == 5 and nll[0] > 10 * max(nll[1:])  # the outlier is flagged
+    # the rest look like training data only if the run's z-scoring was applied (raw values ~5 sd away: ~40 nats;
+    # a 3-d standard normal: ~4.3 nats)
+    assert max(nll[1:]) < 15
+    np.save(tmp_path / "wrong.npy", table[:, :2])
+    assert main(["score", str(run), "--data", str(tmp_path / "wrong.npy"), "--out", str(tmp_path / "w.csv")]) == 2
+    assert "shape" in capsys.readouterr().err and not (tmp_path / "w.csv").exists()

@@ -293,13 +293,13 @@ def cmd_score(args) -> int:
     out = Path(args.out)
     _check_out(out, args.overwrite, (".csv", ".npy"))
     run = runs.load_run(args.run_dir, args.checkpoint, data_dir=args.data_dir)
-    x, _, _ = _split_data(run, args.split)
-    torch.manual_seed(args.seed)
-    ll = estimate_log_likelihood(run.model, x, args.samples, batch_size=500)
+    x = run.new_data(args.data) if args.data else _split_data(run, args.split)[0]
+    ll = estimate_log_likelihood(run.model, x, args.samples, seed=args.seed)
     import numpy as np
     columns = {"index": np.arange(x.shape[0]), "nll_nats": (-ll).numpy()}
     _write_table(out, columns if out.suffix == ".csv" else {"nll_nats": columns["nll_nats"]}, args.overwrite)
-    _print(f"wrote -log p(x) (nats, K = {args.samples}) of {x.shape[0]} {args.split} examples to {out}")
+    _print(f"wrote -log p(x) (nats, K = {args.samples}) of {x.shape[0]} "
+           f"{args.data or args.split} examples to {out}")
     return 0
 
 
@@ -471,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "reconstruct":
             p.add_argument("-n", type=int, default=16)
         if name == "score":
+            p.add_argument("--data", help="score this data source (prepared like the run's test split) "
+                                           "instead of a split")
             p.add_argument("--samples", type=int, default=1000)
             p.add_argument("--seed", type=int, default=0)
         p.set_defaults(func=func)

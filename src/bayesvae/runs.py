@@ -258,6 +258,25 @@ class LoadedRun:
     def prepared(self, dataset: bdata.Dataset | None = None) -> PreparedData:
         return prepare_data(dataset or self.dataset(), self.model_config.likelihood)
 
+    def new_data(self, source: str) -> torch.Tensor:
+        """Other data (e.g. to score for anomalies) prepared exactly as this run's test split: the run's
+        standardisation statistics, its fixed-seed binarisation or dequantisation."""
+        ds = bdata.load_dataset(source, valid_fraction=0.0, test_fraction=0.0, standardize=False)
+        x = torch.cat([ds.train, ds.valid, ds.test])
+        if tuple(x.shape[1:]) != self.model_config.data_shape:
+            raise bdata.DataValidationError(f"{source}: examples have shape {tuple(x.shape[1:])}, but the model was "
+                                            f"trained on shape {self.model_config.data_shape}")
+        std = self.state["data"].get("standardization")
+        if std is not None:
+            x = (x - torch.tensor(std[0])) / torch.tensor(std[1])
+        how = self.state["data"].get("preparation", "none")
+        if how == "binarize":
+            return bdata.fixed_binarization(x, TEST_SEED)
+        if how == "dequantize":
+            return _dequantize(x, self.state["data"]["levels"], torch.Generator().manual_seed(TEST_SEED))
+        bdata.check_likelihood_support(dataclasses.replace(ds, train=x), self.model_config.likelihood)
+        return x
+
 
 def _spec_from_state(data: dict) -> DataSpec:
     keys = {f for f in DataSpec.__dataclass_fields__}
