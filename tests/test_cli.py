@@ -32,7 +32,7 @@ from bayesvae import checkpoint as ckpt
 from bayesvae.cli import main
 
 SMALL = ["--hidden", "32", "--latent-dim", "4", "--batch-size", "64"]
-MNIST_DIR = Path("/work/shared/data/mnist")
+from mnist_path import MNIST_DIR
 N_TEST_DIGITS = 180
 
 
