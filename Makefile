@@ -50,7 +50,7 @@ bench-continuous-digits: $(STAMP)
 bench-continuous-mnist: $(STAMP)
 	$(PY) benchmarks/continuous.py --data mnist --data-dir $(MNIST_DIR) --minutes 3 --epochs 100 --json benchmarks/results/continuous_mnist.json
 
-# The README's pictures: a 2-D latent model on MNIST (6 minutes), its manifold and latent scatter.
+# The README's pictures: a 2-D latent model on MNIST (a few minutes), its manifold and latent scatter.
 pictures: $(STAMP)
 	$(VENV)/bin/bayesvae train --data mnist --data-dir $(MNIST_DIR) --latent-dim 2 --hidden 512 --epochs 30 --max-minutes 6 --out runs/mnist-2d --overwrite --report-samples 200
 	$(VENV)/bin/bayesvae plot runs/mnist-2d manifold --out docs/mnist-2d-manifold.png --overwrite
