@@ -570,3 +570,23 @@ def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
 def test_sigkill_during_saves_leaves_a_loadable_checkpoint_20x(tmp_path):
     run_dirs = _sigkill_repetitions(tmp_path, 20)
     _resume_to_completion(run_dirs[-1])
+
+
+def test_grad_clip_matches_torch_clip_grad_norm():
+    from bayesvae.training import Trainer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    reference = torch.nn.Linear(4, 3)
+    reference.load_state_dict(model.state_dict())
+    for m in (model, reference):
+        for p in m.parameters():
+            p.grad = torch.arange(p.numel(), dtype=torch.float32).reshape(p.shape) * 3.0
+    trainer = Trainer(model, lambda m, x, progress: {"objective": m(x).sum(-1)}, torch.zeros(4, 4),
+                      TrainConfig(grad_clip=0.5))
+    trainer._check_gradients()
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7)
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert abs(float(total) - 0.5) < 1e-5

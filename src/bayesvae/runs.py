@@ -225,13 +225,11 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     run_dir = Path(out) if out is not None else None
     torch.manual_seed(train_config.seed)
     model = build_model(model_config)
+    state = _run_state(model_config, spec, dataset, prepared)
     if run_dir is not None:
         _prepare_run_dir(run_dir, overwrite)
-        state = _run_state(model_config, spec, dataset, prepared)
         ckpt.atomic_write_text(run_dir / "run.json", json.dumps(
             {**state, "train_config": to_dict(train_config)}, indent=2))
-    else:
-        state = _run_state(model_config, spec, dataset, prepared)
     if tensorboard:
         callbacks = [*callbacks, TensorBoardLog(run_dir)]
     trainer = _make_trainer(model, train_config, prepared, run_dir, state, callbacks)

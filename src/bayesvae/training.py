@@ -163,8 +163,9 @@ class Trainer:
             return
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         if torch.isfinite(norm):
-            if self.config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            clip = self.config.grad_clip
+            if clip > 0 and norm > clip:  # clip with the norm already computed (one pass over the gradients)
+                torch._foreach_mul_(grads, clip / (float(norm) + 1e-6))
             return
         names = [n for n, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         raise NonFiniteError(
