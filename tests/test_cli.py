@@ -645,3 +645,13 @@ def test_score_new_data_uses_the_runs_standardisation(tmp_path, capsys):
     np.save(tmp_path / "wrong.npy", table[:, :2])
     assert main(["score", str(run), "--data", str(tmp_path / "wrong.npy"), "--out", str(tmp_path / "w.csv")]) == 2
     assert "shape" in capsys.readouterr().err and not (tmp_path / "w.csv").exists()
+
+
+def test_train_warns_about_a_gaussian_on_binary_data(tmp_path, capsys):
+    x = (np.random.default_rng(0).random((60, 6)) < 0.5).astype(np.float32)
+    np.save(tmp_path / "bits.npy", x)
+    _train(tmp_path / "run", "--likelihood", "gaussian-fixed", epochs=1, data=str(tmp_path / "bits.npy"))
+    err = capsys.readouterr().err
+    assert "warning: a Gaussian density on binary data" in err
+    _train(tmp_path / "run2", epochs=1, data=str(tmp_path / "bits.npy"))  # the default (bernoulli): no warning
+    assert "warning" not in capsys.readouterr().err

@@ -442,3 +442,26 @@ def test_fetch_mnist_network_failure_names_url(tmp_path, mnist_server):
 def test_math_sanity_of_split_sizes():
     ds = D.load_dataset("digits", valid_fraction=0.25, test_fraction=0.05)
     assert len(ds.test) == math.floor(1797 * 0.05 + 0.5) and len(ds.valid) == math.floor(1797 * 0.25 + 0.5)
+
+
+@pytest.mark.parametrize("scale,levels", [(255, 256), (16, 17), (3, 256), (None, None)])
+def test_pixel_levels_are_found_from_the_data(tmp_path, scale, levels):
+    from bayesvae import runs
+
+    rng = np.random.default_rng(0)
+    if scale is None:  # continuous values in [0, 1]: nothing to dequantise, values used as they are
+        x = rng.random((60, 1, 4, 4)).astype(np.float32)
+    else:
+        x = (rng.integers(0, scale + 1, (60, 1, 4, 4)) / scale).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    dataset = D.load_dataset(str(tmp_path / "x.npy"))
+    assert dataset.kind == "image"
+    assert dataset.levels == levels
+    prepared = runs.prepare_data(dataset, "gaussian-learned")
+    assert prepared.levels == levels
+    if levels is None:
+        assert prepared.preparation == "none" and torch.equal(prepared.test, dataset.test)
+    else:  # each value lands in its own bin [k / L, (k + 1) / L)
+        assert prepared.preparation == "dequantize"
+        k = torch.round(dataset.test * (levels - 1))
+        assert bool(((prepared.test >= k / levels) & (prepared.test < (k + 1) / levels)).all())

@@ -103,7 +103,7 @@ def _train_config(args) -> TrainConfig:
                        lr_schedule=args.lr_schedule, objective=args.objective, samples=args.samples,
                        kl_warmup_epochs=args.kl_warmup, early_stopping_patience=args.patience, seed=args.seed,
                        checkpoint_every_steps=args.checkpoint_every, nonfinite_policy=args.on_nonfinite,
-                       max_seconds=60.0 * args.max_minutes)
+                       max_seconds=60.0 * args.max_minutes, precision=args.precision)
 
 
 def _install_signal_handlers(trainer) -> None:
@@ -129,6 +129,9 @@ def _on_ready(trainer, dataset, likelihood) -> None:
             "dequantize": " (uniform dequantisation of the pixel levels)"}.get(how, "")
     _print(f"likelihood: {likelihood}{note}; latent dim {trainer.model.latent_dim}; "
            f"{num_parameters(trainer.model):,} parameters")
+    if info["kind"] == "binary" and likelihood.startswith("gaussian"):
+        _print("warning: a Gaussian density on binary data grows without bound as σ shrinks (only the σ floor "
+               "stops it), so its NLL says little; --likelihood bernoulli is the likelihood for 0/1 data")
     if trainer.run_dir is not None:
         _print(f"run directory: {trainer.run_dir}")
     _install_signal_handlers(trainer)
@@ -430,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop")
     p.add_argument("--max-minutes", type=float, default=0.0, help="training time budget in minutes (0: none)")
+    p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                   help="bf16: the networks' matrix products in bfloat16 during training (pays on GPUs); "
+                        "densities, KL, optimiser and evaluation stay float32")
     p.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard (extra: tensorboard)")
     p.add_argument("--report-samples", type=int, default=1000,
                    help="K importance samples for report.html at the end (0: no report)")
@@ -500,7 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
 #: CLI option names of the TrainConfig fields a preset may set.
 _PRESET_TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "learning_rate": "lr",
                          "lr_schedule": "lr_schedule", "objective": "objective", "samples": "samples",
-                         "kl_warmup_epochs": "kl_warmup", "early_stopping_patience": "patience", "seed": "seed"}
+                         "kl_warmup_epochs": "kl_warmup", "early_stopping_patience": "patience", "seed": "seed",
+                         "precision": "precision"}
 
 
 def _apply_preset(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:

@@ -77,6 +77,28 @@ class Dataset:
         parts = [t for t in (self.train, self.valid, self.test) if t.numel()]
         return min(float(t.min()) for t in parts), max(float(t.max()) for t in parts)
 
+    @cached_property
+    def levels(self) -> int | None:
+        """How many equally spaced values k / (L - 1) the data take in [0, 1]: 256 for 8-bit pixels (checked first,
+        the convention for bits/dim), else the smallest L ≤ 256 that fits (17 for ``digits``), else None
+        (continuous values: nothing to dequantise)."""
+        parts = [t for t in (self.train, self.valid, self.test) if t.numel()]
+        lo, hi = self.value_range
+        if not parts or lo < 0 or hi > 1:
+            return None
+
+        def on_grid(values: torch.Tensor, n: int) -> bool:
+            scaled = values.double() * (n - 1)
+            return bool(((scaled - scaled.round()).abs() <= 1e-3).all())
+
+        if all(on_grid(t, 256) for t in parts):
+            return 256
+        distinct = torch.unique(parts[0].reshape(-1)[: 1 << 20])
+        for n in range(2, 256):
+            if on_grid(distinct, n):
+                return n if all(on_grid(t, n) for t in parts) else None
+        return None
+
     def fingerprint(self) -> str:
         """SHA-256 of the content (shapes and float32 bytes of every split), not the name: a moved file keeps its
         fingerprint, so a resume can check it is training on the same data."""

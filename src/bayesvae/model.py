@@ -22,6 +22,12 @@ from .priors import Prior, StandardNormalPrior, make_prior
 __all__ = ["VAE", "build_model", "num_parameters"]
 
 
+def _full_precision(params: torch.Tensor) -> torch.Tensor:
+    """Distribution parameters in float32 at least: under bf16/fp16 autocast only the networks run in low precision;
+    a sum of 784 log-densities in bf16 (8 bits of mantissa) would be off by whole nats."""
+    return params.float() if params.dtype in (torch.float16, torch.bfloat16) else params
+
+
 class VAE(nn.Module):
     """A variational autoencoder.
 
@@ -56,13 +62,13 @@ class VAE(nn.Module):
         if self.data_shape is not None and (x.dim() < 1 or tuple(x.shape[1:]) != self.data_shape):
             raise ValueError(f"x must have shape [B, {', '.join(map(str, self.data_shape))}], got data shape "
                              f"{tuple(x.shape[1:])}; reshape the data to the model's data shape")
-        return self.posterior_head(self.encoder(x))
+        return self.posterior_head(_full_precision(self.encoder(x)))
 
     def _decode(self, z: torch.Tensor) -> tuple[torch.Tensor, int]:
         if z.dim() < 1 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"z must have shape [..., {self.latent_dim}], got {tuple(z.shape)}")
         lead = z.shape[:-1]
-        params = self.decoder(z.reshape(-1, self.latent_dim))
+        params = _full_precision(self.decoder(z.reshape(-1, self.latent_dim)))
         return params.reshape(*lead, *params.shape[1:]), params.dim() - 1
 
     def likelihood(self, z: torch.Tensor) -> Distribution:

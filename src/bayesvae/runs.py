@@ -58,12 +58,8 @@ class PreparedData:
     test: torch.Tensor
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None
     preparation: str
-    """``none``, ``binarize`` (dynamic binarisation) or ``dequantize`` (uniform noise on 8-bit levels)."""
+    """``none``, ``binarize`` (dynamic binarisation) or ``dequantize`` (uniform noise on the pixel levels)."""
     levels: int | None = None
-
-
-def _levels(dataset: bdata.Dataset) -> int:
-    return 17 if dataset.name == "digits" else 256  # digits hold 0..16, every other image source 8-bit pixels
 
 
 def _dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -76,8 +72,8 @@ def _dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None 
 def preparation_for(dataset: bdata.Dataset, likelihood: str) -> str:
     if bdata.needs_binarization(dataset, likelihood):
         return "binarize"
-    if dataset.kind == "image" and likelihood != "bernoulli":
-        return "dequantize"
+    if dataset.kind == "image" and likelihood != "bernoulli" and dataset.levels is not None:
+        return "dequantize"  # discrete pixel levels: a density needs them spread over their bins
     return "none"
 
 
@@ -92,7 +88,7 @@ def prepare_data(dataset: bdata.Dataset, likelihood: str) -> PreparedData:
                             bdata.fixed_binarization(dataset.test, TEST_SEED),
                             lambda x: bdata.binarize(x, validate=False), how)
     if how == "dequantize":
-        levels = _levels(dataset)
+        levels = dataset.levels
 
         def fixed(x, seed):
             return _dequantize(x, levels, torch.Generator().manual_seed(seed))

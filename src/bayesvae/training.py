@@ -12,6 +12,7 @@ A resumed run therefore ends bit-for-bit where the uninterrupted run ends (on CP
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -144,6 +145,13 @@ class Trainer:
         return lr
 
     # ---------------------------------------------------------------------------------------------- one step
+    def _autocast(self):
+        """bf16 autocast on the parameters' device for ``precision="bf16"``; nothing otherwise."""
+        if self.config.precision != "bf16":
+            return contextlib.nullcontext()
+        device = next((p.device.type for p in self.model.parameters()), "cpu")
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
     def _check_terms(self, out: dict[str, torch.Tensor], loss: torch.Tensor, batch_idx: torch.Tensor) -> None:
         if torch.isfinite(loss):
             return
@@ -178,7 +186,9 @@ class Trainer:
         self.model.train()
         lr = self._set_lr()
         progress = self.state.global_step / self.steps_per_epoch
-        out = self.objective(self.model, batch, progress)
+        with self._autocast():
+            out = self.objective(self.model, batch, progress)
+        out = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in out.items()}
         loss = -out["objective"].mean()  # the one place where the objective is negated
         self.optimizer.zero_grad(set_to_none=True)
         try:
