@@ -81,9 +81,9 @@ def is_binary(x: torch.Tensor) -> bool:
 class BernoulliLogits(_TorchBernoulli):
     """torch's Bernoulli with a one-pass ``log_prob`` for binary values.
 
-    For x in {0, 1}: ln q(x|l) = x ln σ(l) + (1 - x) ln σ(-l) = ln σ((2x - 1) l), one multiply and one log-sigmoid
-    (stable for any l) instead of the several passes of BCE-with-logits; the importance-sampled estimator spends
-    a quarter of its time here. Values that are not all 0 or 1 take torch's general formula.
+    For x in {0, 1}: ln q(x|l) = x ln σ(l) + (1 - x) ln σ(-l) = ln σ((2x - 1) l): two cheap passes and one
+    log-sigmoid (stable for any l) instead of the several passes of BCE-with-logits; the importance-sampled
+    estimator spends a quarter of its time here. Values that are not all 0 or 1 take torch's general formula.
     """
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
