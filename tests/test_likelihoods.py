@@ -31,9 +31,9 @@ def test_bernoulli_is_stable_for_huge_logits():
     torch.testing.assert_close(lp, torch.tensor([-400.0]))
 
 
-def test_bernoulli_one_pass_log_prob_matches_float64_bce_values_and_gradients():
-    # The binary fast path ln σ((2x-1) l) against BCE-with-logits in float64, over ordinary and extreme logits,
-    # with the data broadcast against sample dimensions as the estimator does; gradients too (training uses it).
+def test_bernoulli_log_prob_matches_float64_bce_values_and_gradients():
+    # Against BCE-with-logits in float64, over ordinary and extreme logits, with the data broadcast against sample
+    # dimensions as the estimator does; gradients too (training uses them).
     g = torch.Generator().manual_seed(3)
     logits = torch.cat([torch.randn(7, 4, 50, generator=g) * 8, torch.full((1, 4, 50), 90.0),
                         torch.full((1, 4, 50), -1e4)]).requires_grad_()
@@ -47,7 +47,8 @@ def test_bernoulli_one_pass_log_prob_matches_float64_bce_values_and_gradients():
 
 
 def test_bernoulli_infinite_logits_give_nan_like_torch_even_when_the_pixel_agrees():
-    # ln σ(+inf) = 0 would hide an overflow in the decoder when x = 1; the trainer's non-finite check relies on NaN
+    # ln σ(+inf) = 0 would hide an overflow in the decoder when x = 1 (a tempting one-pass formula does exactly
+    # that); the trainer's non-finite check relies on NaN
     lp = bv.Bernoulli()(torch.tensor([[math.inf, 0.0], [-math.inf, 0.0], [1.0, 2.0]])).log_prob(
         torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
     assert torch.isnan(lp[:2]).all() and torch.isfinite(lp[2])
@@ -57,14 +58,6 @@ def test_bernoulli_non_binary_values_take_the_general_formula():
     logits, x = torch.tensor([[0.3, -1.2]]), torch.tensor([[0.25, 1.0]])
     want = (x * torch.nn.functional.logsigmoid(logits) + (1 - x) * torch.nn.functional.logsigmoid(-logits)).sum(-1)
     torch.testing.assert_close(bv.Bernoulli()(logits).log_prob(x), want)
-
-
-def test_is_binary():
-    from bayesvae.likelihoods import is_binary
-
-    assert is_binary(torch.tensor([[0.0, 1.0, 1.0]])) and is_binary(torch.zeros(0))
-    for bad in ([[0.0, 0.5]], [[2.0, 0.0]], [[-1.0, 1.0]], [[1.0, float("nan")]], [[1e-30, 1.0]], [[1 - 2**-24]]):
-        assert not is_binary(torch.tensor(bad)), bad
 
 
 def test_eq19_by_hand():

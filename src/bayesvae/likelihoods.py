@@ -21,7 +21,6 @@ from torch.distributions import Bernoulli as _TorchBernoulli
 __all__ = [
     "Likelihood",
     "Bernoulli",
-    "BernoulliLogits",
     "GaussianFixedVariance",
     "GaussianLearnedVariance",
     "GaussianSharedVariance",
@@ -63,39 +62,6 @@ class Likelihood(nn.Module):
         return {"name": self.name}
 
 
-def is_binary(x: torch.Tensor) -> bool:
-    """All values 0 or 1: 0 ≤ x ≤ 1 and Σ x(1 - x) = 0, a sum of non-negative terms that is positive as soon as
-    one value lies strictly between 0 and 1 (NaN fails the range test). Two reductions: ~3x cheaper than
-    ``((x == 0) | (x == 1)).all()``, which matters when the check runs on every training batch."""
-    if x.numel() == 0:
-        return True
-    if not x.is_floating_point():
-        x = x.double()
-    lo, hi = torch.aminmax(x)
-    if not (bool(lo >= 0) and bool(hi <= 1)):
-        return False
-    flat = x.reshape(-1)
-    return bool(torch.dot(flat, 1 - flat) == 0)
-
-
-class BernoulliLogits(_TorchBernoulli):
-    """torch's Bernoulli with a one-pass ``log_prob`` for binary values.
-
-    For x in {0, 1}: ln q(x|l) = x ln σ(l) + (1 - x) ln σ(-l) = ln σ((2x - 1) l): two cheap passes and one
-    log-sigmoid (stable for any l) instead of the several passes of BCE-with-logits; the importance-sampled
-    estimator spends a quarter of its time here. Values that are not all 0 or 1 take torch's general formula.
-    """
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if not is_binary(value):
-            return super().log_prob(value)
-        sign = (2 * value - 1).to(self.logits.dtype)
-        logits = self.logits
-        # (l - l) + l·s: NaN where a logit is ±inf (an overflow upstream), as torch's formula gives, so the trainer's
-        # non-finite check names it instead of ln σ(+inf) = 0 hiding it.
-        return nn.functional.logsigmoid(torch.addcmul(logits - logits, logits, sign))
-
-
 class Bernoulli(Likelihood):
     """Eq. (19): -ln q(x|z) = Σ_k BCE(x_k, sigmoid(logit_k)), computed from logits (exact and stable).
 
@@ -105,7 +71,7 @@ class Bernoulli(Likelihood):
     name = "bernoulli"
 
     def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:
-        return Independent(BernoulliLogits(logits=params, validate_args=False), event_ndim, validate_args=False)
+        return Independent(_TorchBernoulli(logits=params, validate_args=False), event_ndim, validate_args=False)
 
     def mean(self, params: torch.Tensor, event_ndim: int = 1) -> torch.Tensor:
         return torch.sigmoid(params)
