@@ -188,7 +188,8 @@ class Trainer:
         progress = self.state.global_step / self.steps_per_epoch
         with self._autocast():
             out = self.objective(self.model, batch, progress)
-        out = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in out.items()}
+        if self.config.precision == "bf16":  # the loss and the logged terms in float32
+            out = {k: v.float() for k, v in out.items()}
         loss = -out["objective"].mean()  # the one place where the objective is negated
         self.optimizer.zero_grad(set_to_none=True)
         try:
