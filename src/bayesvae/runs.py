@@ -18,6 +18,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import data as bdata
+from . import distributed as ranks
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, OutputExistsError
 from .model import VAE, build_model
@@ -141,7 +142,7 @@ class _MetricsLog(Callback):
     """metrics.jsonl and metrics.csv, rewritten atomically from the history at the end of every epoch."""
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        if trainer.run_dir is None:
+        if trainer.run_dir is None or not ranks.is_main():
             return
         history = trainer.state.history
         ckpt.atomic_write_text(trainer.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
@@ -202,11 +203,13 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
           likelihood: str | None = None, likelihood_options: dict | None = None, latent_dim: int = 20,
           architecture: str = "mlp", hidden: Sequence[int] = (400,), activation: str = "relu",
           overwrite: bool = False, callbacks: Sequence[Callback] = (), tensorboard: bool = False,
-          on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None) -> Trainer:
+          on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None,
+          device: str | torch.device = "cpu") -> Trainer:
     """Load and validate the data, build the model the data call for, and train it (into ``out`` if given).
 
     ``on_ready(trainer, dataset, likelihood)`` is called after every check passed and before the first step
-    (the CLI prints the chosen likelihood there).
+    (the CLI prints the chosen likelihood there). ``device``: see :func:`bayesvae.distributed.resolve_device`.
+    Under torchrun (after :func:`bayesvae.distributed.init_from_env`) every rank calls this; rank 0 writes.
     """
     if tensorboard:
         if out is None:
@@ -219,20 +222,34 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
                                hidden=tuple(hidden), activation=activation, likelihood=likelihood,
                                likelihood_options=dict(likelihood_options or {}))
     run_dir = Path(out) if out is not None else None
+    device = ranks.resolve_device(device)
+    _check_world(train_config)
     torch.manual_seed(train_config.seed)
-    model = build_model(model_config)
+    model = build_model(model_config).to(device)
+    if ranks.rank() > 0:  # the same initial weights on every rank, then a random stream of its own
+        torch.manual_seed(train_config.seed * 1_000_003 + 7919 * ranks.rank())
     state = _run_state(model_config, spec, dataset, prepared)
     if run_dir is not None:
-        _prepare_run_dir(run_dir, overwrite)
-        ckpt.atomic_write_text(run_dir / "run.json", json.dumps(
-            {**state, "train_config": to_dict(train_config)}, indent=2))
-    if tensorboard:
+        def prepare():
+            _prepare_run_dir(run_dir, overwrite)
+            ckpt.atomic_write_text(run_dir / "run.json", json.dumps(
+                {**state, "train_config": to_dict(train_config)}, indent=2))
+        ranks.run_on_main(prepare)
+    if tensorboard and ranks.is_main():
         callbacks = [*callbacks, TensorBoardLog(run_dir)]
     trainer = _make_trainer(model, train_config, prepared, run_dir, state, callbacks)
     if on_ready is not None:
         on_ready(trainer, dataset, likelihood)
     trainer.fit()
     return trainer
+
+
+def _check_world(config: TrainConfig) -> None:
+    """The global batch must split evenly over the ranks: refused on every rank before anything is written."""
+    w = ranks.world_size()
+    if config.batch_size % w:
+        raise ConfigError(f"--batch-size {config.batch_size} is the global batch and must divide by the {w} "
+                          f"processes; use a multiple of {w} (e.g. {config.batch_size - config.batch_size % w or w})")
 
 
 # ------------------------------------------------------------------------------------------------------- loading
@@ -278,10 +295,11 @@ def _spec_from_state(data: dict) -> DataSpec:
 
 
 def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool = False,
-             data_dir: str | None = None) -> LoadedRun:
+             data_dir: str | None = None, device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild the model and configuration from a checkpoint alone (``which``: best, last, or a step dir).
 
     ``data_dir`` replaces the stored MNIST directory (a run or exported model evaluated on another machine).
+    Checkpoints hold CPU tensors whatever device trained them; the model is moved to ``device`` after loading.
     """
     path = ckpt.resolve_checkpoint(run_dir, which)
     tensors, state = ckpt.load_checkpoint(path, allow_nonfinite=allow_nonfinite)
@@ -297,7 +315,7 @@ def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool 
     except RuntimeError as err:
         raise IncompatibleCheckpointError(f"{path}: weights do not fit the stored model configuration: "
                                           f"{str(err).splitlines()[0]}") from None
-    model.eval()
+    model.to(ranks.resolve_device(device)).eval()
     spec = _spec_from_state(state["data"])
     if data_dir is not None:
         spec = dataclasses.replace(spec, data_dir=str(data_dir))
@@ -325,18 +343,20 @@ def export_model(run_dir: str | Path, out: str | Path, which: str = "best", *, o
     return ckpt.save_checkpoint(out, step, tensors, state, tags=("last", "best"))
 
 
-def load(run_dir: str | Path, which: str = "best") -> VAE:
-    """The trained model of a run directory, in eval mode: ``model = bayesvae.load("runs/digits")``."""
-    return load_run(run_dir, which).model
+def load(run_dir: str | Path, which: str = "best", *, device: str | torch.device = "cpu") -> VAE:
+    """The trained model of a run directory, in eval mode, on ``device``:
+    ``model = bayesvae.load("runs/digits", device="cuda")``."""
+    return load_run(run_dir, which, device=device).model
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, callbacks: Sequence[Callback] = (),
-           on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None) -> Trainer:
-    """Continue a stopped run from its last complete checkpoint; only ``epochs`` may change.
+           on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None,
+           device: str | torch.device = "cpu") -> Trainer:
+    """Continue a stopped run from its last complete checkpoint; only ``epochs`` may change, and the device.
 
     Refuses when the data changed since the run started (the fingerprint differs).
     """
-    run = load_run(run_dir, "last")
+    run = load_run(run_dir, "last", device=device)
     dataset = run.dataset()
     fingerprint = run.state["data"].get("fingerprint")
     if dataset.fingerprint() != fingerprint:
@@ -346,6 +366,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, callbacks: Sequenc
     config = run.train_config
     if epochs is not None and epochs != config.epochs:
         config = from_dict(TrainConfig, {**to_dict(config), "epochs": epochs})
+    _check_world(config)
     prepared = run.prepared(dataset)
     state = {k: v for k, v in run.state.items() if k in ("run_format", "model_config", "data")}
     run.model.train()
