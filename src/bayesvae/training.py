@@ -481,9 +481,9 @@ class Trainer:
             torch.manual_seed(self.config.seed * 1_000_003 + self.state.global_step * 7919 + self.rank)
             return
         cpu = tensors["rng.ranks.torch"][self.rank] if self.world_size > 1 else tensors["rng.torch"]
-        torch.set_rng_state(cpu.contiguous())
+        torch.set_rng_state(cpu.clone())  # a copy: a row view has a storage offset the setter ignores
         if self.device.type == "cuda":
             key = "rng.ranks.cuda" if self.world_size > 1 else "rng.cuda"
             if key in tensors:
                 state_t = tensors[key][self.rank] if self.world_size > 1 else tensors[key]
-                torch.cuda.set_rng_state(state_t.contiguous(), self.device)
+                torch.cuda.set_rng_state(state_t.clone(), self.device)
