@@ -19,7 +19,9 @@ from collections.abc import Iterator
 import torch
 
 from . import distributed as ranks
-from .objectives import _check_event, _check_x, check_num_samples, elbo_terms
+from .arrays import as_tensor
+from .objectives import _check_event, check_num_samples, elbo_terms
+from .objectives import _check_x as _check_tensor
 from .posteriors import kl_per_dimension
 
 __all__ = ["estimate_log_likelihood", "bits_per_dim", "active_units", "per_dimension_kl", "eval_mode", "evaluate",
@@ -43,6 +45,14 @@ def eval_mode(model) -> Iterator[None]:
             model.train(True)
 
 
+def _check_x(x) -> None:
+    """A non-empty batch: a tensor, or a split that stays on disk (checked by its shape)."""
+    if isinstance(x, torch.Tensor):
+        _check_tensor(x)
+    elif not hasattr(x, "shape") or len(x.shape) < 2 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch Tensor[B, *data_shape], got {getattr(x, 'shape', type(x))}")
+
+
 def model_device(model) -> torch.device:
     """Where the model's parameters (and so its computations) live."""
     params = getattr(model, "parameters", None)
@@ -59,7 +69,7 @@ def _on(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _batches(x: torch.Tensor, batch_size: int | None, device: torch.device | None = None) -> Iterator[torch.Tensor]:
     step = x.shape[0] if batch_size is None else check_num_samples(batch_size, "batch_size")
     for i in range(0, x.shape[0], step):
-        xb = x[i : i + step]
+        xb = as_tensor(x[i : i + step])  # a split on disk is read one batch at a time
         yield xb if device is None else _on(xb, device)
 
 

@@ -19,6 +19,7 @@ import torch
 from . import checkpoint as ckpt
 from . import data as bdata
 from . import distributed as ranks
+from .arrays import PreparedRows, Rows
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, OutputExistsError
 from .model import VAE, build_model
@@ -84,6 +85,11 @@ def prepare_data(dataset: bdata.Dataset, likelihood: str) -> PreparedData:
     image pixels; nothing otherwise (tabular data were standardised by the loader)."""
     bdata.check_likelihood_support(dataset, likelihood)
     how = preparation_for(dataset, likelihood)
+    if isinstance(dataset.valid, Rows) and how != "none":  # on disk: the fixed draws are made batch by batch
+        levels = dataset.levels if how == "dequantize" else None
+        batch = (lambda x: bdata.binarize(x, validate=False)) if how == "binarize" else (lambda x: _dequantize(x, levels))
+        return PreparedData(dataset.train, PreparedRows(dataset.valid, how, VALID_SEED, levels),
+                            PreparedRows(dataset.test, how, TEST_SEED, levels), batch, how, levels)
     if how == "binarize":
         return PreparedData(dataset.train, bdata.fixed_binarization(dataset.valid, VALID_SEED),
                             bdata.fixed_binarization(dataset.test, TEST_SEED),

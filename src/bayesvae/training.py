@@ -33,6 +33,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed as ranks
+from .arrays import as_tensor
 from .config import TrainConfig, to_dict
 from .errors import CheckpointCorruptError, ConfigError, NonFiniteError
 
@@ -299,6 +300,7 @@ class Trainer:
     # --------------------------------------------------------------------------------------------- an epoch
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
         """A batch drawn on the CPU onto the model's device (pinned, non-blocking on CUDA), then as float32."""
+        batch = as_tensor(batch)  # a split on disk is read here, one batch at a time
         if batch.device != self.device:
             if self.device.type == "cuda":
                 batch = batch.pin_memory().to(self.device, non_blocking=True)
