@@ -100,6 +100,10 @@ def learning_rate_at(config: TrainConfig, progress: float) -> float:
     return base
 
 
+_LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: fp16 steps in a row whose gradients may overflow (each halves the loss scale) before training stops.
+_FP16_MAX_OVERFLOWS = 30
+
 #: Keep the training split on a GPU when it takes at most this fraction of the device's free memory.
 DEVICE_DATA_FRACTION = 0.25
 
@@ -188,6 +192,8 @@ class Trainer:
         self.run_state = dict(run_state or {})
         self.state = TrainState()
         self.optimizer = _adam(model, config.learning_rate)
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
+        """fp16 only: the loss scale (its state is checkpointed)."""
         self.stop_requested: bool | int = False
         """Set (to True or a signal number) to stop after the current step with a committed checkpoint."""
         self.last_checkpoint: Path | None = None
@@ -205,11 +211,27 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- one step
     def _autocast(self):
-        """bf16 autocast on the parameters' device for ``precision="bf16"``; nothing otherwise."""
-        if self.config.precision != "bf16":
+        """bf16/fp16 autocast on the parameters' device for ``precision="bf16"``/``"fp16"``; nothing otherwise."""
+        if self.config.precision not in _LOW_PRECISION:
             return contextlib.nullcontext()
-        device = next((p.device.type for p in self.model.parameters()), "cpu")
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+        return torch.autocast(device_type=self.device.type, dtype=_LOW_PRECISION[self.config.precision])
+
+    def _fp16_overflow(self) -> bool:
+        """fp16: unscale the gradients; True when they overflowed (the scaler then skips the step and lowers its
+        scale: routine, not an error, unless it keeps happening)."""
+        self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            return False
+        self.scaler.step(self.optimizer)  # skipped by the scaler (it saw the inf), then the scale backs off
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.skipped_steps += 1
+        self.state.consecutive_skips += 1
+        if self.state.consecutive_skips > max(_FP16_MAX_OVERFLOWS, self.config.max_skipped_steps):
+            raise NonFiniteError(f"fp16 gradients overflowed in {self.state.consecutive_skips} steps in a row (scale "
+                                 f"now {self.scaler.get_scale():g}); train with --precision bf16 or float32")
+        return True
 
     def _check_terms(self, out: dict[str, torch.Tensor], loss: torch.Tensor, batch_idx: torch.Tensor) -> None:
         if torch.isfinite(loss):
@@ -262,7 +284,7 @@ class Trainer:
         progress = self.state.global_step / self.steps_per_epoch
         with self._autocast():
             out = self._step_module(batch, progress)
-        if self.config.precision == "bf16":  # the loss and the logged terms in float32
+        if self.config.precision in _LOW_PRECISION:  # the loss and the logged terms in float32
             out = {k: v.float() for k, v in out.items()}
         distributed = self.world_size > 1
         if distributed:
@@ -277,7 +299,9 @@ class Trainer:
                 raise NonFiniteError(f"non-finite loss on another rank at step {self.state.global_step} (epoch "
                                      f"{self.state.epoch + 1}); no update was applied on any rank")
             self._check_terms(out, loss, batch_idx)
-            loss.backward()
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            if self.scaler is not None and self._fp16_overflow():
+                return {"skipped": 1.0}
             self._check_gradients()  # under DDP the gradients are already averaged: every rank sees the same
         except NonFiniteError:
             self.optimizer.zero_grad(set_to_none=True)
@@ -286,7 +310,11 @@ class Trainer:
             self.state.skipped_steps += 1
             self.state.consecutive_skips += 1
             return {"skipped": 1.0}
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.state.consecutive_skips = 0
         if distributed:
             metrics = {k: v for k, v in means.items() if k != "objective"}
@@ -449,6 +477,7 @@ class Trainer:
             "optimizer": opt_json,
             "world_size": self.world_size,
             "device_type": self.device.type,
+            **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             **self.run_state,
         }
         return tensors, state
@@ -477,6 +506,10 @@ class Trainer:
         opt_tensors = {k[len("optimizer."):]: v for k, v in tensors.items() if k.startswith("optimizer.")}
         self.optimizer.load_state_dict(ckpt.decode_state(opt_tensors, state["optimizer"]))
         self.state = TrainState(**state["trainer"])
+        if self.scaler is not None:
+            if "grad_scaler" not in state:
+                raise CheckpointCorruptError("checkpoint of an fp16 run lacks the gradient scaler's state")
+            self.scaler.load_state_dict(state["grad_scaler"])
         saved_world = int(state.get("world_size", 1))
         self.world_size_changed = saved_world != self.world_size
         if self.world_size_changed:
