@@ -342,3 +342,10 @@ def test_distributed_evaluation_of_101_examples_equals_one_process(tmp_path, cap
 def test_single_process_commands_refuse_torchrun(tmp_path):
     codes, logs = _ranks(_cli("sample", str(tmp_path), "--out", str(tmp_path / "s.png"), "--device", "cpu"), tmp_path)
     assert codes == [2, 2] and "runs as one process; run it without torchrun" in logs[0]
+
+
+def test_deterministic_flag_asks_torch_for_deterministic_kernels(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda flag: calls.append(flag))
+    assert main(["train", *TINY, "--epochs", "1", "--deterministic", "--out", str(tmp_path / "run")]) == 0
+    assert calls == [True]

@@ -188,6 +188,8 @@ def cmd_train(args) -> int:
 
     callbacks = [Progress()]
     device = _device(args)
+    if args.deterministic:
+        ranks.set_deterministic(device)
     try:
         if args.resume:
             trainer = runs.resume(args.resume, epochs=args.epochs_override, callbacks=callbacks, on_ready=_on_ready,
@@ -525,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16/fp16: the networks' matrix products in bfloat16/float16 during training (pays on GPUs; "
                         "fp16 with a gradient scaler); densities, KL, optimiser and evaluation stay float32")
     _device_arg(p)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (torch.use_deterministic_algorithms): bitwise-repeatable runs on GPUs, "
+                        "slower; pass it again with --resume")
     p.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard (extra: tensorboard)")
     p.add_argument("--report-samples", type=int, default=1000,
                    help="K importance samples for report.html at the end (0: no report)")

@@ -21,7 +21,7 @@ from .errors import BayesVAEError, ConfigError
 
 T = TypeVar("T")
 
-__all__ = ["resolve_device", "available_devices", "init_from_env", "shutdown", "is_distributed", "rank",
+__all__ = ["resolve_device", "set_deterministic", "available_devices", "init_from_env", "shutdown", "is_distributed", "rank",
            "world_size", "world_size_from_env", "rank_from_env", "is_main", "log", "barrier", "run_on_main", "PeerFailedError", "all_reduce_flags", "all_reduce_flag", "all_reduce_sum", "shard", "gather_rows",
            "gather_tensors", "broadcast_int", "DEVICE_CHOICES", "DEFAULT_TIMEOUT_S"]
 
@@ -82,6 +82,15 @@ def resolve_device(spec: str | torch.device | None = "auto", *, announce: Callab
                "mps": "MPS is not available"}.get(device.type, "")
         raise ConfigError(f"--device {spec}: {why}; available: {', '.join(have)} (or use --device auto)")
     return device
+
+
+def set_deterministic(device: torch.device) -> None:
+    """Ask torch for deterministic kernels (bitwise-repeatable GPU runs, slower); an op without a deterministic
+    version then raises instead of silently varying. On CUDA this must come before the first cuBLAS call."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
 
 
 # ------------------------------------------------------------------------------------------------------ ranks
