@@ -279,6 +279,8 @@ class LoadedRun:
         """Other data (e.g. to score for anomalies) prepared exactly as this run's test split: the run's
         standardisation statistics, its fixed-seed binarisation or dequantisation."""
         ds = bdata.load_dataset(source, valid_fraction=0.0, test_fraction=0.0, standardize=False)
+        if isinstance(ds.train, Rows):  # a large file stays on disk: prepared a batch at a time as it is scored
+            return self._new_rows(source, ds)
         x = torch.cat([ds.train, ds.valid, ds.test])
         if tuple(x.shape[1:]) != self.model_config.data_shape:
             raise bdata.DataValidationError(f"{source}: examples have shape {tuple(x.shape[1:])}, but the model was "
@@ -293,6 +295,17 @@ class LoadedRun:
             return _dequantize(x, self.state["data"]["levels"], torch.Generator().manual_seed(TEST_SEED))
         bdata.check_likelihood_support(dataclasses.replace(ds, train=x), self.model_config.likelihood)
         return x
+
+
+    def _new_rows(self, source: str, ds: bdata.Dataset):
+        if tuple(ds.event_shape) != self.model_config.data_shape:
+            raise bdata.DataValidationError(f"{source}: examples have shape {tuple(ds.event_shape)}, but the model "
+                                            f"was trained on shape {self.model_config.data_shape}")
+        how = self.state["data"].get("preparation", "none")
+        if how in ("binarize", "dequantize"):
+            return PreparedRows(ds.train, how, TEST_SEED, self.state["data"].get("levels"))
+        bdata.check_likelihood_support(ds, self.model_config.likelihood)
+        return ds.train
 
 
 def _spec_from_state(data: dict) -> DataSpec:
