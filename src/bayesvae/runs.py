@@ -299,11 +299,11 @@ class LoadedRun:
         ds = bdata.load_dataset(source, data_dir=data_dir, valid_fraction=0.0, test_fraction=0.0, standardize=False)
         x = torch.cat([ds.train, ds.valid, ds.test])
         rows = np.concatenate([ds.rows("train"), ds.rows("valid"), ds.rows("test")])
+        data = self.state["data"]
+        _check_columns(source, ds.feature_names, (data.get("description") or {}).get("feature_names"))
         if tuple(x.shape[1:]) != self.model_config.data_shape:
             raise bdata.DataValidationError(f"{source}: examples have shape {tuple(x.shape[1:])}, but the model was "
                                             f"trained on shape {self.model_config.data_shape}")
-        data = self.state["data"]
-        _check_columns(source, ds.feature_names, (data.get("description") or {}).get("feature_names"))
         std = data.get("standardization")
         if std is not None:
             x = (x - torch.tensor(std[0])) / torch.tensor(std[1])
