@@ -128,7 +128,7 @@ def test_shared_optimal_variance_is_the_batch_mse_when_fitting_and_running_value
 def test_running_optimal_sigma_is_bias_corrected_after_12_steps():
     """Issue 13.5: with momentum 0.1 and no bias correction, 12 updates leave 28 % of the weight on the initial
     σ = 1 (σ 0.41 for residuals of RMS 0.288); corrected, the running σ is the RMS of the residuals seen."""
-    lik = bv.GaussianSharedVariance(optimal=True)  # momentum 0.1, init σ = 1
+    lik = bv.GaussianSharedVariance(optimal=True, momentum=0.1)  # init σ = 1
     g = torch.Generator().manual_seed(0)
     residuals = [0.288 * torch.randn(64, 64, generator=g) for _ in range(12)]
     with lik.fitting():
@@ -149,7 +149,7 @@ def test_learned_shared_sigma_samples_respect_the_floor_that_log_prob_uses():
 
 
 def test_checkpoint_of_the_old_running_sigma_loads_as_fully_weighted():
-    lik = bv.GaussianSharedVariance(optimal=True)
+    lik = bv.GaussianSharedVariance(optimal=True, momentum=0.1)
     lik.load_state_dict({"log_sigma": torch.tensor(math.log(0.3))})  # a state from before the bias correction
     torch.testing.assert_close(lik.scoring_log_sigma().exp(), torch.tensor(0.3))
     with lik.fitting():
