@@ -193,3 +193,29 @@ def test_after_12_steps_on_digits_the_running_sigma_is_the_models_rms(tmp_path):
     rms = float(sq.mean().sqrt())
     running = float(model.likelihood_head.scoring_log_sigma().exp())
     assert abs(running / rms - 1) < 0.05, (running, rms)
+
+
+def test_a_label_column_is_not_a_feature(tmp_path, capsys):
+    """Issue 13.10: a label column in a CSV silently became a feature, and nothing marked a column as labels."""
+    rng = np.random.default_rng(0)
+    table = np.c_[rng.normal(size=(300, 3)), rng.integers(0, 3, 300)]
+    path = _csv(tmp_path / "lab.csv", table, ["a", "b", "c", "kind"])
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(path), *SMALL, "--epochs", "1", "--label-column", "kind",
+                 "--out", str(run)]) == 0
+    from bayesvae import runs
+    loaded = runs.load_run(run)
+    assert loaded.model_config.data_shape == (3,)
+    ds = loaded.dataset()
+    assert ds.feature_names == ("a", "b", "c") and set(ds.test_labels.tolist()) <= {0, 1, 2}
+    np.testing.assert_array_equal(ds.test_labels.numpy(), table[ds.rows("test"), 3])
+    # score accepts the file with or without the label column, and scores the same features
+    outs = []
+    for name, data, header in (("with", table, ["a", "b", "c", "kind"]), ("without", table[:, :3], ["a", "b", "c"])):
+        f = _csv(tmp_path / f"{name}.csv", data[:20], header)
+        assert main(["score", str(run), "--data", str(f), "--samples", "5", "--out", str(tmp_path / f"{name}.o.csv")]) == 0
+        outs.append(np.loadtxt(tmp_path / f"{name}.o.csv", delimiter=",", skiprows=1))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    capsys.readouterr()
+    assert main(["train", "--data", str(path), *SMALL, "--label-column", "typo", "--out", str(tmp_path / "x")]) == 2
+    assert "has no column 'typo'" in capsys.readouterr().err

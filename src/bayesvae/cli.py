@@ -146,7 +146,8 @@ def cmd_train(args) -> int:
         if args.resume:
             trainer = runs.resume(args.resume, epochs=args.epochs_override, callbacks=callbacks, on_ready=_on_ready)
         else:
-            spec = runs.DataSpec(args.data, args.data_dir, args.seed, args.valid_fraction, args.test_fraction, args.limit)
+            spec = runs.DataSpec(args.data, args.data_dir, args.seed, args.valid_fraction, args.test_fraction, args.limit,
+                                 args.label_column)
             options = json.loads(args.likelihood_options) if args.likelihood_options else {}
             if not isinstance(options, dict):
                 raise ConfigError(f"--likelihood-options must be a JSON object like '{{\"sigma\": 0.1}}', "
@@ -453,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--limit", type=int, help="keep only the first N examples of each split (quick trials)")
+    p.add_argument("--label-column", metavar="NAME",
+                   help="a CSV column of integer class labels: taken out of the features (a label left in would be "
+                        "modelled and scored as data), used to colour the latent pictures")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, active units, KL per dimension")

@@ -549,7 +549,29 @@ def _load_digits(**opts) -> Dataset:
     return _assemble("digits", "digits", {"x": x}, {"x": y}, True, class_names=tuple(map(str, range(10))), **opts)
 
 
-def _load_path(source: str, **opts) -> Dataset:
+def _take_label_column(x: np.ndarray, header, label_column: str | None, where: str):
+    """Split the named label column off a CSV table: labels are not features (a label left among the features
+    would be modelled, and scored, as data)."""
+    if label_column is None:
+        return x, None, header
+    if header is None:
+        raise _fail(where, f"--label-column {label_column!r} needs a header line naming the columns, and this "
+                    "file has none", "Add a header line")
+    if label_column not in header:
+        raise _fail(where, f"has no column {label_column!r}; its columns are {list(header)}",
+                    "Pass the exact header name of the label column")
+    j = header.index(label_column)
+    y = x[:, j]
+    if not (np.all(y == np.round(y)) and np.all(y >= 0)):
+        bad = int(np.argwhere((y != np.round(y)) | (y < 0))[0][0])
+        raise _fail(f"{where}, data row {bad + 1}, column {label_column!r}", f"label {y[bad]:g} is not a class index",
+                    "Labels must be integers 0, 1, 2, ... (encode class names as integers)")
+    if x.shape[1] == 1:
+        raise _fail(where, f"the label column {label_column!r} is its only column", "Provide feature columns too")
+    return np.delete(x, j, axis=1), y.astype(np.int64), tuple(h for i, h in enumerate(header) if i != j)
+
+
+def _load_path(source: str, label_column: str | None = None, **opts) -> Dataset:
     path = Path(source).expanduser()
     if not path.exists():
         raise _fail(source, "no such file or directory", "Use 'digits', 'mnist', or a path to a .npy, .npz, .csv "
@@ -566,7 +588,12 @@ def _load_path(source: str, **opts) -> Dataset:
         return _assemble(where, where, {"x": x}, {}, is_image, **opts)
     if suffix == ".csv":
         x, header = _read_csv(path)
-        return _assemble(where, where, {"x": x}, {}, False, feature_names=header, **opts)
+        x, y, header = _take_label_column(x, header, label_column, where)
+        return _assemble(where, where, {"x": x}, {"x": y} if y is not None else {}, False, feature_names=header,
+                         **opts)
+    if label_column is not None:
+        raise ConfigError(f"--label-column names a column of a CSV file, but {where} is not one (an .npz file "
+                          "carries labels in an array named 'y'; a folder of images in its subfolders)")
     if suffix == ".npz":
         return _from_npz(path, **opts)
     raise _fail(where, f"unsupported file type {suffix or '(none)'}",
@@ -591,14 +618,18 @@ def _from_npz(path: Path, **opts) -> Dataset:
 
 
 def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, valid_fraction: float = 0.1,
-                 test_fraction: float = 0.1, standardize: bool | None = None, limit: int | None = None) -> Dataset:
+                 test_fraction: float = 0.1, standardize: bool | None = None, limit: int | None = None,
+                 label_column: str | None = None) -> Dataset:
     """Load ``digits``, ``mnist`` or a path (.npy, .npz, .csv, image folder) into validated float32 tensors.
 
     ``data_dir`` is where the MNIST IDX files live (default: :func:`default_cache_dir`); MNIST uses its fixed
     protocol split (59,600 / 400 / 10,000) and ignores seed and fractions.  ``limit`` keeps the first ``limit``
     examples of each split (for quick tests).  ``standardize`` defaults to True for tabular data only.
+    ``label_column`` names a CSV column that holds class labels (integers): it is taken out of the features.
     """
     _check_options(valid_fraction, test_fraction, limit)
+    if label_column is not None and source in ("mnist", "digits"):
+        raise ConfigError(f"--label-column is for CSV files; {source} has its labels already")
     if source == "mnist":
         if standardize:
             raise ConfigError("standardize=True is only for tabular data, but mnist holds images")
@@ -607,7 +638,7 @@ def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, val
                 limit=limit)
     if source == "digits":
         return _load_digits(**opts)
-    return _load_path(source, **opts)
+    return _load_path(source, label_column=label_column, **opts)
 
 
 def dataset_info(source: str, **kw) -> dict:

@@ -44,11 +44,13 @@ class DataSpec:
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     limit: int | None = None
+    label_column: str | None = None
+    """A CSV column of class labels, taken out of the features."""
 
     def load(self) -> bdata.Dataset:
         return bdata.load_dataset(self.source, data_dir=self.data_dir, seed=self.seed,
                                   valid_fraction=self.valid_fraction, test_fraction=self.test_fraction,
-                                  limit=self.limit)
+                                  limit=self.limit, label_column=self.label_column)
 
 
 @dataclass(frozen=True)
@@ -296,7 +298,11 @@ class LoadedRun:
         examples and their 0-based rows in the source. Data the run's preparation cannot turn into what the model
         was trained on are refused with the reason: other columns (by header), values off the run's grid of
         levels, grey levels for a model trained on 0/1 data."""
-        ds = bdata.load_dataset(source, data_dir=data_dir, valid_fraction=0.0, test_fraction=0.0, standardize=False)
+        label = self.spec.label_column
+        if label is not None and label not in _csv_header(source):
+            label = None  # new data without the label column: nothing to take out
+        ds = bdata.load_dataset(source, data_dir=data_dir, valid_fraction=0.0, test_fraction=0.0, standardize=False,
+                                label_column=label)
         x = torch.cat([ds.train, ds.valid, ds.test])
         rows = np.concatenate([ds.rows("train"), ds.rows("valid"), ds.rows("test")])
         data = self.state["data"]
@@ -326,6 +332,20 @@ class LoadedRun:
                 "to other values, but these data hold values strictly between 0 and 1. Binarise them first (e.g. "
                 "x > 0.5, or numpy's random draw x > rand for the dynamic-binarisation protocol), then score them")
         return x, rows
+
+
+def _csv_header(source: str) -> tuple[str, ...]:
+    """The header names of a CSV file (empty when it has none, or is not a readable CSV: the loader says why)."""
+    import csv
+
+    if not str(source).lower().endswith(".csv"):
+        return ()
+    try:
+        with open(source, newline="", encoding="utf-8-sig") as fh:
+            first = next((row for row in csv.reader(fh) if row and any(c.strip() for c in row)), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return ()
+    return () if any(bdata._is_number(c) for c in first) else tuple(c.strip() for c in first)
 
 
 def _check_columns(source: str, found, expected) -> None:
