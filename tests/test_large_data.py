@@ -128,9 +128,9 @@ def test_score_streams_a_new_file_on_disk(tmp_path, lazy):
     common = ["--latent-dim", "2", "--hidden", "16", "--report-samples", "0", "--device", "cpu"]
     assert main(["train", "--data", str(path), *common, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
     run = runs.load_run(tmp_path / "run")
-    x = run.new_data(str(_images(tmp_path / "new.npy", (50, 6, 6), seed=1)))
-    assert isinstance(x, PreparedRows) and len(x) == 50
+    x, rows = run.new_data(str(_images(tmp_path / "new.npy", (50, 6, 6), seed=1)))
+    assert isinstance(x, PreparedRows) and len(x) == 50 and rows.tolist() == list(range(50))
     assert main(["score", str(tmp_path / "run"), "--data", str(tmp_path / "new.npy"), "--samples", "8",
                  "--out", str(tmp_path / "s.csv"), "--device", "cpu"]) == 0
     scores = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
-    assert scores.shape == (50, 2) and np.isfinite(scores).all()
+    assert scores.shape[0] == 50 and np.isfinite(scores).all()

@@ -199,6 +199,9 @@ def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | N
     ``log_likelihood_nats`` is the mean importance-sampled log p(x) with K = ``num_samples``; ``nll_nats`` its
     negative; ``elbo_nats`` the one-sample ELBO with closed-form KL, split into ``reconstruction_nll_nats`` and
     ``kl_nats``; bits/dim per :func:`bits_per_dim` (``levels``: the data were dequantised from that many levels).
+    For a model of standardised data (``model.data_log_scale``, ln s per feature) every figure is a density of the
+    data in the user's units; ``nll_standardized_nats`` and ``elbo_standardized_nats`` give the standardised
+    features' figures too, which differ by ``standardization_log_scale_sum_nats`` = Σ ln s.
 
     ``distributed``: under torchrun the importance-sampled log-likelihood (nearly all the work) is sharded over the
     ranks; rank 0 computes the cheap rest with the random state a single process would have, and returns the same
@@ -217,7 +220,7 @@ def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | N
     recon_nll, kl_all = torch.cat(recon), torch.cat(kl)
     count, variances = active_units(model, x, batch_size=batch_size)
     nll, num_dims = -float(ll.mean()), x[0].numel()
-    return {
+    result = {
         "num_examples": int(x.shape[0]),
         "num_samples": num_samples,
         "log_likelihood_nats": -nll,
@@ -233,3 +236,9 @@ def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | N
         "active_unit_variances": variances.tolist(),
         "kl_per_dimension_nats": per_dimension_kl(model, x, batch_size=batch_size).tolist(),
     }
+    log_scale = getattr(model, "data_log_scale", None)
+    if log_scale is not None:  # the densities above are of the user's data; also give the standardised scale's
+        shift = float(log_scale.double().sum())
+        result.update(standardization_log_scale_sum_nats=shift, nll_standardized_nats=nll - shift,
+                      elbo_standardized_nats=result["elbo_nats"] + shift)
+    return result
