@@ -425,7 +425,9 @@ def _add_picture_commands(sub) -> None:
                        description="Draw one picture of a trained run. Kinds: latent (test posterior means by "
                        "label; PCA beyond 2-D), manifold (decoded lattice of normal quantiles), samples, "
                        "reconstructions, interpolation, traversals, kl (per-dimension KL and active units), curves "
-                       "(learning curves), histograms (tabular data: data vs model per feature).")
+                       "(learning curves), histograms (tabular data: data vs model per feature), sphere (vmf latents: the "
+                       "latent circle or the two angles of S^2 with decoded images along them; manifold, traversals "
+                       "and kl are not drawn on a sphere).")
     _run_dir_args(p)
     p.add_argument("kind", choices=list(KINDS), metavar="KIND", help=f"one of: {', '.join(KINDS)}")
     p.add_argument("--out", help="output .png (default: RUN_DIR/plots/KIND.png)")
