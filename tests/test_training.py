@@ -624,3 +624,27 @@ def test_bf16_training_runs_the_networks_in_bf16_and_everything_else_in_float32(
 def test_precision_is_validated():
     with pytest.raises(bv.ConfigError, match="precision"):
         TrainConfig(precision="fp8")
+
+
+def test_a_skipped_step_leaves_every_buffer_and_parameter_byte_identical():
+    """Issue 13.3: the optimal σ's running value used to be updated in the forward pass, before the finiteness
+    check: one datum of 1e30 (finite in float32) gave log σ = inf after "no update was applied"."""
+    torch.manual_seed(0)
+    model = bv.build_model(bv.ModelConfig(data_shape=(5,), latent_dim=2, hidden=(8,), likelihood="gaussian-shared",
+                                          likelihood_options={"optimal": True}))
+    x = torch.randn(16, 5)
+    x[3, 2] = 1e30
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = training.Trainer(model, TrainingObjective(), x,
+                               TrainConfig(epochs=1, batch_size=16, nonfinite_policy="skip"))
+    trainer.fit()
+    assert trainer.state.skipped_steps == 1
+    after = model.state_dict()
+    assert set(after) == set(before)
+    for k in before:
+        assert before[k].numpy().tobytes() == after[k].numpy().tobytes(), k
+    # the next good batch trains normally, with a finite σ
+    trainer = training.Trainer(model, TrainingObjective(), x[torch.arange(16) != 3],
+                               TrainConfig(epochs=1, batch_size=15, nonfinite_policy="skip"))
+    trainer.fit()
+    assert trainer.state.skipped_steps == 0 and torch.isfinite(model.likelihood_head.log_sigma)

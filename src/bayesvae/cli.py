@@ -158,8 +158,9 @@ def _on_ready(trainer, dataset, likelihood) -> None:
     _print(f"likelihood: {likelihood}{note}; latent dim {trainer.model.latent_dim}; "
            f"{num_parameters(trainer.model):,} parameters")
     if info["kind"] == "binary" and likelihood.startswith("gaussian"):
-        _print("warning: a Gaussian density on binary data grows without bound as σ shrinks (only the σ floor "
-               "stops it), so its NLL says little; --likelihood bernoulli is the likelihood for 0/1 data")
+        _print("note: a Gaussian density on 0/1 data is fitted to them dequantised over 2 levels (else it would grow "
+               "without bound as σ shrinks); its bits/dim are those of the 0/1 values. --likelihood bernoulli is "
+               "the natural likelihood for 0/1 data")
     bound = trainer.run_state.get("kl_bound")
     if bound:
         if bound["kind"] == "constant":
@@ -193,7 +194,8 @@ def cmd_train(args) -> int:
                                   on_warning=_warn)
         else:
             posterior, posterior_options = _posterior_choice(args)
-            spec = runs.DataSpec(args.data, args.data_dir, args.seed, args.valid_fraction, args.test_fraction, args.limit)
+            spec = runs.DataSpec(args.data, args.data_dir, args.seed, args.valid_fraction, args.test_fraction, args.limit,
+                                 args.label_column)
             options = json.loads(args.likelihood_options) if args.likelihood_options else {}
             if not isinstance(options, dict):
                 raise ConfigError(f"--likelihood-options must be a JSON object like '{{\"sigma\": 0.1}}', "
@@ -229,7 +231,7 @@ def cmd_train(args) -> int:
 def _split_data(run, split: str):
     dataset = run.dataset()
     prepared = run.prepared(dataset)
-    x = getattr(prepared, split)
+    x = prepared.scored(split)
     if x.shape[0] == 0:
         raise bdata.DataValidationError(f"the {split} split of {run.spec.source!r} is empty; choose another --split")
     labels = getattr(dataset, f"{split}_labels")
@@ -267,6 +269,10 @@ def cmd_evaluate(args) -> int:
             print("  KL per dim      " + " ".join(f"{v:.2f}" for v in result["kl_per_dimension_nats"]))
         else:
             print("  KL per dim      (the KL does not split by dimension: vMF's KL is one constant)")
+        if "nll_standardized_nats" in result:
+            print(f"  (densities of the data in the file's units; on the standardised features the NLL is "
+                  f"{result['nll_standardized_nats']:.3f} nats, lower by Σ ln s = "
+                  f"{result['standardization_log_scale_sum_nats']:.3f})")
     return 0
 
 
@@ -351,10 +357,15 @@ def cmd_score(args) -> int:
     out = Path(args.out)
     _check_out(out, args.overwrite, (".csv", ".npy"))
     run = runs.load_run(args.run_dir, args.checkpoint, data_dir=args.data_dir)
-    x = run.new_data(args.data) if args.data else _split_data(run, args.split)[0]
+    if args.data:
+        x, rows = run.new_data(args.data, data_dir=args.data_dir)
+    else:
+        dataset = run.dataset()
+        x = run.prepared(dataset).scored(args.split)
+        rows = dataset.rows(args.split)
     ll = estimate_log_likelihood(run.model, x, args.samples, seed=args.seed)
-    import numpy as np
-    columns = {"index": np.arange(x.shape[0]), "nll_nats": (-ll).numpy()}
+    # index: the example's 0-based row in its source file (MNIST test: the row of the t10k file)
+    columns = {"index": rows, "nll_nats": (-ll).numpy()}
     _write_table(out, columns if out.suffix == ".csv" else {"nll_nats": columns["nll_nats"]}, args.overwrite)
     _print(f"wrote -log p(x) (nats, K = {args.samples}) of {x.shape[0]} "
            f"{args.data or args.split} examples to {out}")
@@ -510,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--limit", type=int, help="keep only the first N examples of each split (quick trials)")
+    p.add_argument("--label-column", metavar="NAME",
+                   help="a CSV column of integer class labels: taken out of the features (a label left in would be "
+                        "modelled and scored as data), used to colour the latent pictures")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, active units, KL per dimension")
@@ -544,8 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "reconstruct":
             p.add_argument("-n", type=int, default=16)
         if name == "score":
-            p.add_argument("--data", help="score this data source (prepared like the run's test split) "
-                                           "instead of a split")
+            p.add_argument("--data", help="score this data source (prepared like the run's test split; columns "
+                                           "matched by header; refused if the run's preparation cannot apply) "
+                                           "instead of a split. The output's index is each example's 0-based row "
+                                           "in its file")
             p.add_argument("--samples", type=int, default=1000)
             p.add_argument("--seed", type=int, default=0)
         p.set_defaults(func=func)

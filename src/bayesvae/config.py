@@ -83,6 +83,9 @@ class ModelConfig:
     """None: the posterior's own prior (``standard-normal`` for the Gaussian, ``uniform-sphere`` for vmf)."""
     posterior_options: dict = field(default_factory=dict)
     """``{"kappa": K}`` for vmf (required); ``{"bn_gamma": G}`` or ``{"bn_tau": T}`` for the Gaussian (VAE + BN)."""
+    standardized: bool = False
+    """The data were standardised per feature, x' = (x - m) / s: the model holds ln s (buffer ``data_log_scale``)
+    and its densities are those of the data in the user's units (the Jacobian -Σ ln s included)."""
 
     def __post_init__(self):
         object.__setattr__(self, "data_shape", tuple(self.data_shape))
@@ -99,6 +102,8 @@ class ModelConfig:
             raise ConfigError(f"option 'architecture' must be 'mlp' or 'conv', got {self.architecture!r}")
         if self.architecture == "conv" and len(self.data_shape) != 3:
             raise ConfigError(f"architecture 'conv' needs image data [C, H, W], got data_shape {self.data_shape}; use 'mlp'")
+        if not isinstance(self.standardized, bool):
+            raise ConfigError(f"option 'standardized' must be true or false, got {self.standardized!r}")
         if not isinstance(self.likelihood_options, dict):
             raise ConfigError("option 'likelihood_options' must be a JSON object")
         from .posteriors import POSTERIORS, check_posterior_options

@@ -31,7 +31,7 @@ from .errors import ConfigError, DataValidationError
 
 __all__ = [
     "Dataset", "load_dataset", "dataset_info", "default_likelihood", "check_likelihood_support", "binarize",
-    "fixed_binarization", "needs_binarization", "fetch_mnist", "default_cache_dir", "MNIST_MIRRORS",
+    "fixed_binarization", "needs_binarization", "on_level_grid", "fetch_mnist", "default_cache_dir", "MNIST_MIRRORS",
 ]
 
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -62,6 +62,14 @@ class Dataset:
     feature_names: tuple[str, ...] | None = None
     standardization: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, std) from the train split
     class_names: tuple[str, ...] | None = None  # label i means class_names[i] (image subfolders, digits, mnist)
+    source_rows: dict | None = None  # split -> int64 array: each example's 0-based row (example number) in its source
+
+    def rows(self, split: str) -> np.ndarray:
+        """The 0-based position of each example of ``split`` in the file it came from (for a CSV with a header, line
+        = row + 2), so a flagged example can be found in the user's file."""
+        if self.source_rows is not None and split in self.source_rows:
+            return np.asarray(self.source_rows[split], dtype=np.int64)
+        return np.arange(len(getattr(self, split)), dtype=np.int64)
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -87,21 +95,13 @@ class Dataset:
         if not parts or lo < 0 or hi > 1:
             return None
 
-        def on_grid(values: torch.Tensor, n: int) -> bool:  # in float32 chunks: k/255 is off by < 2e-5 levels
-            flat = values.reshape(-1)
-            for i in range(0, flat.numel(), 1 << 22):
-                scaled = flat[i : i + (1 << 22)] * (n - 1)
-                if not bool(((scaled - scaled.round()).abs() <= 1e-3).all()):
-                    return False
-            return True
-
+        on_grid = on_level_grid
         if all(on_grid(t, 256) for t in parts):
             return 256
-        distinct = torch.unique(parts[0].reshape(-1)[: 1 << 20])
-        for n in range(2, 256):
-            if on_grid(distinct, n):
-                return n if all(on_grid(t, n) for t in parts) else None
-        return None
+        # The distinct values of every split (in chunks), not of a prefix: a grid must fit all the data.
+        distinct = torch.unique(torch.cat([torch.unique(t.reshape(-1)[i : i + (1 << 22)])
+                                           for t in parts for i in range(0, t.numel(), 1 << 22)]))
+        return next((n for n in range(2, 256) if on_grid(distinct, n)), None)
 
     def fingerprint(self) -> str:
         """SHA-256 of the content (shapes and float32 bytes of every split), not the name: a moved file keeps its
@@ -130,6 +130,19 @@ class Dataset:
             const = [i for i, s in enumerate(self.standardization[1].tolist()) if s <= 1e-8]
             info["constant_columns"] = [self.feature_names[i] if self.feature_names else i for i in const]
         return info
+
+
+def on_level_grid(values: torch.Tensor, levels: int) -> bool:
+    """True when every value is k / (levels - 1) for an integer k in [0, levels - 1] (checked in float32 chunks:
+    k/255 is off by < 2e-5 levels)."""
+    flat = values.reshape(-1)
+    for i in range(0, flat.numel(), 1 << 22):
+        scaled = flat[i : i + (1 << 22)] * (levels - 1)
+        if not bool(((scaled - scaled.round()).abs() <= 1e-3).all()):
+            return False
+        if scaled.numel() and (float(scaled.min()) < -1e-3 or float(scaled.max()) > levels - 1 + 1e-3):
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------------- checks
@@ -440,9 +453,11 @@ def _load_mnist(data_dir: str | None, limit: int | None) -> Dataset:
              "valid": (train_x[_MNIST_TRAIN:], train_y[_MNIST_TRAIN:]), "test": (test_x, test_y)}
     tensors = {s: (torch.from_numpy(x[:limit].astype(np.float32)[:, None] / 255.0),  # slice first: cheap limit
                    torch.from_numpy(y[:limit].astype(np.int64))) for s, (x, y) in parts.items()}
+    rows = {"train": np.arange(_MNIST_TRAIN)[:limit], "valid": np.arange(_MNIST_TRAIN, _MNIST_TRAIN + _MNIST_VALID)[:limit],
+            "test": np.arange(10_000)[:limit]}  # train/valid: rows of the train file; test: rows of t10k
     return Dataset("mnist", "image", tensors["train"][0], tensors["valid"][0], tensors["test"][0],
                    tensors["train"][1], tensors["valid"][1], tensors["test"][1],
-                   class_names=tuple(str(i) for i in range(10)))
+                   class_names=tuple(str(i) for i in range(10)), source_rows=rows)
 
 
 # ------------------------------------------------------------------------------------------------------- assembling
@@ -493,11 +508,13 @@ def _standardize(splits: dict, names, where: str) -> tuple[dict, tuple[torch.Ten
 def _assemble(name: str, where: str, splits: dict, labels: dict, is_image: bool, *, seed: int, valid_fraction: float,
               test_fraction: float, standardize: bool | None, limit: int | None, feature_names=None,
               class_names=None) -> Dataset:
+    rows = None
     if "x" in splits:  # one array: split it with the fixed-seed permutation
         x, y = splits.pop("x"), labels.pop("x", None)
         idx = _split_indices(len(x), seed, valid_fraction, test_fraction, where)
         splits = {s: x[i] for s, i in idx.items()}
         labels = {s: y[i] for s, i in idx.items()} if y is not None else {}
+        rows = {s: i[:limit].astype(np.int64) for s, i in idx.items()}
     shapes = {s: tuple(a.shape[1:]) for s, a in splits.items()}
     if len(set(shapes.values())) != 1:
         raise _fail(where, f"splits have different example shapes {shapes}", "Give every split the same shape")
@@ -520,7 +537,7 @@ def _assemble(name: str, where: str, splits: dict, labels: dict, is_image: bool,
     t = {s: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for s, a in splits.items()}
     lab = {s: (torch.from_numpy(labels[s]) if s in labels else None) for s in ("train", "valid", "test")}
     return Dataset(name, kind, t["train"], t["valid"], t["test"], lab["train"], lab["valid"], lab["test"],
-                   feature_names, standardization, class_names)
+                   feature_names, standardization, class_names, rows)
 
 
 def _load_digits(**opts) -> Dataset:
@@ -532,7 +549,29 @@ def _load_digits(**opts) -> Dataset:
     return _assemble("digits", "digits", {"x": x}, {"x": y}, True, class_names=tuple(map(str, range(10))), **opts)
 
 
-def _load_path(source: str, **opts) -> Dataset:
+def _take_label_column(x: np.ndarray, header, label_column: str | None, where: str):
+    """Split the named label column off a CSV table: labels are not features (a label left among the features
+    would be modelled, and scored, as data)."""
+    if label_column is None:
+        return x, None, header
+    if header is None:
+        raise _fail(where, f"--label-column {label_column!r} needs a header line naming the columns, and this "
+                    "file has none", "Add a header line")
+    if label_column not in header:
+        raise _fail(where, f"has no column {label_column!r}; its columns are {list(header)}",
+                    "Pass the exact header name of the label column")
+    j = header.index(label_column)
+    y = x[:, j]
+    if not (np.all(y == np.round(y)) and np.all(y >= 0)):
+        bad = int(np.argwhere((y != np.round(y)) | (y < 0))[0][0])
+        raise _fail(f"{where}, data row {bad + 1}, column {label_column!r}", f"label {y[bad]:g} is not a class index",
+                    "Labels must be integers 0, 1, 2, ... (encode class names as integers)")
+    if x.shape[1] == 1:
+        raise _fail(where, f"the label column {label_column!r} is its only column", "Provide feature columns too")
+    return np.delete(x, j, axis=1), y.astype(np.int64), tuple(h for i, h in enumerate(header) if i != j)
+
+
+def _load_path(source: str, label_column: str | None = None, **opts) -> Dataset:
     path = Path(source).expanduser()
     if not path.exists():
         raise _fail(source, "no such file or directory", "Use 'digits', 'mnist', or a path to a .npy, .npz, .csv "
@@ -549,7 +588,12 @@ def _load_path(source: str, **opts) -> Dataset:
         return _assemble(where, where, {"x": x}, {}, is_image, **opts)
     if suffix == ".csv":
         x, header = _read_csv(path)
-        return _assemble(where, where, {"x": x}, {}, False, feature_names=header, **opts)
+        x, y, header = _take_label_column(x, header, label_column, where)
+        return _assemble(where, where, {"x": x}, {"x": y} if y is not None else {}, False, feature_names=header,
+                         **opts)
+    if label_column is not None:
+        raise ConfigError(f"--label-column names a column of a CSV file, but {where} is not one (an .npz file "
+                          "carries labels in an array named 'y'; a folder of images in its subfolders)")
     if suffix == ".npz":
         return _from_npz(path, **opts)
     raise _fail(where, f"unsupported file type {suffix or '(none)'}",
@@ -574,14 +618,18 @@ def _from_npz(path: Path, **opts) -> Dataset:
 
 
 def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, valid_fraction: float = 0.1,
-                 test_fraction: float = 0.1, standardize: bool | None = None, limit: int | None = None) -> Dataset:
+                 test_fraction: float = 0.1, standardize: bool | None = None, limit: int | None = None,
+                 label_column: str | None = None) -> Dataset:
     """Load ``digits``, ``mnist`` or a path (.npy, .npz, .csv, image folder) into validated float32 tensors.
 
     ``data_dir`` is where the MNIST IDX files live (default: :func:`default_cache_dir`); MNIST uses its fixed
     protocol split (59,600 / 400 / 10,000) and ignores seed and fractions.  ``limit`` keeps the first ``limit``
     examples of each split (for quick tests).  ``standardize`` defaults to True for tabular data only.
+    ``label_column`` names a CSV column that holds class labels (integers): it is taken out of the features.
     """
     _check_options(valid_fraction, test_fraction, limit)
+    if label_column is not None and source in ("mnist", "digits"):
+        raise ConfigError(f"--label-column is for CSV files; {source} has its labels already")
     if source == "mnist":
         if standardize:
             raise ConfigError("standardize=True is only for tabular data, but mnist holds images")
@@ -590,7 +638,7 @@ def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, val
                 limit=limit)
     if source == "digits":
         return _load_digits(**opts)
-    return _load_path(source, **opts)
+    return _load_path(source, label_column=label_column, **opts)
 
 
 def dataset_info(source: str, **kw) -> dict:

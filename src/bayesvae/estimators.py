@@ -195,6 +195,9 @@ def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | N
     ``log_likelihood_nats`` is the mean importance-sampled log p(x) with K = ``num_samples``; ``nll_nats`` its
     negative; ``elbo_nats`` the one-sample ELBO with closed-form KL, split into ``reconstruction_nll_nats`` and
     ``kl_nats``; bits/dim per :func:`bits_per_dim` (``levels``: the data were dequantised from that many levels).
+    For a model of standardised data (``model.data_log_scale``, ln s per feature) every figure is a density of the
+    data in the user's units; ``nll_standardized_nats`` and ``elbo_standardized_nats`` give the standardised
+    features' figures too, which differ by ``standardization_log_scale_sum_nats`` = Σ ln s.
     """
     ll = estimate_log_likelihood(model, x, num_samples, chunk_size=chunk_size, batch_size=min(batch_size, 100))
     recon, kl = [], []
@@ -211,7 +214,7 @@ def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | N
     except TypeError:  # a KL that does not split by dimension (e.g. the vMF's constant)
         kl_dims = None
     mi_batch = min(MI_BATCH_SIZE, x.shape[0])
-    return {
+    result = {
         "num_examples": int(x.shape[0]),
         "num_samples": num_samples,
         "log_likelihood_nats": -nll,
@@ -230,3 +233,9 @@ def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | N
         "mutual_information_batch_size": mi_batch,
         "mutual_information_max_nats": math.log(mi_batch),
     }
+    log_scale = getattr(model, "data_log_scale", None)
+    if log_scale is not None:  # the densities above are of the user's data; also give the standardised scale's
+        shift = float(log_scale.double().sum())
+        result.update(standardization_log_scale_sum_nats=shift, nll_standardized_nats=nll - shift,
+                      elbo_standardized_nats=result["elbo_nats"] + shift)
+    return result

@@ -127,7 +127,7 @@ class PlotContext:
         if self._x is None:
             if self.run is None:
                 raise DataValidationError("this picture needs data: pass data=... (a tensor [N, *data_shape])")
-            self._x = getattr(self.prepared(), self.split)
+            self._x = self.prepared().scored(self.split)
         if self._x.shape[0] == 0:
             raise DataValidationError(f"the {self.split} split is empty; choose another split")
         if tuple(self._x.shape[1:]) != self.data_shape:
@@ -580,10 +580,25 @@ def _read_metrics(ctx: PlotContext) -> list[dict]:
     return records
 
 
+def _loss_titles(run) -> tuple[str, str]:
+    """(title of the bold curve, note for the two term panels): what the logged ``loss`` is for this run's objective.
+    For the ELBO it is the seed's L = reconstruction + KL; for the IWAE objective it is -IWAE_K, and the two panels
+    show the ELBO's terms, which do not add up to it."""
+    try:
+        loaded = context(run).run
+    except Exception:  # noqa: BLE001 - a bare model or metrics alone: the ELBO is the default objective
+        loaded = None
+    config = getattr(loaded, "train_config", None)
+    if config is not None and config.objective == "iwae":
+        return (f"loss = -IWAE bound, K = {config.samples} (nats; not recon + KL)", " (ELBO term)")
+    return ("total loss L = reconstruction + KL (nats)", "")
+
+
 def curves(run, *, metrics: list[dict] | None = None, **_):
     """Learning curves per epoch: the total loss (eq. 24; the one indicator of progress, bold) and its two parts,
     reconstruction NLL and KL, for the training and validation sets."""
     records = metrics if metrics is not None else _read_metrics(context(run))
+    total_title, term_note = _loss_titles(run)
 
     def series(key):
         pts = [(r.get("epoch", k + 1), r.get(key)) for k, r in enumerate(records)]
@@ -594,9 +609,9 @@ def curves(run, *, metrics: list[dict] | None = None, **_):
     gs = fig.add_gridspec(2, 2, width_ratios=(1.6, 1))
     ax_total = fig.add_subplot(gs[:, 0])
     ax_rec, ax_kl = fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, 1])
-    for ax, key, title, bold in ((ax_total, "loss", "total loss L = reconstruction + KL (nats)", True),
-                                 (ax_rec, "reconstruction_nll", "reconstruction  E[-ln q(x|z)]", False),
-                                 (ax_kl, "kl", "KL(p(z|x) || q(z))", False)):
+    for ax, key, title, bold in ((ax_total, "loss", total_title, True),
+                                 (ax_rec, "reconstruction_nll", "reconstruction  E[-ln q(x|z)]" + term_note, False),
+                                 (ax_kl, "kl", "KL(p(z|x) || q(z))" + term_note, False)):
         for split, style, color in (("train", "-", "#1f77b4"), ("valid", "--", "#ff7f0e")):
             e, v = series(f"{split}_{key}")
             if len(v):

@@ -18,12 +18,31 @@ from .priors import StandardNormal
 from .sphere import VonMisesFisher, log_vmf_normalizer, mean_resultant_length
 
 __all__ = ["DiagonalNormal", "Posterior", "DiagonalGaussian", "VonMisesFisherPosterior", "POSTERIORS",
-           "make_posterior", "kl_per_dimension", "check_posterior_options", "BN_EPS"]
+           "make_posterior", "kl_per_dimension", "check_posterior_options", "BN_EPS", "soft_clamp"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 #: Safe range of the log-variance: exp(20) ≈ 5e8 and exp(-30) ≈ 1e-13 stay finite in float32 and bf16.
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+#: Width of the smooth shoulders of :func:`soft_clamp`: the identity on [MIN + 10, MAX - 10] = [-20, 10].
+LOGVAR_SHOULDER = 10.0
+
+
+def soft_clamp(x: torch.Tensor, lo: float = LOGVAR_MIN, hi: float = LOGVAR_MAX,
+               width: float = LOGVAR_SHOULDER) -> torch.Tensor:
+    """A bound on ``x`` whose gradient never vanishes: the identity on [lo + width, hi - width], and beyond,
+    exponential shoulders that approach lo and hi (value and slope continuous at the joins):
+
+        y = hi - width·exp(-(x - a)/width) for x > a = hi - width,   y = lo + width·exp((x - b)/width) for x < b.
+
+    A hard clamp has slope 0 outside its range, so a unit whose raw log-variance passed it could never come back
+    (its KL of 1e8 nats had gradient exactly 0); here the slope is exp(-|x - a|/width) > 0 and the KL pulls it
+    back. The value is what is sampled and scored, so the density stays exact.
+    """
+    a, b = hi - width, lo + width
+    upper = hi - width * torch.exp(-(x.clamp(min=a) - a) / width)
+    lower = lo + width * torch.exp((x.clamp(max=b) - b) / width)
+    return torch.where(x > a, upper, torch.where(x < b, lower, x))
 
 
 class DiagonalNormal(Distribution):
@@ -139,7 +158,8 @@ BN_EPS = 1e-5
 
 
 class DiagonalGaussian(Posterior):
-    """Eq. (15): two encoder heads, μ(x) and ln σ²(x); the log-variance is clamped to [-30, 20].
+    """Eq. (15): two encoder heads, μ(x) and ln σ²(x); the log-variance is kept in (-30, 20) by
+    :func:`soft_clamp` (the identity on [-20, 10], smooth shoulders beyond, never a zero gradient).
 
     Options (VAE + BN, against KL vanishing; at most one):
 
@@ -225,8 +245,8 @@ class DiagonalGaussian(Posterior):
             loc = var_mu.sqrt() * self.mean_norm(loc)
             # ln σ² = ln γ_σ² + 2 ln |BN(raw)|; the floor keeps ln finite (and its gradient) at an exact zero.
             logvar = var_sigma.log() + 2.0 * self.scale_norm(raw).abs().clamp_min(1e-15).log()
-            return DiagonalNormal(loc, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
-        return DiagonalNormal(loc, raw.clamp(LOGVAR_MIN, LOGVAR_MAX))
+            return DiagonalNormal(loc, soft_clamp(logvar))
+        return DiagonalNormal(loc, soft_clamp(raw))
 
 
 class VonMisesFisherPosterior(Posterior):

@@ -171,12 +171,11 @@ def _metrics_html(ev: dict, ctx: plots.PlotContext) -> str:
     if bound:
         rows.append(("KL floor of the posterior", f'{bound["nats"]:.3f} nats <span class="muted">({_esc(bound["kind"])}'
                      f' of {_esc(bound["form"])})</span>'))
-    std = ctx.standardization
-    if std is not None:
-        shift = float(np.log(np.maximum(std[1], 1e-8)).sum())
-        rows.append(("NLL in the file's units", f'{ev["nll_nats"] + shift:.3f} nats <span class="muted">(the model '
-                     f'sees standardised features; undoing the scaling adds Σ ln σ<sub>j</sub> = {shift:.3f} nats)'
-                     '</span>'))
+    if "nll_standardized_nats" in ev:
+        shift = ev["standardization_log_scale_sum_nats"]
+        rows.append(("NLL of the standardised features", f'{ev["nll_standardized_nats"]:.3f} nats <span class="muted">'
+                     "(every figure above is a density of the data in the file's units; the model works on "
+                     f'standardised features, whose NLL is lower by Σ ln s<sub>j</sub> = {shift:.3f} nats)</span>'))
     note = (f'<p class="note">Log-likelihood by importance sampling with <b>K = {k}</b> samples from the posterior '
             f"(the IWAE bound, a lower bound on log p(x) that tightens as K grows), on {subset}; data {prep}. "
             f"Computed in {ev['seconds']:.1f} s.</p>")
@@ -350,8 +349,10 @@ _CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-sr
         "connect-src 'none'; font-src 'none'; base-uri 'none'; form-action 'none'")
 
 _CAPTIONS = {
-    "curves": ("Learning curves", "The total loss L (eq. 24, bold) is the one indicator of progress; its two parts "
-               "pull against each other. Solid: training (averaged over the epoch), dashed: validation."),
+    "curves": ("Learning curves", "The total loss (bold) is the one indicator of progress: L = reconstruction + KL "
+               "(eq. 24) for the ELBO objective, the negative IWAE bound for the IWAE objective (its panel title says "
+               "which; the two ELBO terms then do not add up to it). Solid: training (averaged over the epoch), "
+               "dashed: validation."),
     "latent": ("Latent space", "Posterior means E[z|x] of the test split, coloured by label."),
     "manifold": ("Manifold", "Decoded means E[x|z] over a 15×15 lattice of standard-normal quantiles "
                  "(0.05 to 0.95) in the two latent dimensions with the largest KL; other dimensions at 0."),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import checkpoint as ckpt
@@ -28,8 +29,9 @@ __all__ = ["DataSpec", "PreparedData", "prepare_data", "train", "resume", "load"
            "load_preset", "PRESET_MODEL_KEYS", "export_model"]
 
 RUN_FORMAT = 1
-#: Fixed seeds of the one-off binarisation/dequantisation of validation and test data (protocol: never re-drawn).
-VALID_SEED, TEST_SEED = 1, 2
+#: Fixed seeds of the one-off binarisation/dequantisation of validation and test data (protocol: never re-drawn),
+#: and of the training split when it is scored (``evaluate --split train``).
+VALID_SEED, TEST_SEED, TRAIN_SEED = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,13 @@ class DataSpec:
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     limit: int | None = None
+    label_column: str | None = None
+    """A CSV column of class labels, taken out of the features."""
 
     def load(self) -> bdata.Dataset:
         return bdata.load_dataset(self.source, data_dir=self.data_dir, seed=self.seed,
                                   valid_fraction=self.valid_fraction, test_fraction=self.test_fraction,
-                                  limit=self.limit)
+                                  limit=self.limit, label_column=self.label_column)
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,18 @@ class PreparedData:
     preparation: str
     """``none``, ``binarize`` (dynamic binarisation) or ``dequantize`` (uniform noise on the pixel levels)."""
     levels: int | None = None
+    fixed_transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    """The one-off, seeded preparation of data that are scored rather than trained on (valid, test, new data)."""
+
+    def scored(self, split: str) -> torch.Tensor:
+        """A split as it is scored: valid and test as stored; the training split prepared once, like them, with a
+        fixed seed (``TRAIN_SEED``), never the grey levels a Bernoulli decoder must not see."""
+        if split not in ("train", "valid", "test"):
+            raise ValueError(f"split must be train, valid or test, got {split!r}")
+        x = getattr(self, split)
+        if split == "train" and self.fixed_transform is not None:
+            return self.fixed_transform(x, TRAIN_SEED)
+        return x
 
 
 def _dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -72,28 +88,36 @@ def _dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None 
 def preparation_for(dataset: bdata.Dataset, likelihood: str) -> str:
     if bdata.needs_binarization(dataset, likelihood):
         return "binarize"
-    if dataset.kind == "image" and likelihood != "bernoulli" and dataset.levels is not None:
-        return "dequantize"  # discrete pixel levels: a density needs them spread over their bins
+    if dataset.kind in ("image", "binary") and likelihood != "bernoulli" and _levels(dataset) is not None:
+        return "dequantize"  # discrete values: a density needs them spread over their bins
     return "none"
+
+
+def _levels(dataset: bdata.Dataset) -> int | None:
+    """The grid a density dequantises over: 2 for 0/1 data (their bits/dim are then those of the binary values,
+    comparable with a Bernoulli decoder's), else the pixel levels found in the data."""
+    return 2 if dataset.kind == "binary" else dataset.levels
 
 
 def prepare_data(dataset: bdata.Dataset, likelihood: str) -> PreparedData:
     """Follow the likelihood: dynamic binarisation for a Bernoulli decoder on grey levels (a fresh draw each
     minibatch, one fixed-seed draw for validation and test); uniform dequantisation for a Gaussian decoder on
-    image pixels; nothing otherwise (tabular data were standardised by the loader)."""
+    discrete values (image pixels, 0/1 data), so that its density is bounded; nothing otherwise (tabular data
+    were standardised by the loader)."""
     bdata.check_likelihood_support(dataset, likelihood)
     how = preparation_for(dataset, likelihood)
     if how == "binarize":
         return PreparedData(dataset.train, bdata.fixed_binarization(dataset.valid, VALID_SEED),
                             bdata.fixed_binarization(dataset.test, TEST_SEED),
-                            lambda x: bdata.binarize(x, validate=False), how)
+                            lambda x: bdata.binarize(x, validate=False), how,
+                            fixed_transform=bdata.fixed_binarization)
     if how == "dequantize":
-        levels = dataset.levels
+        levels = _levels(dataset)
 
         def fixed(x, seed):
             return _dequantize(x, levels, torch.Generator().manual_seed(seed))
         return PreparedData(dataset.train, fixed(dataset.valid, VALID_SEED), fixed(dataset.test, TEST_SEED),
-                            lambda x: _dequantize(x, levels), how, levels)
+                            lambda x: _dequantize(x, levels), how, levels, fixed_transform=fixed)
     return PreparedData(dataset.train, dataset.valid, dataset.test, None, how)
 
 
@@ -260,6 +284,17 @@ class CollapseMonitor(Callback):
                 self.warn(message)
 
 
+def _refuse_constant_columns(dataset: bdata.Dataset) -> None:
+    """A feature constant in the training split has no density to learn (its standardised values elsewhere would be
+    divided by a zero scale): refuse before training, naming the columns."""
+    constant = dataset.describe().get("constant_columns") or []
+    if constant:
+        raise bdata.DataValidationError(
+            f"{dataset.name}: column(s) {constant} take a single value in the training split "
+            f"({len(dataset.train)} example(s)), so the model cannot give a density to any other value of them "
+            "(a test row with another value would get an NLL near 1e20). Drop these columns, or provide more rows")
+
+
 def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig = TrainConfig(),
           likelihood: str | None = None, likelihood_options: dict | None = None, latent_dim: int = 20,
           architecture: str = "mlp", hidden: Sequence[int] = (400,), activation: str = "relu",
@@ -278,15 +313,20 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
             raise ConfigError("TensorBoard logging needs a run directory (--out)")
         TensorBoardLog.writer_class()
     dataset = spec.load()
+    _refuse_constant_columns(dataset)
     likelihood = likelihood or bdata.default_likelihood(dataset)
     prepared = prepare_data(dataset, likelihood)
     model_config = ModelConfig(data_shape=dataset.event_shape, latent_dim=latent_dim, architecture=architecture,
                                hidden=tuple(hidden), activation=activation, likelihood=likelihood,
                                likelihood_options=dict(likelihood_options or {}), posterior=posterior,
-                               posterior_options=dict(posterior_options or {}))
+                               posterior_options=dict(posterior_options or {}),
+                               standardized=dataset.standardization is not None)
     run_dir = Path(out) if out is not None else None
     torch.manual_seed(train_config.seed)
     model = build_model(model_config)
+    if dataset.standardization is not None:
+        with torch.no_grad():
+            model.data_log_scale.copy_(dataset.standardization[1].reshape(model.data_log_scale.shape).log())
     state = _run_state(model_config, spec, dataset, prepared)
     state["kl_bound"] = kl_bound_record(model)
     if train_config.free_bits > 0 and not getattr(model.posterior_head, "factorised", False):
@@ -332,29 +372,103 @@ class LoadedRun:
     def prepared(self, dataset: bdata.Dataset | None = None) -> PreparedData:
         return prepare_data(dataset or self.dataset(), self.model_config.likelihood)
 
-    def new_data(self, source: str) -> torch.Tensor:
+    def new_data(self, source: str, data_dir: str | None = None) -> tuple[torch.Tensor, "np.ndarray"]:
         """Other data (e.g. to score for anomalies) prepared exactly as this run's test split: the run's
-        standardisation statistics, its fixed-seed binarisation or dequantisation."""
-        ds = bdata.load_dataset(source, valid_fraction=0.0, test_fraction=0.0, standardize=False)
+        standardisation statistics, its fixed-seed binarisation or dequantisation. Returns (x, rows): the prepared
+        examples and their 0-based rows in the source. Data the run's preparation cannot turn into what the model
+        was trained on are refused with the reason: other columns (by header), values off the run's grid of
+        levels, grey levels for a model trained on 0/1 data."""
+        label = self.spec.label_column
+        if label is not None and label not in _csv_header(source):
+            label = None  # new data without the label column: nothing to take out
+        ds = bdata.load_dataset(source, data_dir=data_dir, valid_fraction=0.0, test_fraction=0.0, standardize=False,
+                                label_column=label)
         x = torch.cat([ds.train, ds.valid, ds.test])
+        rows = np.concatenate([ds.rows("train"), ds.rows("valid"), ds.rows("test")])
+        data = self.state["data"]
+        _check_columns(source, ds.feature_names, (data.get("description") or {}).get("feature_names"))
         if tuple(x.shape[1:]) != self.model_config.data_shape:
             raise bdata.DataValidationError(f"{source}: examples have shape {tuple(x.shape[1:])}, but the model was "
                                             f"trained on shape {self.model_config.data_shape}")
-        std = self.state["data"].get("standardization")
+        std = data.get("standardization")
         if std is not None:
             x = (x - torch.tensor(std[0])) / torch.tensor(std[1])
-        how = self.state["data"].get("preparation", "none")
+        how = data.get("preparation", "none")
         if how == "binarize":
-            return bdata.fixed_binarization(x, TEST_SEED)
+            bdata.check_likelihood_support(dataclasses.replace(ds, train=x), self.model_config.likelihood)
+            return bdata.fixed_binarization(x, TEST_SEED), rows
         if how == "dequantize":
-            return _dequantize(x, self.state["data"]["levels"], torch.Generator().manual_seed(TEST_SEED))
+            levels = data["levels"]
+            if not bdata.on_level_grid(x, levels):
+                raise bdata.DataValidationError(
+                    f"{source}: the run dequantises data on a grid of {levels} levels k/{levels - 1} in [0, 1], but "
+                    "these values are not on it (scoring would silently move them onto it). Give data with the "
+                    "same levels as the training data (e.g. 8-bit images as uint8 or k/255)")
+            return _dequantize(x, levels, torch.Generator().manual_seed(TEST_SEED)), rows
         bdata.check_likelihood_support(dataclasses.replace(ds, train=x), self.model_config.likelihood)
-        return x
+        if self.model_config.likelihood == "bernoulli" and not bool(((x == 0) | (x == 1)).all()):
+            raise bdata.DataValidationError(
+                f"{source}: the run was trained on 0/1 data with a Bernoulli likelihood, which gives no probability "
+                "to other values, but these data hold values strictly between 0 and 1. Binarise them first (e.g. "
+                "x > 0.5, or numpy's random draw x > rand for the dynamic-binarisation protocol), then score them")
+        return x, rows
+
+
+def _csv_header(source: str) -> tuple[str, ...]:
+    """The header names of a CSV file (empty when it has none, or is not a readable CSV: the loader says why)."""
+    import csv
+
+    if not str(source).lower().endswith(".csv"):
+        return ()
+    try:
+        with open(source, newline="", encoding="utf-8-sig") as fh:
+            first = next((row for row in csv.reader(fh) if row and any(c.strip() for c in row)), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return ()
+    return () if any(bdata._is_number(c) for c in first) else tuple(c.strip() for c in first)
+
+
+def _check_columns(source: str, found, expected) -> None:
+    """Columns are matched by name, never trusted by position: a swapped or missing column is refused."""
+    if expected is None:
+        return
+    expected = [str(n) for n in expected]
+    if found is None:
+        raise bdata.DataValidationError(
+            f"{source}: the run was trained on named columns {expected}, but this file has no header line, so "
+            "their order cannot be checked. Add the header line")
+    found = [str(n) for n in found]
+    if found == expected:
+        return
+    missing = [n for n in expected if n not in found]
+    extra = [n for n in found if n not in expected]
+    if missing or extra:
+        problem = (f"missing column(s) {missing}" if missing else "") + ("; " if missing and extra else "") + (
+            f"column(s) {extra} that the model was not trained on" if extra else "")
+    else:
+        moved = [n for i, n in enumerate(found) if expected[i] != n]
+        problem = f"the columns {moved} are in another order than in training"
+    raise bdata.DataValidationError(
+        f"{source}: {problem}. The model was trained on the columns {expected}, in this order; give a file with "
+        "exactly these columns (a label column must be removed)")
 
 
 def _spec_from_state(data: dict) -> DataSpec:
     keys = {f for f in DataSpec.__dataclass_fields__}
     return DataSpec(**{k: v for k, v in data.items() if k in keys})
+
+
+def _with_data_scale(config: ModelConfig, data: dict, model_sd: dict) -> ModelConfig:
+    """Runs saved before the model held its data's scales (their densities were of the standardised features): give
+    the model the scales of run.json, so that every density is that of the user's data."""
+    if config.standardized:
+        return config
+    if "data_log_scale" not in model_sd:
+        std = data.get("standardization")
+        if std is None:
+            return config
+        model_sd["data_log_scale"] = torch.tensor(std[1], dtype=torch.float32).reshape(config.data_shape).log()
+    return dataclasses.replace(config, standardized=True)
 
 
 def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool = False,
@@ -370,8 +484,9 @@ def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool 
             raise ckpt.CheckpointCorruptError(f"{path}: state.json lacks {key!r}; not a bayesvae training checkpoint")
     model_config = from_dict(ModelConfig, state["model_config"])
     train_config = from_dict(TrainConfig, state["train_config"])
-    model = build_model(model_config)
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model_config = _with_data_scale(model_config, state["data"], model_sd)
+    model = build_model(model_config)
     try:
         model.load_state_dict(model_sd, strict=True)
     except RuntimeError as err:

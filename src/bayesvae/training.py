@@ -229,6 +229,8 @@ class Trainer:
         self.model.train()
         lr = self._set_lr()
         progress = self.state.global_step / self.steps_per_epoch
+        # Buffers a forward pass updates (running statistics) are restored if the step is skipped.
+        buffers = [b.clone() for b in self.model.buffers()] if self.config.nonfinite_policy == "skip" else None
         with self._autocast():
             out = self.objective(self.model, batch, progress)
         if self.config.precision == "bf16":  # the loss and the logged terms in float32
@@ -241,6 +243,9 @@ class Trainer:
             self._check_gradients()
         except NonFiniteError:
             self.optimizer.zero_grad(set_to_none=True)
+            if buffers is not None:
+                with torch.no_grad():
+                    torch._foreach_copy_(list(self.model.buffers()), buffers)
             if self.config.nonfinite_policy == "stop" or self.state.consecutive_skips >= self.config.max_skipped_steps:
                 raise  # "skip" allows max_skipped_steps bad steps in a row; the next one stops
             self.state.skipped_steps += 1
