@@ -62,3 +62,15 @@ def test_readme_figures_come_from_the_json_results(name):
             decimals = len(figure.split(".")[1])
             assert any(round(v, decimals) == float(figure) or round(-v, decimals) == float(figure) for v in values), (
                 f"README figure {figure} in the row for {name} is not in the JSON")
+
+
+@needs_mnist
+def test_vmf_bn_smoke(monkeypatch, tmp_path):
+    result = _run("vmf_bn.py", "--smoke", "--data-dir", str(MNIST), "--out", str(tmp_path / "runs"),
+                  "--json", str(tmp_path / "v.json"), monkeypatch=monkeypatch)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert list(rows) == ["gaussian", "vmf", "gaussian-bn"]
+    assert all(r["num_samples"] == 20 and r["nll_nats"] > 0 for r in rows.values())
+    assert rows["vmf"]["kappa"] in (20.0, 50.0) and len(rows["vmf"]["kappa_validation"]) == 2
+    assert rows["gaussian-bn"]["kl_nats"] >= rows["gaussian-bn"]["kl_bound"]["nats"] * 0.9
+    assert json.loads((tmp_path / "v.json").read_text())["rows"]
