@@ -125,6 +125,12 @@ def test_bn_run_writes_its_bound_to_run_json_and_prints_it(tmp_path, capsys):
     # The checkpoint carries the running statistics; the reloaded model evaluates the same.
     model = bv.load(out)
     assert float(model.posterior_head.mean_norm.num_batches_tracked) > 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--samples", "5"]) == 0
+    assert "I(x; z)" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--samples", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 <= result["mutual_information_nats"] <= math.log(180) and len(result["kl_per_dimension_nats"]) == 4
     assert main(["train", "--posterior-bn", "beta=1", "--out", str(tmp_path / "bad")]) == 2
     assert main(["train", "--resume", str(out), "--posterior-bn", "tau=0.5"]) == 2
     assert not (tmp_path / "bad").exists()
