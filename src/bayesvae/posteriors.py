@@ -179,9 +179,10 @@ class DiagonalGaussian(Posterior):
 
     def __init__(self, latent_dim: int | None = None, *, bn_gamma: float | None = None, bn_tau: float | None = None):
         super().__init__()
-        check_posterior_options(self.name, {k: v for k, v in (("bn_gamma", bn_gamma), ("bn_tau", bn_tau))
-                                            if v is not None}, latent_dim)
-        self.bn_gamma, self.bn_tau = bn_gamma, bn_tau
+        type(self).check_options({k: v for k, v in (("bn_gamma", bn_gamma), ("bn_tau", bn_tau))
+                                  if v is not None}, latent_dim)
+        self.bn_gamma = None if bn_gamma is None else float(bn_gamma)
+        self.bn_tau = None if bn_tau is None else float(bn_tau)
         self.latent_dim = latent_dim
         if bn_gamma is not None or bn_tau is not None:
             self.mean_norm = nn.BatchNorm1d(latent_dim, eps=BN_EPS, affine=False)
@@ -263,7 +264,7 @@ class VonMisesFisherPosterior(Posterior):
 
     def __init__(self, latent_dim: int, *, kappa: float):
         super().__init__()
-        check_posterior_options(self.name, {"kappa": kappa}, latent_dim)
+        type(self).check_options({"kappa": kappa}, latent_dim)
         self.latent_dim, self.kappa = int(latent_dim), float(kappa)
         self.log_normalizer = log_vmf_normalizer(self.latent_dim, self.kappa)
         self.mean_resultant = mean_resultant_length(self.latent_dim, self.kappa)
