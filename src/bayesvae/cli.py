@@ -533,7 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop")
-    p.add_argument("--max-minutes", type=float, default=0.0, help="training time budget in minutes (0: none)")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="training time budget in minutes (0: none): the steps that fit are estimated from the measured "
+                        "step time and the run ends there, with a cosine schedule laid over them; --epochs stays a "
+                        "cap")
     p.add_argument("--precision", choices=["float32", "bf16", "fp16"], default="float32",
                    help="bf16/fp16: the networks' matrix products in bfloat16/float16 during training (pays on GPUs; "
                         "fp16 with a gradient scaler); densities, KL, optimiser and evaluation stay float32")
