@@ -153,11 +153,14 @@ class TrainConfig:
     """Also save ``last`` every N optimiser steps (0: only at the end of each epoch)."""
     eval_batch_size: int = 1000
     max_seconds: float = 0.0
-    """Stop at the end of the epoch after which another epoch would pass this training time (0: no limit)."""
+    """A training-time budget (0: none). The trainer times its steps, estimates how many fit (after a short warm-up,
+    re-estimated as the run goes) and ends there, mid-epoch if need be; a total-dependent schedule (cosine) is laid
+    over those steps, so it ends when the budget does. ``epochs`` stays a cap: the run and its schedule end at
+    whichever comes first."""
     precision: str = "float32"
     """``float32``, or ``bf16``: the networks' matrix products of the training steps in bfloat16 (autocast; it
     pays on GPUs and CPUs with native bf16), every density, KL and the optimiser in float32; validation and
-    evaluation always in float32."""
+    evaluation always in float32. ``fp16``: the same in float16, with a gradient scaler (its state is checkpointed)."""
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "samples", "eval_batch_size", "max_skipped_steps"):
@@ -171,7 +174,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"option {name!r} must be a non-negative integer, got {value!r}")
         choices = {"lr_schedule": ("constant", "cosine", "exponential"), "objective": ("elbo", "iwae"),
-                   "nonfinite_policy": ("stop", "skip"), "precision": ("float32", "bf16")}
+                   "nonfinite_policy": ("stop", "skip"), "precision": ("float32", "bf16", "fp16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"option {name!r} must be one of {list(allowed)}, got {getattr(self, name)!r}")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .arrays import Rows, iter_chunks
 from .errors import ConfigError, DataValidationError
 
 __all__ = [
@@ -45,6 +46,10 @@ _MNIST_FILES = {  # name -> (MD5 of the published .gz (torchvision's list), MD5 
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/")
 _MNIST_TRAIN, _MNIST_VALID = 59_600, 400  # the dynamic-binarisation (IWAE) protocol: last 400 training images validate
 _MAX_DOWNLOAD_BYTES = 64 << 20  # a mirror cannot fill the disk: the largest MNIST file is under 10 MB
+#: An image ``.npy`` whose examples would take more than this as float32 stays on disk (memory-mapped, read a batch
+#: at a time, 8-bit pixels kept as uint8); smaller files are read into memory after the same chunked checks.
+LAZY_BYTES = int(os.environ.get("BAYESVAE_LAZY_BYTES", str(256 << 20)))
+_CHECK_ROWS = 16384
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +72,8 @@ class Dataset:
     def rows(self, split: str) -> np.ndarray:
         """The 0-based position of each example of ``split`` in the file it came from (for a CSV with a header, line
         = row + 2), so a flagged example can be found in the user's file."""
+        if isinstance(getattr(self, split), Rows):
+            return np.asarray(getattr(self, split).index, dtype=np.int64)
         if self.source_rows is not None and split in self.source_rows:
             return np.asarray(self.source_rows[split], dtype=np.int64)
         return np.arange(len(getattr(self, split)), dtype=np.int64)
@@ -83,7 +90,12 @@ class Dataset:
     def value_range(self) -> tuple[float, float]:
         """(min, max) over all splits; cached because MNIST is 200 MB and the trainer asks more than once."""
         parts = [t for t in (self.train, self.valid, self.test) if t.numel()]
-        return min(float(t.min()) for t in parts), max(float(t.max()) for t in parts)
+        lows, highs = [], []
+        for t in parts:  # in chunks: a split may be a memory-mapped file
+            for c in ([t] if isinstance(t, torch.Tensor) else iter_chunks(t)):
+                lows.append(float(c.min()))
+                highs.append(float(c.max()))
+        return min(lows), max(highs)
 
     @cached_property
     def levels(self) -> int | None:
@@ -95,12 +107,13 @@ class Dataset:
         if not parts or lo < 0 or hi > 1:
             return None
 
+        if all(isinstance(t, Rows) and t.raw_dtype == np.uint8 for t in parts):
+            return 256  # 8-bit pixels, k / 255, by construction
         on_grid = on_level_grid
         if all(on_grid(t, 256) for t in parts):
             return 256
         # The distinct values of every split (in chunks), not of a prefix: a grid must fit all the data.
-        distinct = torch.unique(torch.cat([torch.unique(t.reshape(-1)[i : i + (1 << 22)])
-                                           for t in parts for i in range(0, t.numel(), 1 << 22)]))
+        distinct = torch.unique(torch.cat([torch.unique(block) for t in parts for block in _value_blocks(t)]))
         return next((n for n in range(2, 256) if on_grid(distinct, n)), None)
 
     def fingerprint(self) -> str:
@@ -109,7 +122,8 @@ class Dataset:
         h = hashlib.sha256(b"bayesvae-dataset-v1")
         for split, t in (("train", self.train), ("valid", self.valid), ("test", self.test)):
             h.update(f"{split}:{tuple(t.shape)}:".encode())
-            h.update(np.ascontiguousarray(t.detach().cpu().numpy(), dtype="<f4").data)
+            for block in ([t] if isinstance(t, torch.Tensor) else iter_chunks(t)):  # the same bytes, chunk by chunk
+                h.update(np.ascontiguousarray(block.detach().cpu().numpy(), dtype="<f4").data)
         return h.hexdigest()
 
     def describe(self) -> dict:
@@ -132,12 +146,19 @@ class Dataset:
         return info
 
 
-def on_level_grid(values: torch.Tensor, levels: int) -> bool:
+def _value_blocks(values):
+    """The values of a tensor or of an on-disk split (``Rows``), flattened, in blocks of at most 4M."""
+    for block in ([values] if isinstance(values, torch.Tensor) else iter_chunks(values)):
+        flat = block.reshape(-1)
+        for i in range(0, flat.numel(), 1 << 22):
+            yield flat[i : i + (1 << 22)]
+
+
+def on_level_grid(values, levels: int) -> bool:
     """True when every value is k / (levels - 1) for an integer k in [0, levels - 1] (checked in float32 chunks:
-    k/255 is off by < 2e-5 levels)."""
-    flat = values.reshape(-1)
-    for i in range(0, flat.numel(), 1 << 22):
-        scaled = flat[i : i + (1 << 22)] * (levels - 1)
+    k/255 is off by < 2e-5 levels). ``values``: a tensor or an on-disk split."""
+    for flat in _value_blocks(values):
+        scaled = flat * (levels - 1)
         if not bool(((scaled - scaled.round()).abs() <= 1e-3).all()):
             return False
         if scaled.numel() and (float(scaled.min()) < -1e-3 or float(scaled.max()) > levels - 1 + 1e-3):
@@ -240,15 +261,59 @@ def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------------ file readers
-def _read_npy(path: Path) -> tuple[np.ndarray, bool]:
+def _open_npy(path: Path) -> np.ndarray:
+    """The array of a .npy file, memory-mapped (read-only): nothing is read until it is used."""
     try:
-        a = np.load(path, allow_pickle=False)
+        a = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as exc:
         raise _fail(str(path), f"cannot read .npy file ({exc})",
                     "Save it with numpy.save from a numeric array (object arrays are refused)") from None
     if not isinstance(a, np.ndarray):
         raise _fail(str(path), "is not a .npy array", "Use a .npz suffix for archives or save with numpy.save")
-    return _array_to_examples(a, str(path))
+    return a
+
+
+def _read_npy(path: Path) -> tuple[np.ndarray, bool]:
+    return _array_to_examples(np.asarray(_open_npy(path)), str(path))
+
+
+def _is_lazy_image_stack(a: np.ndarray) -> bool:
+    return a.ndim in (3, 4) and a.dtype.kind in "biuf" and a.size * 4 > LAZY_BYTES
+
+
+def _check_image_chunks(a: np.ndarray, where: str) -> tuple[str, bool]:
+    """Validate a (memory-mapped) image stack chunk by chunk; returns (layout, whether every value is 0 or 1)."""
+    _check_dtype(a, where)
+    layout = _image_layout(a.shape, where)
+    binary = True
+    for i in range(0, len(a), _CHECK_ROWS):
+        block = np.asarray(a[i : i + _CHECK_ROWS])
+        if a.dtype == np.uint8:
+            binary = binary and bool(((block == 0) | (block == 255)).all())
+            continue
+        bad = ~np.isfinite(block) if block.dtype.kind == "f" else None
+        if bad is not None and bad.any():
+            idx = tuple(np.argwhere(bad)[0])
+            raise _fail(where, f"non-finite value {block[idx]} at {_locate((idx[0] + i, *idx[1:]), a.shape)}",
+                        "Remove or impute missing/infinite values before training")
+        if block.size and (block.min() < 0 or block.max() > 1):
+            raise _fail(where, f"a {a.ndim}-D array of dtype {a.dtype} with values outside [0, 1] (rows {i} to "
+                        f"{i + len(block) - 1}) is neither a table [N, D] nor an image stack",
+                        "Save images as uint8 (0-255) or floats in [0, 1], or flatten tabular data to 2-D [N, D]")
+        binary = binary and bool(((block == 0) | (block == 1)).all())
+    return layout, binary
+
+
+def _lazy_npy(path: Path, a: np.ndarray, *, seed: int, valid_fraction: float, test_fraction: float,
+              standardize: bool | None, limit: int | None) -> "Dataset":
+    """A large image stack that stays on disk: memory-mapped, checked in chunks, split into row lists."""
+    where = str(path)
+    if standardize:
+        raise ConfigError(f"standardize=True is only for tabular data, but {where} holds images")
+    layout, binary = _check_image_chunks(a, where)
+    idx = _split_indices(len(a), seed, valid_fraction, test_fraction, where)
+    splits = {s: Rows(a, i[:limit], layout) for s, i in idx.items()}
+    return Dataset(where, "binary" if binary else "image", splits["train"], splits["valid"], splits["test"])
 
 
 def _npz_array(z, key: str, path: Path) -> np.ndarray:
@@ -582,7 +647,10 @@ def _load_path(source: str, label_column: str | None = None, **opts) -> Dataset:
         return _assemble(where, where, {"x": x}, {"x": y} if y is not None else {}, True, class_names=classes, **opts)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        x, is_image = _read_npy(path)
+        raw = _open_npy(path)
+        if _is_lazy_image_stack(raw) and len(raw):
+            return _lazy_npy(path, raw, **opts)
+        x, is_image = _array_to_examples(np.asarray(raw), where)
         if len(x) == 0:
             raise _fail(where, "contains no examples", "Provide a non-empty array")
         return _assemble(where, where, {"x": x}, {}, is_image, **opts)

@@ -162,16 +162,21 @@ class PlotContext:
     def encode(self, x: torch.Tensor | None = None) -> torch.Tensor:
         from .estimators import eval_mode
 
+        from .estimators import _batches, model_device
+
         x = self.x if x is None else x
         with eval_mode(self.model):
-            return torch.cat([_centre(self.model.posterior(x[i:i + 1000])) for i in range(0, x.shape[0], 1000)])
+            return torch.cat([_centre(self.model.posterior(xb)).cpu()
+                              for xb in _batches(x, 1000, model_device(self.model))])
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         from .estimators import eval_mode
 
+        from .estimators import _batches, model_device
+
         with eval_mode(self.model):
-            return torch.cat([self.model.decode(z[i:i + 1024]) for i in range(0, z.shape[0], 1024)])
+            return torch.cat([self.model.decode(zb).cpu() for zb in _batches(z, 1024, model_device(self.model))])
 
     def kl_per_dim(self) -> np.ndarray:
         """Mean KL(p(z_u|x) || q(z_u)) over the split, nats per dimension."""
@@ -229,8 +234,8 @@ class PlotContext:
         return None
 
 
-def context(run, *, data=None, labels=None, class_names=None, split: str = "test", checkpoint: str = "best"
-            ) -> PlotContext:
+def context(run, *, data=None, labels=None, class_names=None, split: str = "test", checkpoint: str = "best",
+            device: str | torch.device = "cpu") -> PlotContext:
     """A :class:`PlotContext` from a run directory, a ``LoadedRun``, a ``VAE`` (then pass ``data``/``labels``),
     or a context (returned as is)."""
     if isinstance(run, PlotContext):
@@ -240,7 +245,7 @@ def context(run, *, data=None, labels=None, class_names=None, split: str = "test
     from .runs import LoadedRun, load_run
 
     if isinstance(run, (str, Path)):
-        loaded = load_run(run, checkpoint)
+        loaded = load_run(run, checkpoint, device=device)
         return PlotContext(loaded.model, data=data, labels=labels, class_names=class_names, run=loaded,
                            run_dir=Path(run) if (Path(run) / "run.json").exists() else None, split=split)
     if isinstance(run, LoadedRun):
@@ -442,7 +447,7 @@ def _prior_draws(ctx: PlotContext, n: int, seed: int) -> torch.Tensor:
     """n draws from the model's prior under a fixed seed, leaving the global random state as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ctx.model.prior.sample((n,)).float()
+        return ctx.model.prior.sample((n,)).float().cpu()  # drawn on the CPU generator whatever the device
 
 
 def reconstructions(run, *, n: int = 16, split: str = "test", data=None, **_):
@@ -655,7 +660,8 @@ def histograms(run, *, split: str = "test", data=None, num_samples: int | None =
         torch.manual_seed(seed + 1)
         from .estimators import eval_mode
         with eval_mode(ctx.model):
-            drawn = ctx.model.likelihood(z).sample()
+            from .estimators import model_device
+            drawn = ctx.model.likelihood(z.to(model_device(ctx.model))).sample().cpu()
     fake = ctx.to_user_units(drawn)
     names = ctx.feature_names
     k = min(max_features, real.shape[1])

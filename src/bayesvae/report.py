@@ -127,7 +127,10 @@ def _evaluate(ctx: plots.PlotContext, num_samples: int, max_examples: int, seed:
     prepared = ctx.prepared()
     levels = prepared.levels if prepared is not None else None
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    from .estimators import model_device
+
+    device = model_device(ctx.model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         result = evaluate(ctx.model, x, num_samples, levels=levels, batch_size=250)
     result["seconds"] = time.perf_counter() - t0
@@ -387,7 +390,8 @@ _SPHERE_CAPTIONS = {
 
 # ------------------------------------------------------------------------------------------------------- report
 def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: int = 2000,
-                  checkpoint: str = "best", seed: int = 0, explorer_grid: int = GRID) -> str:
+                  checkpoint: str = "best", seed: int = 0, explorer_grid: int = GRID,
+                  device: str | torch.device = "cpu") -> str:
     """The report's HTML text (see :func:`write_report`)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
         raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -398,11 +402,11 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
     run_dir = Path(run_dir)
     started = time.perf_counter()
     try:
-        run = load_run(run_dir, checkpoint)
+        run = load_run(run_dir, checkpoint, device=device)
     except CheckpointNotFoundError:
         if checkpoint != "best":
             raise
-        run = load_run(run_dir, "last")  # a run without validation data has no "best" pointer
+        run = load_run(run_dir, "last", device=device)  # a run without validation data has no "best" pointer
         checkpoint = "last (no best checkpoint)"
     ctx = plots.PlotContext(run.model, run=run, run_dir=run_dir)
     state = run.state
@@ -519,7 +523,7 @@ def _summary_html(ev: dict, records: list[dict], desc: dict, mc: dict, num_sampl
 
 
 def write_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: int = 2000,
-                 checkpoint: str = "best", seed: int = 0) -> Path:
+                 checkpoint: str = "best", seed: int = 0, device: str | torch.device = "cpu") -> Path:
     """Write ``RUN_DIR/report.html`` (atomically, replacing an older report) and return its path.
 
     Args:
@@ -527,11 +531,12 @@ def write_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: 
         max_examples: evaluate at most this many test examples (stated on the page).
         checkpoint: ``best`` (default), ``last`` or a step directory.
         seed: seed of the evaluation's sampling (the global random state is left as it was).
+        device: where the model computes (the evaluation and every plot).
 
     A section that fails shows its error and the rest is still written; only an unloadable run raises.
     """
     path = Path(run_dir) / REPORT_NAME
     text = render_report(run_dir, num_samples=num_samples, max_examples=max_examples, checkpoint=checkpoint,
-                         seed=seed)
+                         seed=seed, device=device)
     atomic_write_text(path, text)
     return path

@@ -19,6 +19,8 @@ import torch
 
 from . import checkpoint as ckpt
 from . import data as bdata
+from . import distributed as ranks
+from .arrays import PreparedRows, Rows, as_tensor
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, OutputExistsError
 from .model import VAE, build_model
@@ -106,6 +108,12 @@ def prepare_data(dataset: bdata.Dataset, likelihood: str) -> PreparedData:
     were standardised by the loader)."""
     bdata.check_likelihood_support(dataset, likelihood)
     how = preparation_for(dataset, likelihood)
+    if isinstance(dataset.valid, Rows) and how != "none":  # on disk: the fixed draws are made batch by batch
+        levels = _levels(dataset) if how == "dequantize" else None
+        batch = (lambda x: bdata.binarize(x, validate=False)) if how == "binarize" else (lambda x: _dequantize(x, levels))
+        return PreparedData(dataset.train, PreparedRows(dataset.valid, how, VALID_SEED, levels),
+                            PreparedRows(dataset.test, how, TEST_SEED, levels), batch, how, levels,
+                            fixed_transform=lambda x, seed: PreparedRows(x, how, seed, levels))
     if how == "binarize":
         return PreparedData(dataset.train, bdata.fixed_binarization(dataset.valid, VALID_SEED),
                             bdata.fixed_binarization(dataset.test, TEST_SEED),
@@ -165,7 +173,7 @@ class _MetricsLog(Callback):
     """metrics.jsonl and metrics.csv, rewritten atomically from the history at the end of every epoch."""
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        if trainer.run_dir is None:
+        if trainer.run_dir is None or not ranks.is_main():
             return
         history = trainer.state.history
         ckpt.atomic_write_text(trainer.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
@@ -239,12 +247,13 @@ class PreciseBatchNorm(Callback):
             return
         x, step = trainer.train_data, 1000
 
-        def batches():
+        def batches():  # the whole split on every rank (same seed, same statistics everywhere)
             for i in range(0, x.shape[0], step):
-                xb = x[i : i + step]
+                xb = trainer._to_device(x[i : i + step])
                 yield trainer.batch_transform(xb) if trainer.batch_transform is not None else xb
 
-        with torch.random.fork_rng(devices=[]):
+        device = trainer.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(trainer.config.seed * 1_000_003 + trainer.state.epoch + 17)
             recalibrate_batch_norm(model, batches(), lambda m, xb: m.posterior(xb))
 
@@ -299,14 +308,17 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
           likelihood: str | None = None, likelihood_options: dict | None = None, latent_dim: int = 20,
           architecture: str = "mlp", hidden: Sequence[int] = (400,), activation: str = "relu",
           overwrite: bool = False, callbacks: Sequence[Callback] = (), tensorboard: bool = False,
-          on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None, posterior: str = "diagonal-gaussian",
+          on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None,
+          device: str | torch.device = "cpu", posterior: str = "diagonal-gaussian",
           posterior_options: dict | None = None, on_warning: Callable[[str], None] | None = None) -> Trainer:
     """Load and validate the data, build the model the data call for, and train it (into ``out`` if given).
 
     ``posterior``/``posterior_options``: see :class:`ModelConfig` (``vmf`` with ``{"kappa": K}``; the Gaussian
     with ``{"bn_gamma": G}`` or ``{"bn_tau": T}``). ``on_ready(trainer, dataset, likelihood)`` is called after every
     check passed and before the first step (the CLI prints the chosen likelihood there); ``on_warning(text)``
-    receives training warnings (e.g. posterior collapse).
+    receives training warnings (e.g. posterior collapse). ``device``: see
+    :func:`bayesvae.distributed.resolve_device`. Under torchrun (after :func:`bayesvae.distributed.init_from_env`)
+    every rank calls this; rank 0 writes.
     """
     if tensorboard:
         if out is None:
@@ -322,20 +334,26 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
                                posterior_options=dict(posterior_options or {}),
                                standardized=dataset.standardization is not None)
     run_dir = Path(out) if out is not None else None
+    device = ranks.resolve_device(device)
+    _check_world(train_config)
     torch.manual_seed(train_config.seed)
-    model = build_model(model_config)
+    model = build_model(model_config).to(device)
     if dataset.standardization is not None:
         with torch.no_grad():
             model.data_log_scale.copy_(dataset.standardization[1].reshape(model.data_log_scale.shape).log())
+    if ranks.rank() > 0:  # the same initial weights on every rank, then a random stream of its own
+        torch.manual_seed(train_config.seed * 1_000_003 + 7919 * ranks.rank())
     state = _run_state(model_config, spec, dataset, prepared)
     state["kl_bound"] = kl_bound_record(model)
     if train_config.free_bits > 0 and not getattr(model.posterior_head, "factorised", False):
         _make_trainer(model, train_config, prepared, None, state, ())  # raises the clear error before any output
     if run_dir is not None:
-        _prepare_run_dir(run_dir, overwrite)
-        ckpt.atomic_write_text(run_dir / "run.json", json.dumps(
-            {**state, "train_config": to_dict(train_config)}, indent=2))
-    if tensorboard:
+        def prepare():
+            _prepare_run_dir(run_dir, overwrite)
+            ckpt.atomic_write_text(run_dir / "run.json", json.dumps(
+                {**state, "train_config": to_dict(train_config)}, indent=2))
+        ranks.run_on_main(prepare)
+    if tensorboard and ranks.is_main():
         callbacks = [*callbacks, TensorBoardLog(run_dir)]
     trainer = _make_trainer(model, train_config, prepared, run_dir, state, callbacks, on_warning)
     if on_ready is not None:
@@ -353,6 +371,14 @@ def kl_bound_record(model: VAE) -> dict | None:
         return None
     kind = "constant" if not getattr(head, "factorised", True) else "lower bound on the expected KL"
     return {"form": head.describe(), "kind": kind, "nats": bound, "nats_per_dim": bound / model.latent_dim}
+
+
+def _check_world(config: TrainConfig) -> None:
+    """The global batch must split evenly over the ranks: refused on every rank before anything is written."""
+    w = ranks.world_size()
+    if config.batch_size % w:
+        raise ConfigError(f"--batch-size {config.batch_size} is the global batch and must divide by the {w} "
+                          f"processes; use a multiple of {w} (e.g. {config.batch_size - config.batch_size % w or w})")
 
 
 # ------------------------------------------------------------------------------------------------------- loading
@@ -383,7 +409,7 @@ class LoadedRun:
             label = None  # new data without the label column: nothing to take out
         ds = bdata.load_dataset(source, data_dir=data_dir, valid_fraction=0.0, test_fraction=0.0, standardize=False,
                                 label_column=label)
-        x = torch.cat([ds.train, ds.valid, ds.test])
+        x = torch.cat([as_tensor(t) for t in (ds.train, ds.valid, ds.test)])  # new data are read whole
         rows = np.concatenate([ds.rows("train"), ds.rows("valid"), ds.rows("test")])
         data = self.state["data"]
         _check_columns(source, ds.feature_names, (data.get("description") or {}).get("feature_names"))
@@ -472,10 +498,11 @@ def _with_data_scale(config: ModelConfig, data: dict, model_sd: dict) -> ModelCo
 
 
 def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool = False,
-             data_dir: str | None = None) -> LoadedRun:
+             data_dir: str | None = None, device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild the model and configuration from a checkpoint alone (``which``: best, last, or a step dir).
 
     ``data_dir`` replaces the stored MNIST directory (a run or exported model evaluated on another machine).
+    Checkpoints hold CPU tensors whatever device trained them; the model is moved to ``device`` after loading.
     """
     path = ckpt.resolve_checkpoint(run_dir, which)
     tensors, state = ckpt.load_checkpoint(path, allow_nonfinite=allow_nonfinite)
@@ -492,7 +519,7 @@ def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool 
     except RuntimeError as err:
         raise IncompatibleCheckpointError(f"{path}: weights do not fit the stored model configuration: "
                                           f"{str(err).splitlines()[0]}") from None
-    model.eval()
+    model.to(ranks.resolve_device(device)).eval()
     spec = _spec_from_state(state["data"])
     if data_dir is not None:
         spec = dataclasses.replace(spec, data_dir=str(data_dir))
@@ -520,19 +547,20 @@ def export_model(run_dir: str | Path, out: str | Path, which: str = "best", *, o
     return ckpt.save_checkpoint(out, step, tensors, state, tags=("last", "best"))
 
 
-def load(run_dir: str | Path, which: str = "best") -> VAE:
-    """The trained model of a run directory, in eval mode: ``model = bayesvae.load("runs/digits")``."""
-    return load_run(run_dir, which).model
+def load(run_dir: str | Path, which: str = "best", *, device: str | torch.device = "cpu") -> VAE:
+    """The trained model of a run directory, in eval mode, on ``device``:
+    ``model = bayesvae.load("runs/digits", device="cuda")``."""
+    return load_run(run_dir, which, device=device).model
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, callbacks: Sequence[Callback] = (),
            on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None,
-           on_warning: Callable[[str], None] | None = None) -> Trainer:
-    """Continue a stopped run from its last complete checkpoint; only ``epochs`` may change.
+           device: str | torch.device = "cpu", on_warning: Callable[[str], None] | None = None) -> Trainer:
+    """Continue a stopped run from its last complete checkpoint; only ``epochs`` may change, and the device.
 
     Refuses when the data changed since the run started (the fingerprint differs).
     """
-    run = load_run(run_dir, "last")
+    run = load_run(run_dir, "last", device=device)
     dataset = run.dataset()
     fingerprint = run.state["data"].get("fingerprint")
     if dataset.fingerprint() != fingerprint:
@@ -542,6 +570,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, callbacks: Sequenc
     config = run.train_config
     if epochs is not None and epochs != config.epochs:
         config = from_dict(TrainConfig, {**to_dict(config), "epochs": epochs})
+    _check_world(config)
     prepared = run.prepared(dataset)
     state = {k: v for k, v in run.state.items() if k in ("run_format", "model_config", "data", "kl_bound",
                                                           "collapse_warned")}
