@@ -70,7 +70,7 @@ pictures: $(STAMP)
 
 # The README's vMF picture: a d = 2 latent circle on MNIST (a few minutes).
 pictures-vmf: $(STAMP)
-	$(VENV)/bin/bayesvae train --data mnist --data-dir $(MNIST_DIR) --latent-dim 2 --posterior vmf --kappa 50 --hidden 512 --epochs 30 --max-minutes 6 --out runs/mnist-vmf-2d --overwrite --report-samples 200
+	$(VENV)/bin/bayesvae train --data mnist --data-dir $(MNIST_DIR) --latent-dim 2 --posterior vmf --kappa 50 --hidden 512 --epochs 30 --max-minutes 8 --out runs/mnist-vmf-2d --overwrite --report-samples 200
 	$(VENV)/bin/bayesvae plot runs/mnist-vmf-2d sphere --out docs/mnist-vmf-2d-circle.png --overwrite
 
 clean:
