@@ -273,10 +273,10 @@ class CollapseMonitor(Callback):
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         from .estimators import active_units
 
-        x = trainer.valid_data if trainer.valid_data is not None and trainer.valid_data.shape[0] > 1 else None
-        if x is None or record["epoch"] < max(1.0, trainer.config.kl_warmup_epochs):
+        valid = trainer.valid_data
+        if valid is None or valid.shape[0] < 2 or record["epoch"] < max(1.0, trainer.config.kl_warmup_epochs):
             return
-        count, variances = active_units(trainer.model, x[:1000])
+        count, variances = active_units(trainer.model, trainer._to_device(valid[:1000]))  # float, on the device
         record["active_units"] = count
         d = variances.numel()
         if count < self.share * d and not trainer.run_state.get("collapse_warned"):
@@ -289,7 +289,7 @@ class CollapseMonitor(Callback):
                             "K), whose KL cannot vanish")
             else:
                 message += ": the encoder uses few directions of the latent space (a larger --kappa spends more KL)"
-            if self.warn is not None:
+            if self.warn is not None and ranks.is_main():  # once per run, not once per process
                 self.warn(message)
 
 
