@@ -279,6 +279,17 @@ def test_checkpoint_load_and_resume_of_a_vmf_run(vmf_run, tmp_path):
     assert [r["valid_loss"] for r in resumed] == [r["valid_loss"] for r in full]
 
 
+def test_evaluate_a_vmf_run(vmf_run, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(vmf_run), "--samples", "10", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kl_per_dimension_nats"] is None  # the vMF KL does not split by dimension
+    assert result["kl_nats"] == pytest.approx(vmf_kl_to_uniform(3, 20.0), rel=1e-6)
+    assert result["log_likelihood_nats"] > result["elbo_nats"] and result["mutual_information_nats"] > 0
+    assert main(["evaluate", str(vmf_run), "--samples", "10"]) == 0
+    assert "vMF's KL is one constant" in capsys.readouterr().out
+
+
 def test_cli_refuses_kappa_without_vmf_and_vmf_without_kappa(tmp_path, capsys):
     assert main(["train", "--kappa", "5", "--out", str(tmp_path / "a")]) == 2
     assert "--posterior vmf" in capsys.readouterr().err
