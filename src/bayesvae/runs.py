@@ -25,6 +25,7 @@ from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, OutputExistsError
 from .model import VAE, build_model
 from .objectives import TrainingObjective
+from .precision import choose_precision
 from .training import Callback, Trainer
 
 __all__ = ["DataSpec", "PreparedData", "prepare_data", "train", "resume", "load", "load_run", "LoadedRun",
@@ -276,6 +277,11 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     if ranks.rank() > 0:  # the same initial weights on every rank, then a random stream of its own
         torch.manual_seed(train_config.seed * 1_000_003 + 7919 * ranks.rank())
     state = _run_state(model_config, spec, dataset, prepared)
+    if train_config.precision == "auto":
+        objective = TrainingObjective(train_config.objective, train_config.samples, train_config.kl_warmup_epochs)
+        chosen, state["precision_choice"] = choose_precision(model, objective, prepared.train, train_config,
+                                                             batch_transform=prepared.batch_transform)
+        train_config = dataclasses.replace(train_config, precision=chosen)
     if run_dir is not None:
         def prepare():
             _prepare_run_dir(run_dir, overwrite)
