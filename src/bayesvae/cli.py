@@ -218,6 +218,9 @@ def _on_ready(trainer, dataset, likelihood) -> None:
         _print(f"warning: this run was written by a different number of processes; continuing from step "
                f"{trainer.state.global_step} with {ranks.world_size()}: the data order across processes and the random "
                "draws changed, so it will not match an uninterrupted run bit for bit")
+    choice = trainer.run_state.get("precision_choice")
+    if choice:
+        _print(f"precision auto: {choice['chosen']} ({choice['reason']})")
     if trainer.run_dir is not None:
         _print(f"run directory: {trainer.run_dir}")
     _install_signal_handlers(trainer)
@@ -602,9 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=0.0, help="training time budget in minutes (0: none): the steps that fit are estimated from the measured "
                         "step time and the run ends there, with a cosine schedule laid over them; --epochs stays a "
                         "cap")
-    p.add_argument("--precision", choices=["float32", "bf16", "fp16"], default="float32",
+    p.add_argument("--precision", choices=["float32", "bf16", "fp16", "auto"], default="float32",
                    help="bf16/fp16: the networks' matrix products in bfloat16/float16 during training (pays on GPUs; "
-                        "fp16 with a gradient scaler); densities, KL, optimiser and evaluation stay float32")
+                        "fp16 with a gradient scaler); densities, KL, optimiser and evaluation stay float32. auto: "
+                        "time a few float32 and bf16 steps here first and keep the faster (printed, in run.json)")
     _device_arg(p)
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (torch.use_deterministic_algorithms): bitwise-repeatable runs on GPUs, "

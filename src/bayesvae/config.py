@@ -160,7 +160,8 @@ class TrainConfig:
     precision: str = "float32"
     """``float32``, or ``bf16``: the networks' matrix products of the training steps in bfloat16 (autocast; it
     pays on GPUs and CPUs with native bf16), every density, KL and the optimiser in float32; validation and
-    evaluation always in float32. ``fp16``: the same in float16, with a gradient scaler (its state is checkpointed)."""
+    evaluation always in float32. ``fp16``: the same in float16, with a gradient scaler (its state is checkpointed).
+    ``auto``: ``bayesvae.runs.train`` times float32 and bf16 steps first and stores the faster (``precision.py``)."""
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "samples", "eval_batch_size", "max_skipped_steps"):
@@ -174,7 +175,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"option {name!r} must be a non-negative integer, got {value!r}")
         choices = {"lr_schedule": ("constant", "cosine", "exponential"), "objective": ("elbo", "iwae"),
-                   "nonfinite_policy": ("stop", "skip"), "precision": ("float32", "bf16", "fp16")}
+                   "nonfinite_policy": ("stop", "skip"), "precision": ("float32", "bf16", "fp16", "auto")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"option {name!r} must be one of {list(allowed)}, got {getattr(self, name)!r}")

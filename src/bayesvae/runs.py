@@ -25,6 +25,7 @@ from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, OutputExistsError
 from .model import VAE, build_model
 from .objectives import TrainingObjective
+from .precision import choose_precision
 from .training import Callback, Trainer, recalibrate_batch_norm
 
 __all__ = ["DataSpec", "PreparedData", "prepare_data", "train", "resume", "load", "load_run", "LoadedRun",
@@ -293,6 +294,20 @@ class CollapseMonitor(Callback):
                 self.warn(message)
 
 
+#: Training examples a likelihood sees to set its data-dependent starting values.
+INIT_EXAMPLES = 10_000
+
+
+def _initialize_from_data(model: VAE, prepared: PreparedData) -> None:
+    """Data-dependent starting values (a learned σ starts at the data's spread), from the first training examples
+    prepared as a batch is; the global random stream is left as it was, so the run's draws do not change."""
+    x = as_tensor(prepared.train[:INIT_EXAMPLES])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x = prepared.batch_transform(x) if prepared.batch_transform is not None else x
+    model.likelihood_head.initialize_from_data(x.to(next(model.parameters()).device))
+
+
 def _refuse_constant_columns(dataset: bdata.Dataset) -> None:
     """A feature constant in the training split has no density to learn (its standardised values elsewhere would be
     divided by a zero scale): refuse before training, naming the columns."""
@@ -341,12 +356,18 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     if dataset.standardization is not None:
         with torch.no_grad():
             model.data_log_scale.copy_(dataset.standardization[1].reshape(model.data_log_scale.shape).log())
+    _initialize_from_data(model, prepared)
     if ranks.rank() > 0:  # the same initial weights on every rank, then a random stream of its own
         torch.manual_seed(train_config.seed * 1_000_003 + 7919 * ranks.rank())
     state = _run_state(model_config, spec, dataset, prepared)
     state["kl_bound"] = kl_bound_record(model)
     if train_config.free_bits > 0 and not getattr(model.posterior_head, "factorised", False):
         _make_trainer(model, train_config, prepared, None, state, ())  # raises the clear error before any output
+    if train_config.precision == "auto":
+        objective = TrainingObjective(train_config.objective, train_config.samples, train_config.kl_warmup_epochs)
+        chosen, state["precision_choice"] = choose_precision(model, objective, prepared.train, train_config,
+                                                             batch_transform=prepared.batch_transform)
+        train_config = dataclasses.replace(train_config, precision=chosen)
     if run_dir is not None:
         def prepare():
             _prepare_run_dir(run_dir, overwrite)

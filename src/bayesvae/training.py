@@ -244,6 +244,9 @@ class Trainer:
         self.run_state = dict(run_state or {})
         self.state = TrainState()
         self.optimizer = _adam(model, config.learning_rate)
+        if config.precision == "auto":
+            raise ConfigError("precision 'auto' is resolved before training (bayesvae.precision.choose_precision); "
+                              "the trainer needs float32, bf16 or fp16")
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
         """fp16 only: the loss scale (its state is checkpointed)."""
         self.stop_requested: bool | int = False
