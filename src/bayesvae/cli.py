@@ -101,6 +101,10 @@ def _say_device() -> None:
     _DEVICE_NOTE.clear()
 
 
+def _warn(msg: str) -> None:
+    _print(f"\nwarning: {msg}")
+
+
 def _write_table(path: Path, columns: dict, overwrite: bool) -> None:
     """Named 1-D columns to ``.csv`` (integer columns stay integers) or, stacked as floats, to ``.npy``; atomic."""
     import io
@@ -141,7 +145,31 @@ def _train_config(args) -> TrainConfig:
                        lr_schedule=args.lr_schedule, objective=args.objective, samples=args.samples,
                        kl_warmup_epochs=args.kl_warmup, early_stopping_patience=args.patience, seed=args.seed,
                        checkpoint_every_steps=args.checkpoint_every, nonfinite_policy=args.on_nonfinite,
-                       max_seconds=60.0 * args.max_minutes, precision=args.precision)
+                       max_seconds=60.0 * args.max_minutes, precision=args.precision, free_bits=args.free_bits)
+
+
+def _posterior_choice(args) -> tuple[str, dict]:
+    """--posterior, --kappa and --posterior-bn as (name, options); a flag that does not apply is refused."""
+    options: dict = {}
+    if args.posterior == "vmf":
+        if args.kappa is None:
+            raise ConfigError("--posterior vmf needs its fixed concentration: --kappa K (e.g. --kappa 50)")
+        if args.posterior_bn is not None:
+            raise ConfigError("--posterior-bn applies to the Gaussian posterior; the vmf posterior's KL is a "
+                              "constant and cannot vanish anyway")
+        options["kappa"] = args.kappa
+    elif args.kappa is not None:
+        raise ConfigError("--kappa is the concentration of the vmf posterior; add --posterior vmf or drop --kappa")
+    if args.posterior_bn is not None:
+        key, sep, value = args.posterior_bn.partition("=")
+        if not sep or key not in ("gamma", "tau"):
+            raise ConfigError(f"--posterior-bn takes gamma=G (BN on μ, fixed scale) or tau=T (BN on μ and σ), "
+                              f"got {args.posterior_bn!r}")
+        try:
+            options[f"bn_{key}"] = float(value)
+        except ValueError:
+            raise ConfigError(f"--posterior-bn {key}= needs a number, got {value!r}") from None
+    return args.posterior, options
 
 
 def _install_signal_handlers(trainer) -> None:
@@ -172,6 +200,17 @@ def _on_ready(trainer, dataset, likelihood) -> None:
         _print("note: a Gaussian density on 0/1 data is fitted to them dequantised over 2 levels (else it would grow "
                "without bound as σ shrinks); its bits/dim are those of the 0/1 values. --likelihood bernoulli is "
                "the natural likelihood for 0/1 data")
+    bound = trainer.run_state.get("kl_bound")
+    if bound:
+        if bound["kind"] == "constant":
+            _print(f"posterior: {bound['form']}; KL(p(z|x) || uniform) = {bound['nats']:.4f} nats for every x "
+                   "(a constant: it cannot vanish)")
+        else:
+            _print(f"posterior: {bound['form']}; the expected KL is at least {bound['nats']:.4f} nats "
+                   f"({bound['nats_per_dim']:.4f} per dimension), so it cannot vanish")
+    if trainer.config.free_bits > 0:
+        _print(f"free bits: {trainer.config.free_bits:g} nats per dimension in the training objective; the loss "
+               "shown is still the true negative ELBO")
     if ranks.world_size() > 1:
         _print(f"processes: {ranks.world_size()} ({'NCCL' if trainer.device.type == 'cuda' else 'gloo'}); global "
                f"batch {trainer.config.batch_size} = {ranks.world_size()} x {trainer.config.batch_size // ranks.world_size()}")
@@ -179,6 +218,9 @@ def _on_ready(trainer, dataset, likelihood) -> None:
         _print(f"warning: this run was written by a different number of processes; continuing from step "
                f"{trainer.state.global_step} with {ranks.world_size()}: the data order across processes and the random "
                "draws changed, so it will not match an uninterrupted run bit for bit")
+    choice = trainer.run_state.get("precision_choice")
+    if choice:
+        _print(f"precision auto: {choice['chosen']} ({choice['reason']})")
     if trainer.run_dir is not None:
         _print(f"run directory: {trainer.run_dir}")
     _install_signal_handlers(trainer)
@@ -193,9 +235,17 @@ def cmd_train(args) -> int:
         ranks.set_deterministic(device)
     try:
         if args.resume:
+            fixed = [flag for flag, given in (("--posterior", args.posterior != "diagonal-gaussian"),
+                                              ("--kappa", args.kappa is not None),
+                                              ("--posterior-bn", args.posterior_bn is not None),
+                                              ("--free-bits", args.free_bits != 0.0)) if given]
+            if fixed:
+                raise ConfigError(f"{', '.join(fixed)} cannot change when resuming: a resumed run keeps the model "
+                                  "and objective it was started with; start a new run instead")
             trainer = runs.resume(args.resume, epochs=args.epochs_override, callbacks=callbacks, on_ready=_on_ready,
-                                  device=device)
+                                  on_warning=_warn, device=device)
         else:
+            posterior, posterior_options = _posterior_choice(args)
             spec = runs.DataSpec(args.data, args.data_dir, args.seed, args.valid_fraction, args.test_fraction, args.limit,
                                  args.label_column)
             options = json.loads(args.likelihood_options) if args.likelihood_options else {}
@@ -208,7 +258,8 @@ def cmd_train(args) -> int:
                                  likelihood_options=options, latent_dim=args.latent_dim,
                                  architecture=args.architecture, hidden=args.hidden, activation=args.activation,
                                  overwrite=args.overwrite, callbacks=callbacks, tensorboard=args.tensorboard,
-                                 on_ready=_on_ready, device=device)
+                                 on_ready=_on_ready, posterior=posterior, posterior_options=posterior_options,
+                                 on_warning=_warn, device=device)
     except TrainingInterrupted as stop:
         signum = stop.signum
         code = EXIT_SIGTERM if signum == signal.SIGTERM or (signum is None and ranks.world_size() > 1) else EXIT_SIGINT
@@ -280,7 +331,13 @@ def cmd_evaluate(args) -> int:
         print(f"  ELBO            {result['elbo_nats']:.3f} nats   (reconstruction NLL "
               f"{result['reconstruction_nll_nats']:.3f} + KL {result['kl_nats']:.3f})")
         print(f"  active units    {result['active_units']} of {result['latent_dim']}")
-        print("  KL per dim      " + " ".join(f"{v:.2f}" for v in result["kl_per_dimension_nats"]))
+        print(f"  I(x; z)         {result['mutual_information_nats']:.3f} nats   (minibatch estimate, N = "
+              f"{result['mutual_information_batch_size']}: at most log N = {result['mutual_information_max_nats']:.2f}"
+              "; biased low near that ceiling)")
+        if result["kl_per_dimension_nats"] is not None:
+            print("  KL per dim      " + " ".join(f"{v:.2f}" for v in result["kl_per_dimension_nats"]))
+        else:
+            print("  KL per dim      (the KL does not split by dimension: vMF's KL is one constant)")
         if "nll_standardized_nats" in result:
             print(f"  (densities of the data in the file's units; on the standardised features the NLL is "
                   f"{result['nll_standardized_nats']:.3f} nats, lower by Σ ln s = "
@@ -464,7 +521,9 @@ def _add_picture_commands(sub) -> None:
                        description="Draw one picture of a trained run. Kinds: latent (test posterior means by "
                        "label; PCA beyond 2-D), manifold (decoded lattice of normal quantiles), samples, "
                        "reconstructions, interpolation, traversals, kl (per-dimension KL and active units), curves "
-                       "(learning curves), histograms (tabular data: data vs model per feature).")
+                       "(learning curves), histograms (tabular data: data vs model per feature), sphere (vmf latents: the "
+                       "latent circle or the two angles of S^2 with decoded images along them; manifold, traversals "
+                       "and kl are not drawn on a sphere).")
     _run_dir_args(p)
     p.add_argument("kind", choices=list(KINDS), metavar="KIND", help=f"one of: {', '.join(KINDS)}")
     p.add_argument("--out", help="output .png (default: RUN_DIR/plots/KIND.png)")
@@ -520,6 +579,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, help="σ of the gaussian-fixed likelihood")
     p.add_argument("--likelihood-options", help="JSON object of likelihood options, e.g. '{\"optimal\": true}'")
     p.add_argument("--latent-dim", type=int, default=20)
+    p.add_argument("--posterior", choices=["diagonal-gaussian", "vmf"], default="diagonal-gaussian",
+                   help="p(z|x): diagonal Gaussian with a standard-normal prior (default), or vmf: von Mises-Fisher "
+                        "of fixed concentration --kappa on the unit sphere with a uniform prior (constant KL)")
+    p.add_argument("--kappa", type=float, help="the fixed concentration κ of --posterior vmf (0 < κ <= 1e4)")
+    p.add_argument("--posterior-bn", metavar="gamma=G|tau=T",
+                   help="VAE + BN against KL vanishing (Gaussian posterior): gamma=G batch-normalises μ with fixed "
+                        "scale G and a learned shift (E[KL] >= d G²/2); tau=T batch-normalises μ and σ with "
+                        "γ_μ² + γ_σ² = 1 (E[KL] >= -d/2 ln(1-T))")
+    p.add_argument("--free-bits", type=float, default=0.0,
+                   help="free bits λ in nats per latent dimension (0: off); the reported loss stays the -ELBO")
     p.add_argument("--architecture", choices=["mlp", "conv"], default="mlp")
     p.add_argument("--hidden", type=int, nargs="+", default=[400], help="hidden widths (default: 400)")
     p.add_argument("--activation", default="relu")
@@ -533,10 +602,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop")
-    p.add_argument("--max-minutes", type=float, default=0.0, help="training time budget in minutes (0: none)")
-    p.add_argument("--precision", choices=["float32", "bf16", "fp16"], default="float32",
+    p.add_argument("--max-minutes", type=float, default=0.0, help="training time budget in minutes (0: none): the steps that fit are estimated from the measured "
+                        "step time and the run ends there, with a cosine schedule laid over them; --epochs stays a "
+                        "cap")
+    p.add_argument("--precision", choices=["float32", "bf16", "fp16", "auto"], default="float32",
                    help="bf16/fp16: the networks' matrix products in bfloat16/float16 during training (pays on GPUs; "
-                        "fp16 with a gradient scaler); densities, KL, optimiser and evaluation stay float32")
+                        "fp16 with a gradient scaler); densities, KL, optimiser and evaluation stay float32. auto: "
+                        "time a few float32 and bf16 steps here first and keep the faster (printed, in run.json)")
     _device_arg(p)
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (torch.use_deterministic_algorithms): bitwise-repeatable runs on GPUs, "

@@ -37,7 +37,8 @@ from .arrays import as_tensor
 from .config import TrainConfig, to_dict
 from .errors import CheckpointCorruptError, ConfigError, NonFiniteError
 
-__all__ = ["Trainer", "TrainState", "Callback", "TrainingInterrupted", "epoch_order", "learning_rate_at"]
+__all__ = ["Trainer", "TrainState", "Callback", "TrainingInterrupted", "epoch_order", "learning_rate_at",
+           "recalibrate_batch_norm"]
 
 Objective = Callable[[nn.Module, torch.Tensor, float], dict[str, torch.Tensor]]
 
@@ -70,6 +71,14 @@ class TrainState:
     epoch_sums: dict[str, float] = field(default_factory=dict)
     """Running sums of this epoch's step metrics (checkpointed, so a mid-epoch resume logs the same means)."""
     epoch_count: int = 0
+    planned_steps: int = 0
+    """With a time budget (``max_seconds``): the step at which the run and its learning-rate schedule end, estimated
+    from the measured step time and re-estimated as the run goes (0: not yet planned; the schedule spans
+    ``epochs``). Checkpointed, so a resumed run continues the same plan."""
+    timed_steps: int = 0
+    timed_seconds: float = 0.0
+    """Steps timed for the plan and their seconds (each process's first steps are not timed: they pay for
+    allocations and cold caches)."""
 
 
 class Callback:
@@ -78,8 +87,50 @@ class Callback:
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
         pass
 
+    def on_train_epoch_end(self, trainer: "Trainer") -> None:
+        """After the epoch's last step, before validation (e.g. to recompute batch-norm statistics)."""
+
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         pass
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, batches, forward: Callable[[nn.Module, torch.Tensor], Any]) -> int:
+    """Set the running statistics of every BatchNorm layer of ``model`` to the exact population statistics (mean
+    and biased variance, accumulated in float64) of its inputs over ``batches``, the "precise BN" of Wu & Johnson
+    (2021). The momentum averages lag behind a network that is still changing; these do not, so evaluation mode
+    normalises the data exactly as a batch of the whole training set would. Returns the number of layers set."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not layers:
+        return 0
+    sums: dict[int, list] = {id(m): [0, 0.0, 0.0] for m in layers}
+
+    def collect(module, inputs):
+        x = inputs[0].detach().double()
+        x = x.transpose(0, 1).reshape(x.shape[1], -1)  # [C, N * spatial]
+        acc = sums[id(module)]
+        acc[0] += x.shape[1]
+        acc[1] = acc[1] + x.sum(1)
+        acc[2] = acc[2] + x.pow(2).sum(1)
+
+    hooks = [m.register_forward_pre_hook(collect) for m in layers]
+    was_training = model.training
+    model.eval()  # forward with the current running statistics: the hooks only read the layers' inputs
+    try:
+        for xb in batches:
+            forward(model, xb)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    for m in layers:
+        n, s1, s2 = sums[id(m)]
+        if n == 0:
+            continue
+        mean = s1 / n
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_((s2 / n - mean * mean).clamp_min(0.0).to(m.running_var.dtype))
+    return len(layers)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -88,11 +139,12 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def learning_rate_at(config: TrainConfig, progress: float) -> float:
-    """The learning rate after ``progress`` epochs (a float), from the configured schedule."""
+def learning_rate_at(config: TrainConfig, progress: float, horizon: float | None = None) -> float:
+    """The learning rate after ``progress`` epochs (a float), from the configured schedule. ``horizon``: the epochs
+    a total-dependent schedule (cosine) spans; default ``config.epochs`` (a time budget plans a shorter one)."""
     base = config.learning_rate
     if config.lr_schedule == "cosine":
-        t = min(1.0, progress / config.epochs)
+        t = min(1.0, progress / (horizon or config.epochs))
         low = base * config.lr_min_factor
         return low + (base - low) * 0.5 * (1.0 + math.cos(math.pi * t))
     if config.lr_schedule == "exponential":
@@ -192,19 +244,57 @@ class Trainer:
         self.run_state = dict(run_state or {})
         self.state = TrainState()
         self.optimizer = _adam(model, config.learning_rate)
+        if config.precision == "auto":
+            raise ConfigError("precision 'auto' is resolved before training (bayesvae.precision.choose_precision); "
+                              "the trainer needs float32, bf16 or fp16")
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
         """fp16 only: the loss scale (its state is checkpointed)."""
         self.stop_requested: bool | int = False
         """Set (to True or a signal number) to stop after the current step with a committed checkpoint."""
         self.last_checkpoint: Path | None = None
+        self.clock: Callable[[], float] = time.perf_counter
+        """The clock of epoch times and of the time budget (tests give a fake one)."""
+        self._process_steps = 0
 
     # ----------------------------------------------------------------------------------------------- schedule
+    #: Steps of each process that are not timed for the budget plan, and how often the plan is re-estimated.
+    BUDGET_WARMUP_STEPS, BUDGET_REPLAN_STEPS = 5, 25
+
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.train_data.shape[0] / self.config.batch_size)
 
+    @property
+    def horizon_steps(self) -> int:
+        """The step at which training and a total-dependent learning-rate schedule end: ``epochs`` x steps per
+        epoch, or fewer when a time budget's plan says fewer steps fit."""
+        total = self.config.epochs * self.steps_per_epoch
+        return min(total, self.state.planned_steps) if self.config.max_seconds and self.state.planned_steps else total
+
+    def _budget_reached(self) -> bool:
+        return bool(self.config.max_seconds and self.state.planned_steps
+                    and self.state.global_step >= self.state.planned_steps)
+
+    def _time_step(self, seconds: float, elapsed: float) -> None:
+        """Account one step's time and, with a budget, re-estimate how many steps fit: after the warm-up, then every
+        ``BUDGET_REPLAN_STEPS`` steps. ``elapsed``: training seconds of the whole run so far."""
+        st = self.state
+        self._process_steps += 1
+        if self._process_steps <= self.BUDGET_WARMUP_STEPS:
+            return
+        st.timed_steps += 1
+        st.timed_seconds += seconds
+        if not self.config.max_seconds:
+            return
+        if self._process_steps == self.BUDGET_WARMUP_STEPS + 1 or st.global_step % self.BUDGET_REPLAN_STEPS == 0:
+            per_step = st.timed_seconds / st.timed_steps
+            fits = st.global_step + max(0, math.floor((self.config.max_seconds - elapsed) / max(per_step, 1e-9)))
+            plan = max(st.global_step, min(fits, self.config.epochs * self.steps_per_epoch))
+            st.planned_steps = ranks.broadcast_int(plan) if self.world_size > 1 else plan
+
     def _set_lr(self) -> float:
-        lr = learning_rate_at(self.config, self.state.global_step / self.steps_per_epoch)
+        lr = learning_rate_at(self.config, self.state.global_step / self.steps_per_epoch,
+                              self.horizon_steps / self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -392,8 +482,12 @@ class Trainer:
         order = epoch_order(self.train_data.shape[0], cfg.seed, st.epoch)
         if self.train_data.device != order.device:
             order = order.to(self.train_data.device)
-        first, start = st.step_in_epoch, time.perf_counter()
+        first, start = st.step_in_epoch, self.clock()
+        last = start
         for b in range(first, self.steps_per_epoch):
+            if self._budget_reached():
+                break  # the budget's plan ends mid-epoch: validate and checkpoint what was trained
+            step_start = self.clock()
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             mine = self._rank_share(idx)
             batch = self._to_device(self.train_data[mine])
@@ -401,11 +495,15 @@ class Trainer:
                 batch = self.batch_transform(batch)
             metrics = self.train_step(batch, mine) if self.world_size == 1 else self.train_step(batch, mine, idx.shape[0])
             st.step_in_epoch, st.global_step = b + 1, st.global_step + 1
+            now = self.clock()
+            st.train_seconds += now - last  # per step, so a checkpoint in mid-epoch keeps the time spent
+            last = now
+            self._time_step(now - step_start, st.train_seconds)
             if "skipped" not in metrics:
                 st.epoch_count += 1
                 for k, v in metrics.items():
                     st.epoch_sums[k] = st.epoch_sums.get(k, 0.0) + v
-            metrics["examples_per_second"] = (b + 1 - first) * cfg.batch_size / max(1e-9, time.perf_counter() - start)
+            metrics["examples_per_second"] = (b + 1 - first) * cfg.batch_size / max(1e-9, now - start)
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
             if cfg.checkpoint_every_steps and st.global_step % cfg.checkpoint_every_steps == 0 and b + 1 < self.steps_per_epoch:
@@ -415,7 +513,7 @@ class Trainer:
         means = {f"train_{k}": v / max(1, st.epoch_count) for k, v in st.epoch_sums.items()}
         if "train_lr" in means:
             means["train_lr"] = self.optimizer.param_groups[0]["lr"]
-        means["epoch_seconds"] = time.perf_counter() - start
+        means["epoch_seconds"] = self.clock() - start
         st.epoch_sums, st.epoch_count = {}, 0
         return means
 
@@ -425,13 +523,14 @@ class Trainer:
         while st.epoch < cfg.epochs and not st.stopped_early:
             record: dict[str, Any] = {"epoch": st.epoch + 1}
             record.update(self._run_epoch())
+            for cb in self.callbacks:
+                cb.on_train_epoch_end(self)
             record.update({f"valid_{k}": v for k, v in self.validate().items()})
             record["global_step"] = st.global_step
             st.epoch, st.step_in_epoch = st.epoch + 1, 0
-            st.train_seconds += record["epoch_seconds"]
             improved = self._update_best(record)
-            if cfg.max_seconds and st.train_seconds + record["epoch_seconds"] > cfg.max_seconds:
-                st.stopped_early = True  # the next epoch would overrun the time budget
+            if cfg.max_seconds and (self._budget_reached() or st.train_seconds >= cfg.max_seconds):
+                st.stopped_early = True  # the budget's plan is done (or the budget is spent)
             stop = False
             if self.world_size > 1:  # wall-clock decisions and late signals: every rank follows the same verdict
                 st.stopped_early, stop = ranks.all_reduce_flags(st.stopped_early, bool(self.stop_requested))
