@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .errors import BayesVAEError, ConfigError
 from .training import Callback, TrainingInterrupted
 
-EXIT_USAGE, EXIT_SIGTERM, EXIT_SIGINT = 2, 143, 130
+EXIT_PARTIAL, EXIT_USAGE, EXIT_SIGTERM, EXIT_SIGINT = 1, 2, 143, 130
 
 
 # ------------------------------------------------------------------------------------------------------ output
@@ -167,7 +167,9 @@ def cmd_train(args) -> int:
 
         try:
             path = write_report(trainer.run_dir, num_samples=args.report_samples)
-            _print(f"report: {path}")
+            _print(_report_line(path, f"`bayesvae report {trainer.run_dir}`", prefix="report: "))
+        except (KeyboardInterrupt, SystemExit):
+            raise
         except Exception as err:  # the trained model is safe; a report failure must not fail the run
             _print(f"warning: could not write the report ({err}); try `bayesvae report {trainer.run_dir}`")
     st = trainer.state
@@ -351,7 +353,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .report import report_failures, write_report
 
     if args.samples <= 0:
         raise bdata.DataValidationError(f"--samples must be a positive integer, got {args.samples}")
@@ -359,8 +361,23 @@ def cmd_report(args) -> int:
         raise bdata.DataValidationError(f"--max-examples must be a positive integer, got {args.max_examples}")
     path = write_report(args.run_dir, num_samples=args.samples, max_examples=args.max_examples,
                         checkpoint=args.checkpoint, seed=args.seed)
-    _print(f"wrote {path} (self-contained; open it in a browser)")
-    return 0
+    _print(_report_line(path, f"`bayesvae report {args.run_dir}`", prefix="wrote "))
+    return EXIT_PARTIAL if report_failures(path) else 0
+
+
+def _report_line(path: Path, hint: str, prefix: str) -> str:
+    """What was written, and how many sections failed (a failed report never silently replaces a better one)."""
+    from .report import REPORT_NAME, report_failures
+
+    failed = report_failures(path) or []
+    if not failed:
+        return f"{prefix}{path} (self-contained; open it in a browser)"
+    text = f"{prefix}{path} with {len(failed)} failed section(s): {', '.join(failed)}"
+    if path.name != REPORT_NAME:
+        kept = report_failures(path.with_name(REPORT_NAME)) or []
+        text += (f"; the existing {REPORT_NAME} ({len(kept)} failed section(s)) was kept, not replaced by "
+                 "this worse one")
+    return text + f"; see the page for each error, fix the cause and rerun {hint}"
 
 
 def _add_picture_commands(sub) -> None:
