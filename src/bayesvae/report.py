@@ -426,7 +426,8 @@ _CAPTIONS = {
 
 # ------------------------------------------------------------------------------------------------------- report
 def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: int = 2000,
-                  checkpoint: str = "best", seed: int = 0, explorer_grid: int = GRID) -> str:
+                  checkpoint: str = "best", seed: int = 0, explorer_grid: int = GRID, data: str | None = None,
+                  data_dir: str | None = None, say=None) -> str:
     """The report's HTML text (see :func:`write_report`)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
         raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -436,12 +437,13 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
 
     run_dir = Path(run_dir)
     started = time.perf_counter()
+    where = dict(data=data, data_dir=data_dir, say=say)
     try:
-        run = load_run(run_dir, checkpoint)
+        run = load_run(run_dir, checkpoint, **where)
     except CheckpointNotFoundError:
         if checkpoint != "best":
             raise
-        run = load_run(run_dir, "last")  # a run without validation data has no "best" pointer
+        run = load_run(run_dir, "last", **where)  # a run without validation data has no "best" pointer
         checkpoint = "last (no best checkpoint)"
     ctx = plots.PlotContext(run.model, run=run, run_dir=run_dir)
     state = run.state
@@ -507,6 +509,7 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
         sections.failures.append("Summary")
     nav = "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t, _ in sections.items)
     body = "".join(f'<section id="{a}"><h2>{_esc(t)}</h2>{h}</section>' for a, t, h in sections.items)
+    notes_html = "".join(f'<div class="error">{_esc(n)}</div>' for n in run.notes)
     failed = (f'<div class="error">{len(sections.failures)} section(s) failed: {_esc(", ".join(sections.failures))}'
               "</div>") if sections.failures else ""
     from . import __version__
@@ -525,7 +528,7 @@ torch {_esc(torch.__version__)} · Python {_esc(platform.python_version())} ·
 built in {time.perf_counter() - started:.1f} s</p></header>
 <nav>{nav}</nav>
 <main>
-{failed}
+{failed}{notes_html}
 <section id="summary"><h2>Summary</h2>{summary}</section>
 {body}
 </main>
@@ -578,7 +581,8 @@ def _failures_in(text: str) -> list[str] | None:
 
 
 def write_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: int = 2000,
-                 checkpoint: str = "best", seed: int = 0) -> Path:
+                 checkpoint: str = "best", seed: int = 0, data: str | None = None, data_dir: str | None = None,
+                 say=None) -> Path:
     """Write ``RUN_DIR/report.html`` (atomically, replacing an older report) and return its path.
 
     Args:
@@ -586,6 +590,8 @@ def write_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: 
         max_examples: evaluate at most this many test examples (stated on the page).
         checkpoint: ``best`` (default), ``last`` or a step directory.
         seed: seed of the evaluation's sampling (the global random state is left as it was).
+        data, data_dir: where the run's data file / MNIST directory are now, if they moved (fingerprint checked).
+        say: called with warnings (e.g. data whose fingerprint differs); they are also shown on the page.
 
     A section that fails shows its error in one line and the rest is still written; only an unloadable run
     raises.  The page records how many sections failed (:func:`report_failures` reads it).  A report with more
@@ -594,7 +600,7 @@ def write_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: 
     """
     path = Path(run_dir) / REPORT_NAME
     text = render_report(run_dir, num_samples=num_samples, max_examples=max_examples, checkpoint=checkpoint,
-                         seed=seed)
+                         seed=seed, data=data, data_dir=data_dir, say=say)
     failed = _failures_in(text) or []
     previous = report_failures(path) if path.exists() else None
     if failed and previous is not None and len(previous) < len(failed):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import data as bdata
+from . import rundir
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, OutputExistsError
 from .model import VAE, build_model
@@ -39,6 +42,8 @@ class DataSpec:
     source: str = "digits"
     data_dir: str | None = None
     seed: int = 0
+    """The split seed (``--split-seed``): which examples go to train/valid/test. Separate from the training seed
+    since runs made by this version; older runs stored their training seed here, and keep using it."""
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     limit: int | None = None
@@ -119,22 +124,42 @@ def load_preset(name: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- run dirs
-def _prepare_run_dir(out: Path, overwrite: bool) -> None:
-    """Refuse an existing non-empty directory unless ``overwrite``; check it is writable before the first step."""
+def _prepare_run_dir(out: Path, overwrite: bool) -> rundir.RunLock:
+    """Refuse an existing non-empty directory unless ``overwrite``, a file, or a directory inside a run; lock the
+    run directory (a second writer fails), then clear it when overwriting; all before the first step.
+
+    Returns the held lock (the caller releases it)."""
+    rundir.check_directory_output(out, replacing_allowed="run")
     if out.exists() and any(out.iterdir()):
+        holder = rundir.is_locked_by_other(out)
+        if holder is not None:
+            raise rundir.RunLockedError(f"{out} is being written by another process (pid {holder.get('pid')} on "
+                                        f"{holder.get('host')}); choose another --out or wait for it to finish")
         if not overwrite:
             raise OutputExistsError(f"output directory {out} already exists and is not empty; pass --overwrite "
                                     "to replace it, --resume to continue it, or choose another --out")
-        if not (out / "run.json").exists():
+        if not rundir.is_run_dir(out):
             raise OutputExistsError(f"{out} is not a bayesvae run directory; refusing to delete it with --overwrite")
-        shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot write to output directory {out}: {err.strerror or err}; choose a writable --out") from None
+    lock = rundir.RunLock(out).acquire()  # the atomic point: from here on, this process owns the directory
+    try:
+        if overwrite:
+            for entry in out.iterdir():
+                if entry.name != rundir.LOCK_NAME:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         probe = out / ".write-test"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
+        lock.release()
         raise ConfigError(f"cannot write to output directory {out}: {err.strerror or err}; choose a writable --out") from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 class _MetricsLog(Callback):
@@ -182,7 +207,7 @@ def _run_state(model_config: ModelConfig, spec: DataSpec, dataset: bdata.Dataset
     return {
         "run_format": RUN_FORMAT,
         "model_config": to_dict(model_config),
-        "data": {**spec.__dict__, "fingerprint": dataset.fingerprint(), "kind": dataset.kind,
+        "data": {**spec.__dict__, "split_seed": spec.seed, "fingerprint": dataset.fingerprint(), "kind": dataset.kind,
                  "preparation": prepared.preparation, "levels": prepared.levels,
                  "standardization": None if std is None else [std[0].tolist(), std[1].tolist()],
                  "description": dataset.describe()},
@@ -212,8 +237,20 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
         if out is None:
             raise ConfigError("TensorBoard logging needs a run directory (--out)")
         TensorBoardLog.writer_class()
+    if spec.data_dir is not None and spec.source != "mnist":
+        raise ConfigError(f"--data-dir has no effect for {spec.source!r}: it is the directory of the MNIST files")
+    if out is not None:
+        rundir.check_directory_output(out, replacing_allowed="run")
+    if architecture == "conv" and len(tuple(hidden)) > 1:
+        raise ConfigError(f"--hidden {' '.join(map(str, hidden))}: the conv architecture has one fully connected "
+                          "layer between the convolutions and the latent code, so it takes one width (e.g. "
+                          "--hidden 256); several widths are for --architecture mlp")
+    spec = rundir.absolute_spec(spec)
     dataset = spec.load()
+    if architecture == "conv":
+        _check_conv_fits(dataset.event_shape)
     likelihood = likelihood or bdata.default_likelihood(dataset)
+    check_likelihood_options(likelihood, likelihood_options or {})
     prepared = prepare_data(dataset, likelihood)
     model_config = ModelConfig(data_shape=dataset.event_shape, latent_dim=latent_dim, architecture=architecture,
                                hidden=tuple(hidden), activation=activation, likelihood=likelihood,
@@ -222,17 +259,60 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     torch.manual_seed(train_config.seed)
     model = build_model(model_config)
     state = _run_state(model_config, spec, dataset, prepared)
-    if run_dir is not None:
-        _prepare_run_dir(run_dir, overwrite)
-        ckpt.atomic_write_text(run_dir / "run.json", json.dumps(
-            {**state, "train_config": to_dict(train_config)}, indent=2))
-    if tensorboard:
-        callbacks = [*callbacks, TensorBoardLog(run_dir)]
-    trainer = _make_trainer(model, train_config, prepared, run_dir, state, callbacks)
-    if on_ready is not None:
-        on_ready(trainer, dataset, likelihood)
-    trainer.fit()
+    lock = _prepare_run_dir(run_dir, overwrite) if run_dir is not None else None
+    try:
+        if run_dir is not None:
+            ckpt.atomic_write_text(run_dir / "run.json", json.dumps(
+                {**state, "train_config": to_dict(train_config)}, indent=2))
+        if tensorboard:
+            callbacks = [*callbacks, TensorBoardLog(run_dir)]
+        trainer = _make_trainer(model, train_config, prepared, run_dir, state, callbacks)
+        if on_ready is not None:
+            on_ready(trainer, dataset, likelihood)
+        trainer.fit()
+    finally:
+        if lock is not None:
+            lock.release()
     return trainer
+
+
+def _check_conv_fits(shape: tuple[int, ...]) -> None:
+    """The conv stack halves each side twice (kernel 4, stride 2, padding 1): images need 4 px a side."""
+    channels = len(ModelConfig(data_shape=(1, 4, 4)).conv_channels)
+    need = 2 ** channels
+    if len(shape) != 3 or min(shape[1:]) < need:
+        what = "x".join(map(str, shape[1:])) + " px images" if len(shape) == 3 else f"vectors of shape {shape}"
+        raise ConfigError(f"--architecture conv needs images of at least {need}x{need} px ({channels} stride-2 "
+                          f"convolutions); these data are {what}: use --architecture mlp")
+
+
+def check_likelihood_options(likelihood: str, options: dict) -> None:
+    """Each option is a keyword of the likelihood and has the type of its default (``{"optimal": "yes"}`` is
+    refused, not taken as true)."""
+    import inspect
+
+    from .likelihoods import LIKELIHOODS
+
+    if likelihood not in LIKELIHOODS:
+        raise ConfigError(f"unknown likelihood {likelihood!r}; choose one of {sorted(LIKELIHOODS)}")
+    params = {n: p.default for n, p in inspect.signature(LIKELIHOODS[likelihood].__init__).parameters.items()
+              if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for key, value in options.items():
+        if key not in params:
+            others = sorted(n for n, c in LIKELIHOODS.items() if key in inspect.signature(c.__init__).parameters)
+            hint = f"; {key!r} is an option of {', '.join(others)} (--likelihood)" if others else ""
+            raise ConfigError(f"likelihood option {key!r}: the {likelihood} likelihood takes "
+                              f"{sorted(params) or 'no options'}{hint}")
+        default = params[key]
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a finite number"
+        else:
+            ok, want = True, ""
+        if not ok:
+            raise ConfigError(f"likelihood option {key!r} must be {want}, got {json.dumps(value)}")
 
 
 # ------------------------------------------------------------------------------------------------------- loading
@@ -245,17 +325,35 @@ class LoadedRun:
     state: dict
     tensors: dict
     checkpoint: Path
+    notes: list = dataclasses.field(default_factory=list)
+    """Warnings found while loading (e.g. data that differ from the training data); the CLI prints them."""
+    say: Callable[[str], None] | None = None
 
     def dataset(self) -> bdata.Dataset:
-        return self.spec.load()
+        """The run's data, reloaded (from where ``--data``/``--data-dir`` point, if given); a fingerprint that
+        differs from the stored one gives a warning (in ``notes``, and through ``say``)."""
+        try:
+            ds = self.spec.load()
+        except FileNotFoundError as err:
+            flag = "--data-dir" if self.spec.source == "mnist" else "--data"
+            raise bdata.DataValidationError(f"{err}; if the run's data moved, point the run at them with {flag} "
+                                            "NEW_PATH") from None
+        where = self.spec.data_dir if self.spec.source == "mnist" and self.spec.data_dir else self.spec.source
+        note = rundir.compare_fingerprint(self.state.get("data", {}).get("fingerprint"), ds.fingerprint(), where)
+        if note and note not in self.notes:
+            self.notes.append(note)
+            if self.say is not None:
+                self.say(note)
+        return ds
 
     def prepared(self, dataset: bdata.Dataset | None = None) -> PreparedData:
         return prepare_data(dataset or self.dataset(), self.model_config.likelihood)
 
-    def new_data(self, source: str) -> torch.Tensor:
+    def new_data(self, source: str, data_dir: str | None = None) -> torch.Tensor:
         """Other data (e.g. to score for anomalies) prepared exactly as this run's test split: the run's
-        standardisation statistics, its fixed-seed binarisation or dequantisation."""
-        ds = bdata.load_dataset(source, valid_fraction=0.0, test_fraction=0.0, standardize=False)
+        standardisation statistics, its fixed-seed binarisation or dequantisation. ``data_dir``: where the MNIST
+        files are, for ``source="mnist"``."""
+        ds = bdata.load_dataset(source, data_dir=data_dir, valid_fraction=0.0, test_fraction=0.0, standardize=False)
         x = torch.cat([ds.train, ds.valid, ds.test])
         if tuple(x.shape[1:]) != self.model_config.data_shape:
             raise bdata.DataValidationError(f"{source}: examples have shape {tuple(x.shape[1:])}, but the model was "
@@ -278,10 +376,13 @@ def _spec_from_state(data: dict) -> DataSpec:
 
 
 def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool = False,
-             data_dir: str | None = None) -> LoadedRun:
+             data_dir: str | None = None, data: str | None = None,
+             say: Callable[[str], None] | None = None) -> LoadedRun:
     """Rebuild the model and configuration from a checkpoint alone (``which``: best, last, or a step dir).
 
-    ``data_dir`` replaces the stored MNIST directory (a run or exported model evaluated on another machine).
+    ``data`` replaces the stored data file and ``data_dir`` the stored MNIST directory (a run or exported model
+    evaluated after its data moved, or on another machine); each is refused where it has no effect. The data
+    are checked against the stored fingerprint when loaded (:meth:`LoadedRun.dataset`).
     """
     path = ckpt.resolve_checkpoint(run_dir, which)
     tensors, state = ckpt.load_checkpoint(path, allow_nonfinite=allow_nonfinite)
@@ -298,31 +399,45 @@ def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool 
         raise IncompatibleCheckpointError(f"{path}: weights do not fit the stored model configuration: "
                                           f"{str(err).splitlines()[0]}") from None
     model.eval()
-    spec = _spec_from_state(state["data"])
-    if data_dir is not None:
-        spec = dataclasses.replace(spec, data_dir=str(data_dir))
-    return LoadedRun(model, model_config, train_config, spec, state, tensors, path)
+    spec = rundir.relocated_spec(_spec_from_state(state["data"]), data, data_dir)
+    return LoadedRun(model, model_config, train_config, spec, state, tensors, path, say=say)
 
 
 def export_model(run_dir: str | Path, out: str | Path, which: str = "best", *, overwrite: bool = False) -> Path:
     """Write the model of a run's checkpoint, without optimiser or trainer state, as a small run directory that
     ``load``, ``evaluate`` and the other subcommands accept (for publishing a model)."""
-    run = load_run(run_dir, which)
     out = Path(out)
+    rundir.check_directory_output(out, replacing_allowed="export")
+    run = load_run(run_dir, which)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise OutputExistsError(f"{out} already exists and is not empty; pass --overwrite or choose another --out")
         if not (out / "run.json").exists():
             raise OutputExistsError(f"{out} is not a bayesvae run directory; refusing to replace it")
-        shutil.rmtree(out)
     tensors = {k: v for k, v in run.tensors.items() if k.startswith("model.")}
     state = {k: run.state[k] for k in ("run_format", "model_config", "train_config", "data") if k in run.state}
     state["exported_from"] = {"checkpoint": run.checkpoint.name,
                               "epoch": run.state.get("trainer", {}).get("epoch")}
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_text(out / "run.json", json.dumps(state, indent=2))
     step = int(run.checkpoint.name.split("-")[-1]) if run.checkpoint.name.startswith("step-") else 0
-    return ckpt.save_checkpoint(out, step, tensors, state, tags=("last", "best"))
+    # built complete in a temporary sibling, then swapped in: a kill or a full disk never leaves half an export
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = ckpt._tmp_name(out.parent, out.name), None
+    try:
+        tmp.mkdir()
+        ckpt.atomic_write_text(tmp / "run.json", json.dumps(state, indent=2))
+        ckpt.save_checkpoint(tmp, step, tensors, state, tags=("last", "best"))
+        if out.exists():
+            old = ckpt._tmp_name(out.parent, f"old-{out.name}")
+            os.rename(out, old)
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.rename(old, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return ckpt.resolve_checkpoint(out, "last")
 
 
 def load(run_dir: str | Path, which: str = "best") -> VAE:
@@ -330,28 +445,103 @@ def load(run_dir: str | Path, which: str = "best") -> VAE:
     return load_run(run_dir, which).model
 
 
-def resume(run_dir: str | Path, *, epochs: int | None = None, callbacks: Sequence[Callback] = (),
-           on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None) -> Trainer:
-    """Continue a stopped run from its last complete checkpoint; only ``epochs`` may change.
+#: TrainConfig fields ``resume`` may change: they extend or steer a run without changing its arithmetic so far.
+RESUMABLE = ("epochs", "max_seconds", "early_stopping_patience", "checkpoint_every_steps", "precision")
 
-    Refuses when the data changed since the run started (the fingerprint differs).
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, max_minutes: float | None = None,
+           patience: int | None = None, checkpoint_every: int | None = None, precision: str | None = None,
+           data: str | None = None, data_dir: str | None = None, callbacks: Sequence[Callback] = (),
+           on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None,
+           say: Callable[[str], None] | None = None) -> Trainer:
+    """Continue a stopped run from its last complete checkpoint.
+
+    Only what extends or steers the run may change: ``epochs`` (the new total; a schedule that depends on it, such
+    as cosine, is stretched and ``say`` tells how), ``max_minutes`` (a budget for this session, added to the time
+    already trained), ``patience``, ``checkpoint_every`` and ``precision``. ``data``/``data_dir`` point the run at
+    moved data, which must have the stored fingerprint. A run stopped early (time budget, patience) continues
+    when the new setting allows it.
     """
-    run = load_run(run_dir, "last")
-    dataset = run.dataset()
-    fingerprint = run.state["data"].get("fingerprint")
-    if dataset.fingerprint() != fingerprint:
-        raise IncompatibleCheckpointError(
-            f"the data of {run.spec.source!r} changed since this run started (fingerprint {fingerprint[:12]}... vs "
-            f"{dataset.fingerprint()[:12]}...); resume needs the same data: restore them or start a new run")
-    config = run.train_config
-    if epochs is not None and epochs != config.epochs:
-        config = from_dict(TrainConfig, {**to_dict(config), "epochs": epochs})
-    prepared = run.prepared(dataset)
-    state = {k: v for k, v in run.state.items() if k in ("run_format", "model_config", "data")}
-    run.model.train()
-    trainer = _make_trainer(run.model, config, prepared, Path(run_dir), state, callbacks)
-    trainer.load_state(run.tensors, run.state)
-    if on_ready is not None:
-        on_ready(trainer, dataset, run.model_config.likelihood)
-    trainer.fit()
+    say = say or (lambda msg: None)
+    run_path = Path(run_dir)
+    if rundir.is_run_dir(run_path) and not ckpt.list_checkpoints(run_path):
+        raise ckpt.CheckpointNotFoundError(
+            f"{run_path} has no checkpoint: training stopped before its first step was committed, so there is "
+            f"nothing to resume; start it again with `bayesvae train ... --out {run_path} --overwrite`")
+    with rundir.RunLock(run_path, "train --resume"):
+        run = load_run(run_path, "last", data=data, data_dir=data_dir)
+        try:
+            dataset = run.spec.load()
+        except FileNotFoundError as err:
+            flag = "--data-dir" if run.spec.source == "mnist" else "--data"
+            raise bdata.DataValidationError(f"{err}; if the data moved, resume with {flag} NEW_PATH") from None
+        fingerprint = run.state["data"].get("fingerprint")
+        if dataset.fingerprint() != fingerprint:
+            raise IncompatibleCheckpointError(
+                f"the data of {run.spec.source!r} differ from those this run was trained on (fingerprint "
+                f"{dataset.fingerprint()[:12]}... vs {fingerprint[:12]}...); resume needs the same data: restore "
+                "them, point --data/--data-dir at them, or start a new run")
+        config, trainer_state = run.train_config, run.state.get("trainer", {})
+        done = trainer_state.get("epoch", 0)
+        changes: dict[str, Any] = {}
+        if epochs is not None:
+            if epochs < done or (epochs == done and trainer_state.get("step_in_epoch", 0)):
+                raise ConfigError(f"--epochs {epochs}: this run has already trained {done} epochs; --epochs is the "
+                                  f"new total, so give more than {done}")
+            changes["epochs"] = epochs
+        if max_minutes is not None:
+            spent = float(trainer_state.get("train_seconds", 0.0))
+            changes["max_seconds"] = spent + 60.0 * max_minutes if max_minutes > 0 else 0.0
+            if max_minutes > 0:
+                say(f"time budget: {max_minutes:g} more minutes of training (after {spent / 60:.1f} already)")
+        if patience is not None:
+            changes["early_stopping_patience"] = patience
+        if checkpoint_every is not None:
+            changes["checkpoint_every_steps"] = checkpoint_every
+        if precision is not None:
+            changes["precision"] = precision
+        new = from_dict(TrainConfig, {**to_dict(config), **changes})
+        if new.epochs != config.epochs:
+            _say_schedule_change(config, new, run, say)
+        prepared = run.prepared(dataset)
+        state = {k: v for k, v in run.state.items() if k in ("run_format", "model_config", "data")}
+        run.model.train()
+        trainer = _make_trainer(run.model, new, prepared, run_path, state, callbacks)
+        trainer.load_state(run.tensors, run.state)
+        st = trainer.state
+        if st.stopped_early and (max_minutes is not None or patience is not None):  # may let it go on
+            patience_stop = new.early_stopping_patience and st.epochs_without_improvement >= new.early_stopping_patience
+            last = st.history[-1].get("epoch_seconds", 0.0) if st.history else 0.0
+            time_stop = new.max_seconds and st.train_seconds + last > new.max_seconds
+            st.stopped_early = bool(patience_stop or time_stop)
+            if not st.stopped_early:
+                say("continuing a run that had stopped early (the new settings allow more training)")
+        if st.stopped_early:
+            say(f"nothing to do: this run stopped early after {st.epoch} epochs; pass a larger --patience (0: off) "
+                "or --max-minutes to let it go on")
+        elif st.epoch >= new.epochs:
+            say(f"nothing to do: this run has trained all {new.epochs} epochs; pass --epochs N (N > {new.epochs}) "
+                "to train longer")
+        if on_ready is not None:
+            on_ready(trainer, dataset, run.model_config.likelihood)
+        trainer.fit()
     return trainer
+
+
+def _say_schedule_change(old: TrainConfig, new: TrainConfig, run: LoadedRun, say: Callable[[str], None]) -> None:
+    from .training import learning_rate_at
+
+    say(f"epochs: {old.epochs} -> {new.epochs} in total")
+    if old.lr_schedule != "cosine":
+        return
+    st = run.state.get("trainer", {})
+    steps, per_epoch = st.get("global_step", 0), None
+    n = (run.state.get("data", {}).get("description", {}).get("splits", {}) or {}).get("train")
+    if n:
+        per_epoch = math.ceil(n / old.batch_size)
+    progress = steps / per_epoch if per_epoch else float(st.get("epoch", 0))
+    say(f"note: the cosine learning-rate schedule depends on the total number of epochs, so it is stretched: it "
+        f"now decays to {new.learning_rate * new.lr_min_factor:.3g} at epoch {new.epochs} instead of {old.epochs}; "
+        f"the learning rate at this point moves from {learning_rate_at(old, progress):.3g} to "
+        f"{learning_rate_at(new, progress):.3g}, so the result differs from a run trained for {new.epochs} epochs "
+        "from the start")
