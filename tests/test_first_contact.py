@@ -103,3 +103,140 @@ def test_training_says_how_many_report_sections_failed(tmp_path, monkeypatch, ca
                  "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert re.search(r"report: \S+report\.html with 1 failed section\(s\): Manifold", err), err
+
+
+# ---------------------------------------------------------------------------------- 2. every flag honoured or refused
+def _exit2(argv, capsys, *fragments) -> str:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse refusals
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    return err
+
+
+def _final_tensors(run: Path) -> dict:
+    tensors, state = ckpt.load_checkpoint(ckpt.resolve_checkpoint(run, "last"))
+    return tensors, state
+
+
+def test_resume_with_epochs_equals_the_longer_run_bit_for_bit(run1, tmp_path, capsys):
+    """`train --resume RUN --epochs 3` after a 1-epoch run ends exactly where a 3-epoch run ends (constant LR):
+    every weight, the optimiser's moments and the RNG state, bit for bit; on old main it trained nothing more."""
+    resumed = _copy(run1, tmp_path)
+    assert main(["train", "--resume", str(resumed), "--epochs", "3", "--report-samples", "0"]) == 0
+    assert "done: 3 epochs" in capsys.readouterr().err
+    _train(tmp_path / "straight", epochs=3)
+    (a, sa), (b, sb) = _final_tensors(resumed), _final_tensors(tmp_path / "straight")
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
+        assert a[key].view(-1).view(__import__("torch").uint8).equal(b[key].view(-1).view(__import__("torch").uint8)), key
+    assert sa["trainer"]["global_step"] == sb["trainer"]["global_step"] == 3 * 23
+    assert [r["train_loss"] for r in sa["trainer"]["history"]] == [r["train_loss"] for r in sb["trainer"]["history"]]
+
+
+@pytest.mark.parametrize("flag", [["--lr", "0.01"], ["--latent-dim", "3"], ["--data", "mnist"], ["--hidden", "8"],
+                                  ["--seed", "3"], ["--split-seed", "3"], ["--latent", "3"], ["--overwrite"],
+                                  ["--objective", "iwae"]])
+def test_resume_refuses_every_flag_it_cannot_apply(run1, tmp_path, capsys, flag):
+    run = _copy(run1, tmp_path)
+    before = {p.name for p in ckpt.list_checkpoints(run)}
+    name = {"--latent": "--latent-dim"}.get(flag[0], flag[0])
+    err = _exit2(["train", "--resume", str(run), "--epochs", "2", *flag], capsys, name)
+    assert {p.name for p in ckpt.list_checkpoints(run)} == before
+
+
+def test_resume_applies_max_minutes_patience_and_checkpoint_every(run1, tmp_path, capsys):
+    run = _copy(run1, tmp_path)
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--max-minutes", "10", "--patience", "1",
+                 "--checkpoint-every", "5", "--report-samples", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "time budget: 10 more minutes" in err
+    _, state = _final_tensors(run)
+    tc = state["train_config"]
+    assert tc["epochs"] == 2 and tc["early_stopping_patience"] == 1 and tc["checkpoint_every_steps"] == 5
+    assert 600 < tc["max_seconds"] < 700
+
+
+def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path, capsys):
+    """`--epochs-override 2` on a finished 4-epoch run did nothing and exited 0; the alias now says why not."""
+    _train(tmp_path / "r", epochs=2)
+    _exit2(["train", "--resume", str(tmp_path / "r"), "--epochs-override", "1"], capsys,
+           "already trained 2 epochs", "more than 2")
+
+
+def test_resume_of_a_cosine_run_says_how_the_schedule_changes(tmp_path, capsys):
+    _train(tmp_path / "r", "--lr-schedule", "cosine", epochs=1)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--report-samples", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "cosine" in err and "stretched" in err and "epoch 2 instead of 1" in err
+
+
+def test_exponential_schedule_decays_with_lr_decay(tmp_path, capsys):
+    _exit2(["train", *SMALL, "--lr-schedule", "exponential", "--out", str(tmp_path / "a")], capsys, "--lr-decay")
+    _exit2(["train", *SMALL, "--lr-decay", "0.5", "--out", str(tmp_path / "b")], capsys, "--lr-decay", "exponential")
+    _train(tmp_path / "c", "--lr-schedule", "exponential", "--lr-decay", "0.5", epochs=3)
+    lrs = [json.loads(line)["train_lr"] for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-3, 5e-4, 2.5e-4], rel=1e-12)
+
+
+def test_conv_with_several_hidden_widths_is_refused(tmp_path, capsys):
+    _exit2(["train", "--architecture", "conv", "--hidden", "128", "64", "--out", str(tmp_path / "r")], capsys,
+           "--hidden 128 64", "one width")
+    assert not (tmp_path / "r").exists()
+
+
+def test_gaussian_fixed_prints_the_sigma_it_uses(tmp_path, capsys):
+    _train(tmp_path / "a", "--likelihood", "gaussian-fixed", epochs=1)
+    assert "gaussian-fixed with σ = 1 (the default; set it with --sigma)" in capsys.readouterr().err
+    _train(tmp_path / "b", "--likelihood", "gaussian-fixed", "--sigma", "0.2", epochs=1)
+    assert "gaussian-fixed with σ = 0.2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options,fragments", [
+    ('{"optimal": "yes"}', ["'optimal'", "true or false", '"yes"']),
+    ('{"optimal": 1}', ["'optimal'", "true or false"]),
+    ('{"init_sigma": "big"}', ["'init_sigma'", "number"]),
+    ('{"sigma": 0.1}', ["'sigma'", "gaussian-fixed"]),
+    ("{bad", ["--likelihood-options", "not valid JSON"]),
+])
+def test_json_options_are_type_checked(tmp_path, capsys, options, fragments):
+    _exit2(["train", *SMALL, "--likelihood", "gaussian-shared", "--likelihood-options", options,
+            "--out", str(tmp_path / "r")], capsys, *fragments)
+    assert not (tmp_path / "r").exists()
+
+
+def test_flag_messages_say_what_to_do(tmp_path, capsys):
+    _exit2(["train", *SMALL, "--sigma", "0.1", "--out", str(tmp_path / "r")], capsys,
+           "--sigma is the σ of --likelihood gaussian-fixed", "default likelihood")
+    err = _exit2(["train", *SMALL, "--max-minutes", "-1", "--out", str(tmp_path / "r")], capsys, "--max-minutes")
+    assert "max_seconds" not in err and "-60" not in err
+    _exit2(["train", *SMALL, "--lr", "-1", "--out", str(tmp_path / "r")], capsys, "--lr must be")
+    assert not (tmp_path / "r").exists()
+
+
+def test_data_dir_is_refused_where_it_has_no_effect(run1, tmp_path, capsys):
+    _exit2(["train", *SMALL, "--data", "digits", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")], capsys,
+           "--data-dir")
+    _exit2(["export", str(run1), "--data-dir", str(tmp_path), "--out", str(tmp_path / "e")], capsys, "--data-dir")
+    _exit2(["sample", str(run1), "--data-dir", str(tmp_path), "--out", str(tmp_path / "s.png")], capsys, "--data-dir")
+    _exit2(["report", str(run1), "--data-dir", str(tmp_path)], capsys, "--data-dir has no effect")
+    _exit2(["evaluate", str(run1), "--data-dir", str(tmp_path)], capsys, "--data-dir has no effect")
+    _exit2(["score", str(run1), "--data", str(tmp_path / "x.npy"), "--data-dir", str(tmp_path), "--out",
+            str(tmp_path / "s.csv")], capsys, "--data-dir")
+    assert not any((tmp_path / n).exists() for n in ("r", "e", "s.png", "s.csv"))
+
+
+def test_score_new_mnist_data_reads_data_dir(run1, tmp_path, capsys):
+    """`score --data mnist --data-dir DIR` used to ignore DIR; an empty DIR now fails naming it."""
+    empty = tmp_path / "no-mnist-here"
+    empty.mkdir()
+    err = _exit2(["score", str(run1), "--data", "mnist", "--data-dir", str(empty), "--out", str(tmp_path / "s.csv")],
+                 capsys)
+    assert str(empty) in err
