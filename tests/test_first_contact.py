@@ -240,3 +240,121 @@ def test_score_new_mnist_data_reads_data_dir(run1, tmp_path, capsys):
     err = _exit2(["score", str(run1), "--data", "mnist", "--data-dir", str(empty), "--out", str(tmp_path / "s.csv")],
                  capsys)
     assert str(empty) in err
+
+
+# ------------------------------------------------------------------------------------------ 3. run directories are safe
+def _env() -> dict:
+    import os
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_run(run1, tmp_path, capsys):
+    """Two `train` into one --out (one with --overwrite) both exited 0 and mixed their files."""
+    import os
+    import socket
+    import subprocess
+
+    run = _copy(run1, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "command": "train"}))
+        before = {p.name for p in ckpt.list_checkpoints(run)}
+        for argv in (["train", *SMALL, "--overwrite", "--out", str(run)],
+                     ["train", "--resume", str(run), "--epochs", "2"],
+                     ["report", str(run), *QUICK_REPORT]):
+            _exit2(argv, capsys, f"pid {holder.pid}", "being written by another process")
+        assert {p.name for p in ckpt.list_checkpoints(run)} == before and (run / "run.json").is_file()
+        assert main(["evaluate", str(run), "--samples", "2", "--limit", "5"]) == 0  # readers are welcome
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is dead now: its lock is stale and is taken over
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--report-samples", "0"]) == 0
+    assert "stale lock" in capsys.readouterr().err
+    assert not (run / ".lock").exists()  # released at the end
+    assert os.path.exists(run / "run.json")
+
+
+def test_outputs_inside_or_equal_to_a_run_are_refused(run1, tmp_path, capsys):
+    """`export RUN --out RUN --overwrite` deleted the run's metrics, optimiser state and checkpoints."""
+    run = _copy(run1, tmp_path)
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    _exit2(["export", str(run), "--out", str(run), "--overwrite"], capsys, "existing training run")
+    _exit2(["export", str(run), "--out", str(run / "checkpoints" / "x")], capsys, "inside the run directory")
+    _exit2(["train", *SMALL, "--out", str(run / "sub")], capsys, "inside the run directory")
+    (tmp_path / "file").write_text("x")
+    _exit2(["train", *SMALL, "--out", str(tmp_path / "file")], capsys, "existing file")
+    _exit2(["export", str(run), "--out", str(tmp_path / "file")], capsys, "existing file")
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+    # an export may replace an export
+    assert main(["export", str(run), "--out", str(tmp_path / "e")]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "e"), "--overwrite"]) == 0
+
+
+def test_a_run_works_from_any_directory_and_can_follow_moved_data(tmp_path, capsys, monkeypatch):
+    """A run stored its data path relative to where training ran; evaluate/score/report/resume failed from any
+    other directory and nothing pointed a run at moved data."""
+    import shutil
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    work = tmp_path / "work"
+    work.mkdir()
+    np.save(work / "table.npy", rng.normal(size=(120, 5)).astype(np.float32))
+    monkeypatch.chdir(work)
+    assert main(["train", "--data", "table.npy", "--epochs", "1", *SMALL, "--report-samples", "0",
+                 "--out", "run"]) == 0
+    stored = json.loads((work / "run" / "run.json").read_text())["data"]
+    assert stored["source"] == str(work / "table.npy") and len(stored["fingerprint"]) == 64
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "work/run", "--samples", "2"]) == 0  # from another directory
+    capsys.readouterr()
+    shutil.move(work / "table.npy", tmp_path / "moved.npy")
+    _exit2(["evaluate", "work/run", "--samples", "2"], capsys, "--data NEW_PATH")
+    assert main(["evaluate", "work/run", "--samples", "2", "--data", "moved.npy"]) == 0
+    assert "differ" not in capsys.readouterr().err  # same fingerprint: accepted silently
+    assert main(["train", "--resume", "work/run", "--epochs", "2", "--data", "moved.npy", "--report-samples", "0"]) == 0
+    np.save(tmp_path / "other.npy", rng.normal(size=(120, 5)).astype(np.float32))
+    assert main(["evaluate", "work/run", "--samples", "2", "--data", "other.npy"]) == 0
+    assert "differ from those the run was trained on" in capsys.readouterr().err
+    assert main(["score", "work/run", "--out", "s.csv"] + ["--samples", "2"]) == 2  # data gone: says how to fix
+    assert "--data NEW_PATH" in capsys.readouterr().err
+    _exit2(["train", "--resume", "work/run", "--epochs", "3", "--data", "other.npy"], capsys, "differ")
+
+
+def test_the_split_seed_is_separate_from_the_training_seed(tmp_path, capsys):
+    """--seed reshuffled the train/valid/test split, so runs with different seeds were tested on different test
+    sets; now --split-seed (fixed default 0) decides the split."""
+    from bayesvae import runs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    _train(a, "--seed", "1")
+    _train(b, "--seed", "2")
+    ta, tb = runs.load_run(a).prepared().test, runs.load_run(b).prepared().test
+    assert ta.equal(tb)
+    _train(tmp_path / "c", "--seed", "1", "--split-seed", "5")
+    assert not runs.load_run(tmp_path / "c").prepared().test.equal(ta)
+    assert json.loads((a / "run.json").read_text())["data"]["split_seed"] == 0
+    help_text = _exit0_help(["train", "--help"], capsys)
+    assert "--split-seed" in help_text and "not the data split" in help_text
+    assert "--split-seed" in (ROOT / "README.md").read_text()
+
+
+def _exit0_help(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_old_runs_without_split_seed_keep_their_split(tmp_path):
+    """A run made before --split-seed stored its training seed as the split seed; it still loads that split."""
+    from bayesvae import runs
+
+    _train(tmp_path / "r", "--seed", "4", "--split-seed", "4")
+    run = runs.load_run(tmp_path / "r")
+    state = dict(run.state["data"])
+    state.pop("split_seed")
+    old_spec = runs._spec_from_state(state)  # what an old run's state holds: seed = its training seed
+    assert old_spec.seed == 4 and old_spec.load().fingerprint() == run.state["data"]["fingerprint"]

@@ -332,12 +332,7 @@ class LoadedRun:
     def dataset(self) -> bdata.Dataset:
         """The run's data, reloaded (from where ``--data``/``--data-dir`` point, if given); a fingerprint that
         differs from the stored one gives a warning (in ``notes``, and through ``say``)."""
-        try:
-            ds = self.spec.load()
-        except FileNotFoundError as err:
-            flag = "--data-dir" if self.spec.source == "mnist" else "--data"
-            raise bdata.DataValidationError(f"{err}; if the run's data moved, point the run at them with {flag} "
-                                            "NEW_PATH") from None
+        ds = _load_moved(self.spec)
         where = self.spec.data_dir if self.spec.source == "mnist" and self.spec.data_dir else self.spec.source
         note = rundir.compare_fingerprint(self.state.get("data", {}).get("fingerprint"), ds.fingerprint(), where)
         if note and note not in self.notes:
@@ -368,6 +363,20 @@ class LoadedRun:
             return _dequantize(x, self.state["data"]["levels"], torch.Generator().manual_seed(TEST_SEED))
         bdata.check_likelihood_support(dataclasses.replace(ds, train=x), self.model_config.likelihood)
         return x
+
+
+def _load_moved(spec: DataSpec) -> bdata.Dataset:
+    """Load a run's data; a missing file or MNIST directory says how to point the run at where they are now."""
+    if spec.source not in ("digits", "mnist") and not Path(spec.source).exists():
+        raise bdata.DataValidationError(f"the run's data {spec.source} no longer exist; if they moved, point the "
+                                        "run at them with --data NEW_PATH")
+    try:
+        return spec.load()
+    except (FileNotFoundError, bdata.DataValidationError) as err:
+        if spec.source != "mnist":
+            raise
+        raise bdata.DataValidationError(f"{err}; if the MNIST files moved, point the run at them with --data-dir "
+                                        "NEW_DIR") from None
 
 
 def _spec_from_state(data: dict) -> DataSpec:
@@ -470,11 +479,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_minutes: float
             f"nothing to resume; start it again with `bayesvae train ... --out {run_path} --overwrite`")
     with rundir.RunLock(run_path, "train --resume"):
         run = load_run(run_path, "last", data=data, data_dir=data_dir)
-        try:
-            dataset = run.spec.load()
-        except FileNotFoundError as err:
-            flag = "--data-dir" if run.spec.source == "mnist" else "--data"
-            raise bdata.DataValidationError(f"{err}; if the data moved, resume with {flag} NEW_PATH") from None
+        dataset = _load_moved(run.spec)
         fingerprint = run.state["data"].get("fingerprint")
         if dataset.fingerprint() != fingerprint:
             raise IncompatibleCheckpointError(
