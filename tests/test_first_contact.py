@@ -358,3 +358,115 @@ def test_old_runs_without_split_seed_keep_their_split(tmp_path):
     state.pop("split_seed")
     old_spec = runs._spec_from_state(state)  # what an old run's state holds: seed = its training seed
     assert old_spec.seed == 4 and old_spec.load().fingerprint() == run.state["data"]["fingerprint"]
+
+
+# ------------------------------------------------------------------------------------------- 4. signals, pipes, errors
+def _popen(args: list[str], log: Path):
+    import subprocess
+    with open(log, "w") as fh:
+        return subprocess.Popen([sys.executable, "-m", "bayesvae", *args], stdout=subprocess.DEVNULL, stderr=fh,
+                                env=_env())
+
+
+def _wait_for(log: Path, text: str, proc, timeout: float = 90) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.02)
+
+
+def _temp_entries(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob(".tmp-*")]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_signals_are_honoured_in_every_phase(run1, tmp_path):
+    """Ctrl-C during the end-of-training report was swallowed (exit 0 twelve seconds later); SIGTERM and SIGINT
+    now stop the report, evaluation and training's report at once, leaving no partial output."""
+    import signal
+
+    train_run, report_run = tmp_path / "t", _copy(run1, tmp_path)
+    procs = {
+        "train-report": (_popen(["train", "--epochs", "1", *SMALL, "--report-samples", "200000", "--out",
+                                 str(train_run)], tmp_path / "a.log"), tmp_path / "a.log", signal.SIGINT, "epoch 1/1"),
+        "report": (_popen(["report", str(report_run), "--samples", "200000"], tmp_path / "b.log"), tmp_path / "b.log",
+                   signal.SIGTERM, None),
+        "evaluate": (_popen(["evaluate", str(run1), "--samples", "200000"], tmp_path / "c.log"), tmp_path / "c.log",
+                     signal.SIGINT, None),
+    }
+    import time
+    try:
+        for name, (proc, log, sig, marker) in procs.items():
+            if marker:
+                _wait_for(log, marker, proc)
+        time.sleep(4.0)  # all three are inside their long phase now (evaluation: K = 200,000)
+        for name, (proc, log, sig, marker) in procs.items():
+            assert proc.poll() is None, (name, log.read_text())
+            proc.send_signal(sig)
+        codes = {name: p.wait(30) for name, (p, *_rest) in procs.items()}
+    finally:
+        for p, *_rest in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert codes == {"train-report": 130, "report": 143, "evaluate": 130}
+    for name, (_, log, _, _) in procs.items():
+        text = log.read_text()
+        assert "Traceback" not in text and "no partial output" in text, (name, text)
+    assert not (train_run / "report.html").exists() and not (report_run / "report.html").exists()
+    assert _temp_entries(train_run) == [] and _temp_entries(report_run) == []
+    assert not (train_run / ".lock").exists() and not (report_run / ".lock").exists()
+    ckpt.verify_checkpoint(ckpt.resolve_checkpoint(train_run, "last"))
+
+
+def test_a_closed_stdout_ends_quietly(run1, tmp_path):
+    import subprocess
+    proc = subprocess.run(f"{sys.executable} -m bayesvae evaluate {run1} --samples 2 --json | head -c 1",
+                          shell=True, capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.stdout == "{" and proc.stderr == "", proc.stderr
+
+
+def test_clean_errors_instead_of_tracebacks(tmp_path, capsys):
+    import numpy as np
+
+    one = tmp_path / "one"
+    _train(one, "--test-fraction", "0.0005")  # a 1-example test split
+    _exit2(["plot", str(one), "latent", "--out", str(tmp_path / "l.png")], capsys, "at least 2 test examples",
+           "--split train")
+    np.save(tmp_path / "tiny.npy", np.random.default_rng(0).integers(0, 256, (60, 1, 3, 3)).astype(np.uint8))
+    _exit2(["train", "--data", str(tmp_path / "tiny.npy"), "--architecture", "conv", "--out", str(tmp_path / "c")],
+           capsys, "4x4 px", "3x3", "--architecture mlp")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "l.png").exists()
+
+
+def test_messages_say_what_to_do(run1, tmp_path, capsys, monkeypatch):
+    (tmp_path / "notarun").mkdir()
+    _exit2(["evaluate", str(tmp_path / "notarun")], capsys, "not a run directory")
+    run = _copy(run1, tmp_path)
+    (run / "checkpoints" / "best").unlink()
+    _exit2(["evaluate", str(run)], capsys, "no 'best' checkpoint", "--checkpoint last")
+    # a signal before the first step: nothing to resume, and both messages say so
+    from bayesvae import cli
+
+    def stop_now(*args):
+        raise cli.Terminated()
+    monkeypatch.setattr(cli, "_on_ready", stop_now)
+    assert main(["train", *SMALL, "--out", str(tmp_path / "early")]) == 143
+    assert "nothing to resume" in capsys.readouterr().err
+    monkeypatch.undo()
+    _exit2(["train", "--resume", str(tmp_path / "early")], capsys, "no checkpoint", "nothing to resume", "--overwrite")
+
+
+@pytest.mark.parametrize("how", [["-m", "bayesvae"], ["-c", "import sys; from bayesvae.cli import main; "
+                                                           "sys.exit(main())"]])
+def test_version(how):
+    import subprocess
+
+    import torch
+
+    import bayesvae
+    proc = subprocess.run([sys.executable, *how, "--version"], capture_output=True, text=True, env=_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"bayesvae {bayesvae.__version__}" in proc.stdout and f"torch {torch.__version__}" in proc.stdout

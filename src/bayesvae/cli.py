@@ -19,6 +19,7 @@ import torch
 
 from . import data as bdata
 from .checkpoint import atomic_write_bytes, atomic_write_text
+from .checkpoint import list_checkpoints as ckpt_list
 from .config import TrainConfig
 from .errors import BayesVAEError, ConfigError
 from .training import Callback, TrainingInterrupted
@@ -252,6 +253,12 @@ def cmd_train(args) -> int:
                                  architecture=args.architecture, hidden=args.hidden, activation=args.activation,
                                  overwrite=args.overwrite, callbacks=callbacks, tensorboard=args.tensorboard,
                                  on_ready=_on_ready)
+    except (KeyboardInterrupt, Terminated):
+        out = Path(args.resume or args.out)
+        if not args.resume and (out / "run.json").is_file() and not ckpt_list(out):
+            _print(f"stopped before the first step was committed: {out} holds no checkpoint, so there is nothing to "
+                   f"resume; start again with `bayesvae train ... --out {out} --overwrite`")
+        raise
     except TrainingInterrupted as stop:
         signum = stop.signum
         _print(f"stopped: checkpoint committed at {stop.checkpoint_path}; continue with "
