@@ -166,13 +166,15 @@ class _MetricsLog(Callback):
     """metrics.jsonl and metrics.csv, rewritten atomically from the history at the end of every epoch."""
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        if trainer.run_dir is None:
-            return
-        history = trainer.state.history
-        ckpt.atomic_write_text(trainer.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-        keys = list(dict.fromkeys(k for r in history for k in r))
-        rows = [",".join(keys)] + [",".join(_csv(r.get(k)) for k in keys) for r in history]
-        ckpt.atomic_write_text(trainer.run_dir / "metrics.csv", "\n".join(rows) + "\n")
+        if trainer.run_dir is not None:
+            _write_metrics(trainer.run_dir, trainer.state.history)
+
+
+def _write_metrics(run_dir: Path, history: list[dict]) -> None:
+    ckpt.atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    keys = list(dict.fromkeys(k for r in history for k in r))
+    rows = [",".join(keys)] + [",".join(_csv(r.get(k)) for k in keys) for r in history]
+    ckpt.atomic_write_text(run_dir / "metrics.csv", "\n".join(rows) + "\n")
 
 
 class TensorBoardLog(Callback):
@@ -384,6 +386,21 @@ def _spec_from_state(data: dict) -> DataSpec:
     return DataSpec(**{k: v for k, v in data.items() if k in keys})
 
 
+def _load_committed(run_dir: str | Path, which: str, allow_nonfinite: bool) -> tuple[Path, dict, dict]:
+    """Resolve and load a checkpoint; when a running training moved the pointer and rotated the step away
+    between the two (a reader racing a writer), resolve again: a reader never fails because a writer committed."""
+    for attempt in range(5):
+        before = ckpt.list_checkpoints(run_dir) if Path(run_dir).is_dir() else []
+        path = ckpt.resolve_checkpoint(run_dir, which)
+        try:
+            tensors, state = ckpt.load_checkpoint(path, allow_nonfinite=allow_nonfinite)
+            return path, tensors, state
+        except ckpt.CheckpointError:
+            if attempt == 4 or path.exists() and ckpt.list_checkpoints(run_dir) == before:
+                raise
+    raise AssertionError("unreachable")
+
+
 def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool = False,
              data_dir: str | None = None, data: str | None = None,
              say: Callable[[str], None] | None = None) -> LoadedRun:
@@ -393,8 +410,7 @@ def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool 
     evaluated after its data moved, or on another machine); each is refused where it has no effect. The data
     are checked against the stored fingerprint when loaded (:meth:`LoadedRun.dataset`).
     """
-    path = ckpt.resolve_checkpoint(run_dir, which)
-    tensors, state = ckpt.load_checkpoint(path, allow_nonfinite=allow_nonfinite)
+    path, tensors, state = _load_committed(run_dir, which, allow_nonfinite)
     for key in ("model_config", "train_config", "data"):
         if key not in state:
             raise ckpt.CheckpointCorruptError(f"{path}: state.json lacks {key!r}; not a bayesvae training checkpoint")
@@ -514,6 +530,8 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_minutes: float
         trainer = _make_trainer(run.model, new, prepared, run_path, state, callbacks)
         trainer.load_state(run.tensors, run.state)
         st = trainer.state
+        if st.history:  # metrics files follow the checkpoint (a failed or killed metrics write is repaired here)
+            _write_metrics(run_path, st.history)
         if st.stopped_early and (max_minutes is not None or patience is not None):  # may let it go on
             patience_stop = new.early_stopping_patience and st.epochs_without_improvement >= new.early_stopping_patience
             last = st.history[-1].get("epoch_seconds", 0.0) if st.history else 0.0
