@@ -243,7 +243,9 @@ def _check_declared_array(fp, where: str, total: int | None) -> None:
         version = npformat.read_magic(fp)
         read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
         shape, fortran, dtype = read(fp)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile, zlib.error) as exc:
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises tokenize/syntax/value errors alike
+        if isinstance(exc, MemoryError):
+            raise
         raise _fail(where, f"has no valid .npy header ({exc})", "Save it with numpy.save") from None
     if dtype.hasobject:
         raise _fail(where, f"holds Python objects (dtype {dtype}), which need pickle to load",
@@ -305,7 +307,7 @@ def _npz_array(z, key: str, path: Path) -> np.ndarray:
         raise _fail(f"{path} [array '{key}']", f"cannot be read ({exc})", "Save it with numpy.savez") from None
     try:
         return z[key]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
         raise _fail(f"{path} [array '{key}']", f"cannot be read ({exc})", "Store plain numeric arrays with "
                     "numpy.savez; object arrays need pickle, which is refused for safety") from None
 
@@ -314,7 +316,7 @@ def _read_npz(path: Path) -> dict:
     """Arrays 'train'/'valid'/'test' are used as given splits; otherwise 'x'/'X'/'data' (or the only array)."""
     try:
         z = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
         raise _fail(str(path), f"cannot read .npz archive ({exc})", "Save it with numpy.savez") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise _fail(str(path), "is a single array, not an .npz archive", "Rename it to .npy")

@@ -414,9 +414,14 @@ def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool 
     for key in ("model_config", "train_config", "data"):
         if key not in state:
             raise ckpt.CheckpointCorruptError(f"{path}: state.json lacks {key!r}; not a bayesvae training checkpoint")
-    model_config = from_dict(ModelConfig, state["model_config"])
-    train_config = from_dict(TrainConfig, state["train_config"])
-    model = build_model(model_config)
+    try:
+        model_config = from_dict(ModelConfig, state["model_config"])
+        train_config = from_dict(TrainConfig, state["train_config"])
+        model = build_model(model_config)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:  # a tampered configuration
+        raise IncompatibleCheckpointError(f"{path}: the stored configuration cannot be built: {err}") from None
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_sd, strict=True)
