@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.bayesvae-installed
 
-.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist pictures clean
+.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory gpu-check pictures clean
 
 env: $(STAMP)
 
@@ -49,6 +49,14 @@ bench-continuous-digits: $(STAMP)
 
 bench-continuous-mnist: $(STAMP)
 	$(PY) benchmarks/continuous.py --data mnist --data-dir $(MNIST_DIR) --minutes 3 --epochs 100 --json benchmarks/results/continuous_mnist.json
+
+# One epoch on a generated 4 GiB 8-bit .npy (written to a temp dir, deleted afterwards): peak anonymous memory.
+bench-memory: $(STAMP)
+	$(PY) benchmarks/bench_memory.py --gib 4 --json benchmarks/results/memory.json
+
+# On a machine with a GPU: throughput f32/bf16 vs the plain loop, K = 5000 evaluation, agreement, peak memory.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --data-dir $(MNIST_DIR) --json benchmarks/results/gpu_check.json
 
 # The README's pictures: a 2-D latent model on MNIST (a few minutes), its manifold and latent scatter.
 pictures: $(STAMP)

@@ -62,3 +62,21 @@ def test_readme_figures_come_from_the_json_results(name):
             decimals = len(figure.split(".")[1])
             assert any(round(v, decimals) == float(figure) or round(-v, decimals) == float(figure) for v in values), (
                 f"README figure {figure} in the row for {name} is not in the JSON")
+
+
+def test_memory_benchmark_smoke(monkeypatch, tmp_path):
+    """The memory benchmark end to end on a 4 MiB file (on the memory-mapped path) and its in-memory reference."""
+    result = _run("bench_memory.py", "--smoke", "--dir", str(tmp_path), "--json", str(tmp_path / "m.json"),
+                  monkeypatch=monkeypatch)
+    assert result["peak_rss_anon_gib"] > 0 and result["reference_peak_rss_anon_gib"] > 0
+    assert any(line.startswith("done: 1 epochs") for line in result["log"])
+    assert not list(tmp_path.glob("bayesvae-bench-memory-*"))  # the generated file was deleted
+
+
+@needs_mnist
+def test_gpu_check_runs_on_cpu_in_smoke_mode(monkeypatch):
+    """The GPU check's code paths on the CPU: throughput of the three loops, evaluation in float32 and bf16."""
+    result = _run("gpu_check.py", "--device", "cpu", "--smoke", "--data-dir", str(MNIST), monkeypatch=monkeypatch)
+    assert result["device"] == "cpu" and result["plain_examples_per_second"] > 0
+    assert result["float32_examples_per_second"] > 0 and result["bf16_examples_per_second"] > 0
+    assert result["eval_examples"] == 64 and result["bf16_abs_error_max_nats"] < 5.0

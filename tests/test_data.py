@@ -465,3 +465,18 @@ def test_pixel_levels_are_found_from_the_data(tmp_path, scale, levels):
         assert prepared.preparation == "dequantize"
         k = torch.round(dataset.test * (levels - 1))
         assert bool(((prepared.test >= k / levels) & (prepared.test < (k + 1) / levels)).all())
+
+
+def test_levels_are_decided_from_every_value_not_a_prefix():
+    """Issue 13.11: the grid was chosen from the first 2^20 values only, so data whose later values need a finer
+    grid got None (or a grid that does not fit them)."""
+    from bayesvae.data import Dataset
+    n = (1 << 20) + 4096
+    values = torch.tensor([0.0, 0.5, 1.0]).repeat(n // 3 + 1)[:n]  # on the 3-level grid ...
+    values[-7:] = 0.25  # ... but the last few need 5 levels
+    x = values.reshape(-1, 64)
+    ds = Dataset("t", "image", x, x[:0], x[:0])
+    assert ds.levels == 5
+    assert Dataset("t", "image", x[:-1], x[:0], x[:0]).levels == 3  # without the last row: 3 levels fit
+    y = torch.tensor([0.0, 0.5, 1.0]).repeat(1000).reshape(-1, 10)
+    assert Dataset("t", "image", y, y[:0], y[:0]).levels == 3

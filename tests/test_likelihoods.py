@@ -108,18 +108,54 @@ def test_shared_learned_variance_matches_torch_normal():
     assert lik.log_sigma.requires_grad
 
 
-def test_shared_optimal_variance_is_the_batch_mse_in_training_and_running_value_in_eval():
+def test_shared_optimal_variance_is_the_batch_mse_when_fitting_and_running_value_otherwise():
     lik = bv.GaussianSharedVariance(optimal=True, momentum=1.0)
     loc, x = torch.zeros(8, 5), torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
     sigma = x.pow(2).mean().sqrt()
-    torch.testing.assert_close(lik(loc).log_prob(x), Normal(loc, sigma).log_prob(x).sum(-1), atol=1e-5, rtol=0)
-    lik.eval()
-    # In eval mode the stored σ is used: a lone example gets the same σ as when it sat in the batch.
-    torch.testing.assert_close(lik(loc[:1]).log_prob(x[:1] * 3), Normal(0.0, sigma).log_prob(x[:1] * 3).sum(-1),
-                               atol=1e-5, rtol=0)
+    with lik.fitting():
+        torch.testing.assert_close(lik(loc).log_prob(x), Normal(loc, sigma).log_prob(x).sum(-1), atol=1e-5, rtol=0)
+    # Outside fitting (evaluation, or a bound a user computes) the stored σ is used, in train and eval mode alike:
+    # a lone example gets the same σ as when it sat in the batch.
+    for mode in (True, False):
+        lik.train(mode)
+        torch.testing.assert_close(lik(loc[:1]).log_prob(x[:1] * 3), Normal(0.0, sigma).log_prob(x[:1] * 3).sum(-1),
+                                   atol=1e-5, rtol=0)
     # and the optimum really is the maximiser: any other σ gives a lower log-likelihood
     for other in (0.9 * sigma, 1.1 * sigma):
         assert Normal(loc, other).log_prob(x).sum() < Normal(loc, sigma).log_prob(x).sum()
+
+
+def test_running_optimal_sigma_is_bias_corrected_after_12_steps():
+    """Issue 13.5: with momentum 0.1 and no bias correction, 12 updates leave 28 % of the weight on the initial
+    σ = 1 (σ 0.41 for residuals of RMS 0.288); corrected, the running σ is the RMS of the residuals seen."""
+    lik = bv.GaussianSharedVariance(optimal=True, momentum=0.1)  # init σ = 1
+    g = torch.Generator().manual_seed(0)
+    residuals = [0.288 * torch.randn(64, 64, generator=g) for _ in range(12)]
+    with lik.fitting():
+        for r in residuals:
+            lik(torch.zeros_like(r)).log_prob(r)
+    rms = torch.cat(residuals).pow(2).mean().sqrt()
+    running = lik.scoring_log_sigma().exp()
+    assert abs(running / rms - 1) < 0.05, (float(running), float(rms))
+
+
+def test_learned_shared_sigma_samples_respect_the_floor_that_log_prob_uses():
+    """Issue 13.11: rsample must use the σ that log_prob uses (the floored one), not the raw parameter."""
+    lik = bv.GaussianSharedVariance(min_sigma=1e-2)
+    with torch.no_grad():
+        lik.log_sigma.fill_(-20.0)  # far below the floor
+    draws = lik(torch.zeros(4000, 5)).rsample()
+    assert abs(float(draws.std()) / 1e-2 - 1) < 0.05  # 20,000 draws: the std's relative error is ~0.5 %
+
+
+def test_checkpoint_of_the_old_running_sigma_loads_as_fully_weighted():
+    lik = bv.GaussianSharedVariance(optimal=True, momentum=0.1)
+    lik.load_state_dict({"log_sigma": torch.tensor(math.log(0.3))})  # a state from before the bias correction
+    torch.testing.assert_close(lik.scoring_log_sigma().exp(), torch.tensor(0.3))
+    with lik.fitting():
+        lik(torch.zeros(10, 10)).log_prob(torch.full((10, 10), 0.1))
+    # one update of momentum 0.1 on a fully weighted average: σ² = 0.9·0.09 + 0.1·0.01
+    torch.testing.assert_close(lik.scoring_log_sigma().exp(), torch.tensor(math.sqrt(0.9 * 0.09 + 0.1 * 0.01)))
 
 
 @pytest.mark.parametrize("name", sorted(LIKELIHOODS))

@@ -123,3 +123,61 @@ def test_argument_checks_survive_python_O():
     )
     out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def _optimal_sigma_model(seed=0):
+    torch.manual_seed(seed)
+    model = bv.build_model(bv.ModelConfig(data_shape=(6,), latent_dim=2, hidden=(16,), likelihood="gaussian-shared",
+                                          likelihood_options={"optimal": True}))
+    with torch.no_grad():  # a running σ that is not the batch's optimum, as after some training
+        model.likelihood_head.mse_average.fill_(0.5)
+        model.likelihood_head.average_weight.fill_(1.0)
+        model.likelihood_head.log_sigma.fill_(0.5 * math.log(0.5))
+    return model
+
+
+@pytest.mark.parametrize("bound", ["elbo", "iwae_bound"])
+def test_bounds_are_pure_and_mode_independent_for_the_optimal_sigma(bound):
+    """Issue 13.4: in training mode σ used to be fitted to the very batch being scored (iwae_bound -2.06 against
+    -17.24 in eval mode) and the running buffer overwritten. A bound is a bound: the same value in both modes, and
+    no state changes."""
+    model = _optimal_sigma_model()
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1)) * 0.05
+    fn = getattr(bv, bound)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    values = {}
+    for mode in (True, False):
+        model.train(mode)
+        torch.manual_seed(5)
+        values[mode] = fn(model, x, num_samples=4)
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), f"{bound} changed the model's state"
+    torch.testing.assert_close(values[True], values[False], rtol=0, atol=0)
+    # and it is the density with the running σ: the reconstruction term of one sample at the posterior's draw
+    model.eval()
+    torch.manual_seed(5)
+    q = model.posterior(x)
+    z = q.rsample((4,))
+    from torch.distributions import Normal
+    log_px = Normal(model.decode(z), math.sqrt(0.5)).log_prob(x).sum(-1)
+    log_w = log_px + model.prior.log_prob(z) - q.log_prob(z)
+    if bound == "elbo":  # the ELBO's KL in closed form (eq. 16), here from torch.distributions
+        kl = torch.distributions.kl_divergence(Normal(q.loc, q.stddev), Normal(0.0, 1.0)).sum(-1)
+        want = log_px.mean(0) - kl
+    else:
+        want = torch.logsumexp(log_w, 0) - math.log(4)
+    torch.testing.assert_close(values[False], want, rtol=0, atol=1e-4)
+
+
+def test_training_objective_fits_sigma_only_in_training_mode():
+    model = _optimal_sigma_model()
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1)) * 0.05
+    from bayesvae.objectives import TrainingObjective
+    objective = TrainingObjective()
+    model.eval()
+    objective(model, x)  # validation: nothing fitted
+    assert float(model.likelihood_head.average_weight) == 1.0
+    model.train()
+    objective(model, x)
+    assert float(model.likelihood_head.average_weight) == pytest.approx(1.0)  # 0.9·1 + 0.1
+    assert float(model.likelihood_head.mse_average) != 0.5

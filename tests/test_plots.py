@@ -223,3 +223,18 @@ def test_cli_plot_help(capsys):
 def test_plot_accepts_a_loaded_run(d2):
     run = runs.load_run(d2.run_directory())
     assert len(plots.curves(run).axes) == 3
+
+
+def test_curves_title_says_what_an_iwae_run_logs(tmp_path):
+    """Issue 13.6: for an IWAE run the logged loss is -IWAE_K, which is not reconstruction + KL; the title says so."""
+    out = tmp_path / "iwae"
+    runs.train(runs.DataSpec("digits"), out=out, latent_dim=2, hidden=(16,),
+               train_config=runs.TrainConfig(epochs=1, batch_size=256, objective="iwae", samples=3))
+    total, rec, kl = plots.curves(out).axes
+    assert "IWAE" in total.get_title() and "K = 3" in total.get_title()
+    assert "reconstruction + KL" not in total.get_title().replace("not recon + KL", "")
+    assert "ELBO term" in rec.get_title() and "ELBO term" in kl.get_title()
+
+
+def test_curves_title_of_an_elbo_run_is_the_seeds_loss(d2):
+    assert plots.curves(d2).axes[0].get_title() == "total loss L = reconstruction + KL (nats)"

@@ -79,3 +79,35 @@ def test_rsample_is_reparameterised():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="same shape"):
         bv.DiagonalNormal(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_soft_clamp_is_the_identity_inside_and_bounded_outside():
+    from bayesvae.posteriors import soft_clamp
+    inside = torch.linspace(-20.0, 10.0, 3001)
+    assert torch.equal(soft_clamp(inside), inside)  # trained models' log-variances are untouched, bit for bit
+    far = torch.tensor([-1e6, -100.0, -35.0, 25.0, 100.0, 1e6])
+    y = soft_clamp(far)
+    assert (y <= LOGVAR_MAX).all() and (y >= LOGVAR_MIN).all() and torch.isfinite(y).all()
+    # value and slope are continuous at the joins (finite differences across them)
+    for join in (10.0, -20.0):
+        x = torch.tensor([join - 1e-3, join + 1e-3], dtype=torch.float64)
+        slope = (soft_clamp(x)[1] - soft_clamp(x)[0]) / 2e-3
+        assert abs(float(slope) - 1.0) < 1e-3
+
+
+@pytest.mark.parametrize("raw", [25.0, 40.0, -45.0])
+def test_a_log_variance_pushed_past_the_bound_is_pulled_back(raw):
+    """Issue 13.7: a hard clamp at 20 gave a KL of 1e8 nats with gradient exactly 0: the unit could never return.
+    Here the KL's gradient reaches the raw output, and Adam on the KL alone brings it back inside [-20, 10]."""
+    mu = torch.zeros(1, 1)
+    logvar = torch.tensor([[raw]], requires_grad=True)
+    kl = kl_divergence(bv.DiagonalGaussian()(torch.cat([mu, logvar], -1)), bv.StandardNormal(1)).sum()
+    kl.backward()
+    assert logvar.grad is not None and float(logvar.grad) != 0.0  # a hard clamp gives exactly 0
+    assert (float(logvar.grad) > 0) == (raw > 0)  # descent moves it towards the range
+    opt = torch.optim.Adam([logvar], lr=1.0)
+    for _ in range(200):
+        opt.zero_grad()
+        kl_divergence(bv.DiagonalGaussian()(torch.cat([mu, logvar], -1)), bv.StandardNormal(1)).sum().backward()
+        opt.step()
+    assert -20.0 < float(logvar.detach()) < 10.0

@@ -125,7 +125,7 @@ def test_tabular_report(tabular_report):
     assert data["kind"] == "table" and len(data["values"]) == 32 * 32 and len(data["values"][0]) == 6
     assert data["names"] == [f"x{i}" for i in range(6)]
     assert -260 < data["mean"][2] < -140  # feature 2 lives around -200 in the file: the user's units
-    assert "NLL in the file's units" in html.unescape(text)
+    assert "NLL of the standardised features" in html.unescape(text)
 
 
 def test_a_failing_plot_does_not_lose_the_report(tmp_path_factory, monkeypatch):

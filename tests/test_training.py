@@ -624,3 +624,104 @@ def test_bf16_training_runs_the_networks_in_bf16_and_everything_else_in_float32(
 def test_precision_is_validated():
     with pytest.raises(bv.ConfigError, match="precision"):
         TrainConfig(precision="fp8")
+
+
+def test_a_skipped_step_leaves_every_buffer_and_parameter_byte_identical():
+    """Issue 13.3: the optimal σ's running value used to be updated in the forward pass, before the finiteness
+    check: one datum of 1e30 (finite in float32) gave log σ = inf after "no update was applied"."""
+    torch.manual_seed(0)
+    model = bv.build_model(bv.ModelConfig(data_shape=(5,), latent_dim=2, hidden=(8,), likelihood="gaussian-shared",
+                                          likelihood_options={"optimal": True}))
+    x = torch.randn(16, 5)
+    x[3, 2] = 1e30
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = training.Trainer(model, TrainingObjective(), x,
+                               TrainConfig(epochs=1, batch_size=16, nonfinite_policy="skip"))
+    trainer.fit()
+    assert trainer.state.skipped_steps == 1
+    after = model.state_dict()
+    assert set(after) == set(before)
+    for k in before:
+        assert before[k].numpy().tobytes() == after[k].numpy().tobytes(), k
+    # the next good batch trains normally, with a finite σ
+    trainer = training.Trainer(model, TrainingObjective(), x[torch.arange(16) != 3],
+                               TrainConfig(epochs=1, batch_size=15, nonfinite_policy="skip"))
+    trainer.fit()
+    assert trainer.state.skipped_steps == 0 and torch.isfinite(model.likelihood_head.log_sigma)
+
+
+class _FakeClock:
+    """A clock that advances only when a training step runs (each step takes ``dt`` seconds of fake time)."""
+
+    def __init__(self, dt: float):
+        self.now, self.dt = 0.0, dt
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _budget_trainer(clock: _FakeClock, run_dir=None, callbacks=()):
+    torch.manual_seed(0)
+    model = bv.build_model(bv.ModelConfig(data_shape=(6,), latent_dim=2, hidden=(8,), likelihood="gaussian-fixed",
+                                          likelihood_options={"sigma": 0.5}))
+    objective = TrainingObjective()
+
+    def timed_objective(m, x, progress):  # each training step costs dt of fake time
+        clock.now += clock.dt
+        return objective(m, x, progress)
+
+    x = torch.randn(112, 6, generator=torch.Generator().manual_seed(1))
+    cfg = TrainConfig(epochs=1000, batch_size=16, learning_rate=1e-2, lr_schedule="cosine", lr_min_factor=0.01,
+                      max_seconds=12.5, seed=0)
+    trainer = training.Trainer(model, timed_objective, x, cfg, valid_objective=objective, run_dir=run_dir,
+                               callbacks=callbacks)
+    trainer.clock = clock
+    return trainer
+
+
+class _LRLog(Callback):
+    def __init__(self, clock, stop_at=None):
+        self.clock, self.stop_at, self.rows = clock, stop_at, []
+
+    def on_step_end(self, trainer, metrics):
+        if "lr" in metrics:
+            self.rows.append((trainer.state.global_step, self.clock.now, metrics["lr"]))
+        if self.stop_at is not None and trainer.state.global_step == self.stop_at:
+            trainer.stop_requested = True
+
+
+def test_a_budgeted_runs_cosine_schedule_ends_when_the_budget_does(tmp_path):
+    """Issue 11.1: with a 12.5 s budget and 1000 epochs asked for, the schedule used to span the 1000 epochs, so the
+    run stopped on the clock with the learning rate still near its peak. Now the plan (200 steps of 0.0625 s, ending
+    mid-epoch: 7 steps per epoch) lays the cosine over the budget."""
+    clock = _FakeClock(0.0625)
+    log = _LRLog(clock)
+    trainer = _budget_trainer(clock, callbacks=[log])
+    trainer.fit()
+    steps, times, lrs = zip(*log.rows)
+    assert trainer.state.global_step == 200 and times[-1] <= 12.5 and trainer.state.stopped_early
+    end = 1e-2 * 0.01
+    near_end = [t for t, lr in zip(times, lrs) if lr <= end + 1e-3 * (1e-2 - end)]
+    assert near_end and near_end[0] >= 0.98 * 12.5  # the end value is reached within the last 2 % of the budget
+    assert lrs[-1] == pytest.approx(end, rel=1e-2)
+    assert lrs[len(lrs) // 2] == pytest.approx((1e-2 + end) / 2, rel=0.05)  # halfway in time, halfway down
+    assert trainer.state.history[-1]["epoch"] == 29  # the last epoch was cut short by the plan
+
+
+def test_a_resumed_budgeted_run_follows_the_same_plan(tmp_path):
+    clock = _FakeClock(0.0625)
+    whole = _LRLog(clock)
+    _budget_trainer(clock, callbacks=[whole]).fit()
+    clock = _FakeClock(0.0625)
+    first = _LRLog(clock, stop_at=90)
+    trainer = _budget_trainer(clock, run_dir=tmp_path / "run", callbacks=[first])
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    tensors, state = ckpt.load_checkpoint(ckpt.resolve_checkpoint(tmp_path / "run", "last"))
+    clock.now = 90 * 0.0625  # the clock of the run's training time goes on
+    second = _LRLog(clock)
+    resumed = _budget_trainer(clock, run_dir=tmp_path / "run", callbacks=[second])
+    resumed.load_state(tensors, state)
+    resumed.fit()
+    assert [r[2] for r in first.rows + second.rows] == [r[2] for r in whole.rows]
+    assert resumed.state.global_step == 200

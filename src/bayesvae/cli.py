@@ -2,6 +2,10 @@
 
 Errors a user can cause exit with code 2 and a one-line message (``--debug`` shows the traceback); SIGTERM and
 SIGINT during training commit a checkpoint and exit with 143 and 130.
+
+``--device`` is resolved by :mod:`bayesvae.distributed` (a device the machine lacks is a one-line error, exit 2).
+Under ``torchrun`` (several processes) ``train``, ``evaluate``, ``score`` and ``encode`` join the process group
+from the environment; rank 0 prints and writes, every rank exits with the same code.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import data as bdata
+from . import distributed as ranks
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .checkpoint import list_checkpoints as ckpt_list
 from .config import TrainConfig
@@ -25,6 +30,9 @@ from .errors import BayesVAEError, ConfigError
 from .training import Callback, TrainingInterrupted
 
 EXIT_PARTIAL, EXIT_USAGE, EXIT_IO, EXIT_SIGTERM, EXIT_SIGINT, EXIT_PIPE = 1, 2, 1, 143, 130, 141
+#: ``evaluate --precision bf16``: the mean log-likelihood differs from float32 by at most this (per example, on
+#: average; measured in the README's "Scaling out" table and held by tests/test_distributed.py on CPU).
+BF16_EVAL_TOLERANCE_NATS = 0.5
 
 
 # ------------------------------------------------------------------------------------------------------ output
@@ -35,7 +43,7 @@ def _loss_text(trainer, loss: float, recon: float, kl: float) -> str:
     return f"loss {loss:.3f} nats (recon {recon:.3f} + KL {kl:.3f})"
 
 
-class Progress(Callback):
+class Progress(Callback):  # rank 0 alone reports (the epoch means are the global ones)
     """A one-line progress bar on a terminal (a line per epoch otherwise): loss in nats and its two terms."""
 
     def __init__(self, stream=None, every: float = 0.25):
@@ -43,7 +51,7 @@ class Progress(Callback):
 
     def on_step_end(self, trainer, metrics) -> None:
         now = time.monotonic()
-        if not self.stream.isatty() or now - self.last < self.every or "loss" not in metrics:
+        if not ranks.is_main() or not self.stream.isatty() or now - self.last < self.every or "loss" not in metrics:
             return
         self.last = now
         st = trainer.state
@@ -53,6 +61,8 @@ class Progress(Callback):
         self.stream.flush()
 
     def on_epoch_end(self, trainer, record) -> None:
+        if not ranks.is_main():
+            return
         valid = f" valid loss {record['valid_loss']:.3f}" if "valid_loss" in record else ""
         text = _loss_text(trainer, record.get("train_loss", math.nan), record.get("train_reconstruction_nll", math.nan),
                           record.get("train_kl", math.nan))
@@ -62,7 +72,35 @@ class Progress(Callback):
 
 
 def _print(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A status line on stderr, from rank 0 alone under torchrun."""
+    if ranks.is_main():
+        print(msg, file=sys.stderr, flush=True)
+
+
+#: The subcommands that run under torchrun (each rank takes a share of the work).
+DISTRIBUTED_COMMANDS = ("train", "evaluate", "score", "encode")
+
+
+def _device(args) -> torch.device:
+    """The device of ``--device`` (``auto`` says what it chose); under torchrun also joins the process group."""
+    if ranks.world_size_from_env() > 1 and args.command not in DISTRIBUTED_COMMANDS:
+        raise ConfigError(f"`bayesvae {args.command}` runs as one process; run it without torchrun "
+                          f"(under torchrun: {', '.join(DISTRIBUTED_COMMANDS)})")
+    notes: list[str] = []
+    device = ranks.resolve_device(args.device, announce=notes.append)
+    _DEVICE_NOTE[:] = notes  # said once the command's checks passed (an error stays the only line on failure)
+    ranks.init_from_env(device)
+    return device
+
+
+_DEVICE_NOTE: list[str] = []
+
+
+def _say_device() -> None:
+    """The device ``--device auto`` chose (printed once, by rank 0)."""
+    for note in _DEVICE_NOTE:
+        _print(note)
+    _DEVICE_NOTE.clear()
 
 
 def _write_table(path: Path, columns: dict, overwrite: bool) -> None:
@@ -161,6 +199,7 @@ def _on_ready(trainer, dataset, likelihood) -> None:
     from .model import num_parameters
 
     info = dataset.describe()
+    _say_device()
     _print(f"data: {info['name']} ({info['kind']}, shape {info['event_shape']}, "
            f"train/valid/test {info['splits']['train']}/{info['splits']['valid']}/{info['splits']['test']})")
     if info.get("constant_columns"):
@@ -178,16 +217,27 @@ def _on_ready(trainer, dataset, likelihood) -> None:
     _print(f"likelihood: {likelihood}{note}; latent dim {trainer.model.latent_dim}; "
            f"{num_parameters(trainer.model):,} parameters")
     if info["kind"] == "binary" and likelihood.startswith("gaussian"):
-        _print("warning: a Gaussian density on binary data grows without bound as σ shrinks (only the σ floor "
-               "stops it), so its NLL says little; --likelihood bernoulli is the likelihood for 0/1 data")
+        _print("note: a Gaussian density on 0/1 data is fitted to them dequantised over 2 levels (else it would grow "
+               "without bound as σ shrinks); its bits/dim are those of the 0/1 values. --likelihood bernoulli is "
+               "the natural likelihood for 0/1 data")
+    if ranks.world_size() > 1:
+        _print(f"processes: {ranks.world_size()} ({'NCCL' if trainer.device.type == 'cuda' else 'gloo'}); global "
+               f"batch {trainer.config.batch_size} = {ranks.world_size()} x {trainer.config.batch_size // ranks.world_size()}")
+    if trainer.world_size_changed:
+        _print(f"warning: this run was written by a different number of processes; continuing from step "
+               f"{trainer.state.global_step} with {ranks.world_size()}: the data order across processes and the random "
+               "draws changed, so it will not match an uninterrupted run bit for bit")
+    choice = trainer.run_state.get("precision_choice")
+    if choice:
+        _print(f"precision auto: {choice['chosen']} ({choice['reason']})")
     if trainer.run_dir is not None:
         _print(f"run directory: {trainer.run_dir}")
     _install_signal_handlers(trainer)
 
 
 #: train flags that ``--resume`` applies; any other flag given explicitly with ``--resume`` is refused.
-RESUME_FLAGS = ("epochs", "max_minutes", "patience", "checkpoint_every", "report_samples", "precision", "data",
-                "data_dir")
+RESUME_FLAGS = ("epochs", "max_minutes", "patience", "checkpoint_every", "report_samples", "precision", "device",
+                "deterministic", "data", "data_dir")
 
 
 def _likelihood_options(args) -> dict:
@@ -217,7 +267,7 @@ def _likelihood_options(args) -> dict:
     return options
 
 
-def _resume(args, callbacks):
+def _resume(args, callbacks, device):
     from . import runs
 
     given = getattr(args, "explicit", set())
@@ -233,26 +283,29 @@ def _resume(args, callbacks):
     pick = {d: getattr(args, d) if d in given else None for d in RESUME_FLAGS}
     return runs.resume(args.resume, epochs=pick["epochs"], max_minutes=pick["max_minutes"], patience=pick["patience"],
                        checkpoint_every=pick["checkpoint_every"], precision=pick["precision"], data=pick["data"],
-                       data_dir=pick["data_dir"], callbacks=callbacks, on_ready=_on_ready, say=_print)
+                       data_dir=pick["data_dir"], callbacks=callbacks, on_ready=_on_ready, say=_print, device=device)
 
 
 def cmd_train(args) -> int:
     from . import runs
 
     callbacks = [Progress()]
+    device = _device(args)
+    if args.deterministic:
+        ranks.set_deterministic(device)
     try:
         if args.resume:
-            trainer = _resume(args, callbacks)
+            trainer = _resume(args, callbacks, device)
         else:
             spec = runs.DataSpec(args.data, args.data_dir, args.split_seed, args.valid_fraction, args.test_fraction,
-                                 args.limit)
+                                 args.limit, args.label_column)
             config = _train_config(args)
             options = _likelihood_options(args)
             trainer = runs.train(spec, out=args.out, train_config=config, likelihood=args.likelihood,
                                  likelihood_options=options, latent_dim=args.latent_dim,
                                  architecture=args.architecture, hidden=args.hidden, activation=args.activation,
                                  overwrite=args.overwrite, callbacks=callbacks, tensorboard=args.tensorboard,
-                                 on_ready=_on_ready)
+                                 on_ready=_on_ready, device=device)
     except (KeyboardInterrupt, Terminated):
         out = Path(args.resume or args.out)
         if not args.resume and (out / "run.json").is_file() and not ckpt_list(out):
@@ -261,18 +314,21 @@ def cmd_train(args) -> int:
         raise
     except TrainingInterrupted as stop:
         signum = stop.signum
+        code = EXIT_SIGTERM if signum == signal.SIGTERM or (signum is None and ranks.world_size() > 1) else EXIT_SIGINT
+        if ranks.world_size() > 1:  # every rank says it stopped, with its exit code
+            ranks.log(f"stopped with the checkpoint {stop.checkpoint_path}; exit {code}")
         _print(f"stopped: checkpoint committed at {stop.checkpoint_path}; continue with "
                f"`bayesvae train --resume {args.resume or args.out}`")
-        return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+        return code
     finally:
         _exit_on_signals()  # after training, Ctrl-C and SIGTERM end the command at once (e.g. during the report)
-    if trainer.run_dir is not None and args.report_samples > 0:
+    if trainer.run_dir is not None and args.report_samples > 0 and ranks.is_main():
         from .report import write_report
         from .rundir import RunLock
 
         try:
             with RunLock(trainer.run_dir, "train (report)"):
-                path = write_report(trainer.run_dir, num_samples=args.report_samples)
+                path = write_report(trainer.run_dir, num_samples=args.report_samples, device=device)
             _print(_report_line(path, f"`bayesvae report {trainer.run_dir}`", prefix="report: "))
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -288,7 +344,7 @@ def cmd_train(args) -> int:
 def _split_data(run, split: str):
     dataset = run.dataset()
     prepared = run.prepared(dataset)
-    x = getattr(prepared, split)
+    x = prepared.scored(split)
     if x.shape[0] == 0:
         raise bdata.DataValidationError(f"the {split} split of {run.spec.source!r} is empty; choose another --split")
     labels = getattr(dataset, f"{split}_labels")
@@ -299,27 +355,45 @@ def cmd_evaluate(args) -> int:
     from . import runs
     from .estimators import evaluate
 
-    run = _load_run(args)
+    if args.limit is not None and args.limit <= 0:
+        raise bdata.DataValidationError(f"--limit must be a positive integer, got {args.limit}")
+    device = _device(args)
+    run = _load_run(args, device=device)
     x, _, prepared = _split_data(run, args.split)
     if args.limit is not None:
-        if args.limit <= 0:
-            raise bdata.DataValidationError(f"--limit must be a positive integer, got {args.limit}")
         x = x[: args.limit]
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    result = evaluate(run.model, x, args.samples, levels=prepared.levels, batch_size=args.batch_size)
+    import contextlib
+
+    low = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
+    with low:  # bf16: the networks only; densities, KL and the log-sum-exp stay float32/float64
+        result = evaluate(run.model, x, args.samples, levels=prepared.levels, batch_size=args.batch_size,
+                          distributed=True)
+    if result is None:  # another rank than 0: its share is in rank 0's result
+        return 0
+    _say_device()
+    result.update(processes=ranks.world_size(), device=str(device), precision=args.precision)
+    if args.precision == "bf16":
+        result["bf16_error_bound_nats"] = BF16_EVAL_TOLERANCE_NATS
     result.update(split=args.split, checkpoint=str(run.checkpoint), seconds=round(time.perf_counter() - t0, 2),
                   likelihood=run.model_config.likelihood, preparation=prepared.preparation)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.split}: {result['num_examples']} examples, K = {result['num_samples']} importance samples")
+        print(f"{args.split}: {result['num_examples']} examples, K = {result['num_samples']} importance samples"
+              + (f" (networks in bf16: within {BF16_EVAL_TOLERANCE_NATS} nats of float32)"
+                 if args.precision == "bf16" else ""))
         print(f"  log-likelihood  {result['log_likelihood_nats']:.3f} nats   (NLL {result['nll_nats']:.3f} "
               f"± {result['nll_nats_stderr']:.3f} nats, {result['nll_bits_per_dim']:.4f} bits/dim)")
         print(f"  ELBO            {result['elbo_nats']:.3f} nats   (reconstruction NLL "
               f"{result['reconstruction_nll_nats']:.3f} + KL {result['kl_nats']:.3f})")
         print(f"  active units    {result['active_units']} of {result['latent_dim']}")
         print("  KL per dim      " + " ".join(f"{v:.2f}" for v in result["kl_per_dimension_nats"]))
+        if "nll_standardized_nats" in result:
+            print(f"  (densities of the data in the file's units; on the standardised features the NLL is "
+                  f"{result['nll_standardized_nats']:.3f} nats, lower by Σ ln s = "
+                  f"{result['standardization_log_scale_sum_nats']:.3f})")
     return 0
 
 
@@ -331,10 +405,11 @@ def cmd_sample(args) -> int:
     _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     if args.n <= 0:
         raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
-    run = _load_run(args)
+    run = _load_run(args, device=_device(args))
     torch.manual_seed(args.seed)
-    x = run.model.sample(args.n, mean=not args.draw)
+    x = run.model.sample(args.n, mean=not args.draw).cpu()
     _save_examples(out, x, run, args.overwrite, save_grid_png)
+    _say_device()
     _print(f"wrote {args.n} samples to {out}")
     return 0
 
@@ -366,16 +441,19 @@ def cmd_reconstruct(args) -> int:
     _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     if args.n <= 0:
         raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
-    run = _load_run(args)
+    run = _load_run(args, device=_device(args))
+    from .estimators import _on, model_device
+
     x, _, _ = _split_data(run, args.split)
-    x = x[: args.n]
-    recon = run.model.reconstruct(x)
+    x = _on(x[: args.n], torch.device("cpu"))
+    recon = run.model.reconstruct(_on(x, model_device(run.model))).cpu()
     if out.suffix == ".png" and len(run.model_config.data_shape) == 3:
         pairs = torch.stack([x, recon], 1).reshape(-1, *x.shape[1:])  # input, reconstruction, input, ...
         save_grid_png(out, pairs, ncol=2 * min(8, x.shape[0]) if x.shape[0] > 1 else 2, overwrite=args.overwrite,
                       scale=_scale(x))
     else:
         _save_examples(out, recon, run, args.overwrite, save_grid_png)
+    _say_device()
     _print(f"wrote {x.shape[0]} reconstructions (inputs beside them in PNG) to {out}")
     return 0
 
@@ -385,13 +463,20 @@ def cmd_encode(args) -> int:
 
     out = Path(args.out)
     _check_out(out, args.overwrite, (".npy", ".csv"))
-    run = _load_run(args)
+    run = _load_run(args, device=_device(args))
+    from .estimators import _batches, model_device
+
     x, labels, _ = _split_data(run, args.split)
-    z = torch.cat([run.model.encode(x[i: i + 1000]) for i in range(0, x.shape[0], 1000)])
+    mine = ranks.shard(x.shape[0])  # under torchrun each rank encodes its share; rank 0 writes them all
+    parts = [run.model.encode(xb).cpu() for xb in _batches(x[mine.start: mine.stop], 1000, model_device(run.model))]
+    z = ranks.gather_rows(torch.cat(parts) if parts else torch.zeros(0, run.model.latent_dim), x.shape[0])
+    if not ranks.is_main():
+        return 0
     columns = _matrix_columns(z.numpy(), prefix="z")
     if labels is not None and out.suffix == ".csv":
         columns["label"] = labels.numpy()
     _write_table(out, columns, args.overwrite)
+    _say_device()
     _print(f"wrote posterior means E[z|x] of {z.shape[0]} {args.split} examples to {out}")
     return 0
 
@@ -406,15 +491,20 @@ def cmd_score(args) -> int:
     if args.data:  # new data to score: --data-dir, if given, is where those (MNIST) files are
         if args.data_dir is not None and args.data != "mnist":
             raise ConfigError(f"--data-dir is the directory of the MNIST files; it has no effect with --data {args.data}")
-        run = runs.load_run(args.run_dir, args.checkpoint, say=_print)
-        x = run.new_data(args.data, data_dir=args.data_dir)
+        run = runs.load_run(args.run_dir, args.checkpoint, device=_device(args), say=_print)
+        x, rows = run.new_data(args.data, data_dir=args.data_dir)
     else:
-        run = _load_run(args)
-        x = _split_data(run, args.split)[0]
-    ll = estimate_log_likelihood(run.model, x, args.samples, seed=args.seed)
-    import numpy as np
-    columns = {"index": np.arange(x.shape[0]), "nll_nats": (-ll).numpy()}
+        run = _load_run(args, device=_device(args))
+        dataset = run.dataset()
+        x = run.prepared(dataset).scored(args.split)
+        rows = dataset.rows(args.split)
+    ll = estimate_log_likelihood(run.model, x, args.samples, seed=args.seed, distributed=True)
+    if not ranks.is_main():
+        return 0
+    # index: the example's 0-based row in its source file (MNIST test: the row of the t10k file)
+    columns = {"index": rows, "nll_nats": (-ll).numpy()}
     _write_table(out, columns if out.suffix == ".csv" else {"nll_nats": columns["nll_nats"]}, args.overwrite)
+    _say_device()
     _print(f"wrote -log p(x) (nats, K = {args.samples}) of {x.shape[0]} "
            f"{args.data or args.split} examples to {out}")
     return 0
@@ -454,7 +544,7 @@ def cmd_plot(args) -> int:
     if args.out is None and run_dir.is_dir():
         out.parent.mkdir(exist_ok=True)
     _check_out(out, args.overwrite, (".png",))
-    run = _load_run(args)
+    run = _load_run(args, device=_device(args))
     options = {"split": args.split, "seed": args.seed}
     if args.dims is not None:
         if args.kind not in ("latent", "manifold"):
@@ -462,6 +552,7 @@ def cmd_plot(args) -> int:
         options["dims"] = tuple(args.dims)
     fig = plots.plot(plots.context(run, split=args.split), args.kind, **options)
     atomic_write_bytes(out, plots.to_png(fig, dpi=args.dpi), overwrite=args.overwrite)
+    _say_device()
     _print(f"wrote the {args.kind} plot to {out}")
     return 0
 
@@ -480,8 +571,9 @@ def cmd_report(args) -> int:
         raise CheckpointNotFoundError(f"no run directory at {args.run_dir}")
     with RunLock(args.run_dir, "report"):
         path = write_report(args.run_dir, num_samples=args.samples, max_examples=args.max_examples,
-                            checkpoint=args.checkpoint, seed=args.seed, data=args.run_data, data_dir=args.data_dir,
-                            say=_print)
+                            checkpoint=args.checkpoint, seed=args.seed, device=_device(args), data=args.run_data,
+                            data_dir=args.data_dir, say=_print)
+    _say_device()
     _print(_report_line(path, f"`bayesvae report {args.run_dir}`", prefix="wrote "))
     return EXIT_PARTIAL if report_failures(path) else 0
 
@@ -518,6 +610,7 @@ def _add_picture_commands(sub) -> None:
     p.add_argument("--split", choices=["train", "valid", "test"], default="test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dpi", type=int, default=100)
+    _device_arg(p)
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html: metrics, every plot, a latent explorer",
@@ -529,10 +622,16 @@ def _add_picture_commands(sub) -> None:
     p.add_argument("--max-examples", type=int, default=2000,
                    help="evaluate at most this many test examples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    _device_arg(p)
     p.set_defaults(func=cmd_report)
 
 
 # ---------------------------------------------------------------------------------------------------- parser
+def _device_arg(p) -> None:
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help=f"{ranks.DEVICE_CHOICES} (default: auto: CUDA, then MPS, then CPU; the choice is printed)")
+
+
 def _run_dir_args(p, checkpoint_default: str = "best", *, reads_data: bool = True, run_data: bool = True) -> None:
     p.add_argument("run_dir", help="a run directory written by `bayesvae train`")
     p.add_argument("--checkpoint", default=checkpoint_default, help="best, last, or a step directory (default: %(default)s)")
@@ -555,7 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "image folder (with --resume: where the run's data file is now)")
     p.add_argument("--data-dir", help="directory holding the MNIST IDX files (mnist only)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint; only "
-                   "--epochs, --max-minutes, --patience, --checkpoint-every, --report-samples, --precision and "
+                   "--epochs, --max-minutes, --patience, --checkpoint-every, --report-samples, --precision, --device, "
+                   "--deterministic and "
                    "--data/--data-dir (moved data, same fingerprint) may be given with it")
     p.add_argument("--preset", help="named settings (e.g. mnist-iwae-vae, mnist-best); explicit flags still win")
     p.add_argument("--out", default="runs/latest", help="run directory (default: %(default)s)")
@@ -584,10 +684,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop")
-    p.add_argument("--max-minutes", type=float, default=0.0, help="training time budget in minutes (0: none)")
-    p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
-                   help="bf16: the networks' matrix products in bfloat16 during training (pays on GPUs); "
-                        "densities, KL, optimiser and evaluation stay float32")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="training time budget in minutes (0: none): the steps that fit are estimated from the measured "
+                        "step time and the run ends there, with a cosine schedule laid over them; --epochs stays a "
+                        "cap")
+    p.add_argument("--precision", choices=["float32", "bf16", "fp16", "auto"], default="float32",
+                   help="bf16/fp16: the networks' matrix products in bfloat16/float16 during training (pays on GPUs; "
+                        "fp16 with a gradient scaler); densities, KL, optimiser and evaluation stay float32. auto: "
+                        "time a few float32 and bf16 steps here first and keep the faster (printed, in run.json)")
+    _device_arg(p)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (torch.use_deterministic_algorithms): bitwise-repeatable runs on GPUs, "
+                        "slower; pass it again with --resume")
     p.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard (extra: tensorboard)")
     p.add_argument("--report-samples", type=int, default=1000,
                    help="K importance samples for report.html at the end (0: no report)")
@@ -599,6 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--limit", type=int, help="keep only the first N examples of each split (quick trials)")
+    p.add_argument("--label-column", metavar="NAME",
+                   help="a CSV column of integer class labels: taken out of the features (a label left in would be "
+                        "modelled and scored as data), used to colour the latent pictures")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, active units, KL per dimension")
@@ -609,6 +719,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate only the first N examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                   help="bf16: the networks in bfloat16 (faster on GPUs); the mean log-likelihood then differs from "
+                        f"float32 by up to {BF16_EVAL_TOLERANCE_NATS} nats (measured: README, Scaling out)")
+    _device_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sample", help="draw from the model: PNG grid for images, .npy/.csv otherwise")
@@ -616,6 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=64)
     p.add_argument("--out", required=True)
     p.add_argument("--draw", action="store_true", help="draw x ~ q(x|z) instead of showing E[x|z]")
+    _device_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_sample)
@@ -630,11 +745,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--split", choices=["train", "valid", "test"], default="test")
         p.add_argument("--out", required=True, help=f"output file ({suffixes})")
         p.add_argument("--overwrite", action="store_true")
+        _device_arg(p)
         if name == "reconstruct":
             p.add_argument("-n", type=int, default=16)
         if name == "score":
-            p.add_argument("--data", help="score this data source (prepared like the run's test split) "
-                                           "instead of a split")
+            p.add_argument("--data", help="score this data source (prepared like the run's test split; columns "
+                                           "matched by header; refused if the run's preparation cannot apply) "
+                                           "instead of a split. The output's index is each example's 0-based row "
+                                           "in its file")
             p.add_argument("--samples", type=int, default=1000)
             p.add_argument("--seed", type=int, default=0)
         p.set_defaults(func=func)
@@ -752,14 +870,19 @@ def main(argv: list[str] | None = None) -> int:
             IsADirectoryError) as err:
         if args.debug:
             raise
-        _print(f"error: {err}")
+        if ranks.world_size_from_env() > 1:  # every rank says why it exits 2 (rank 0's reason is the first line)
+            print(f"error{'' if ranks.rank_from_env() == 0 else f' (rank {ranks.rank_from_env()})'}: {err}",
+                  file=sys.stderr, flush=True)
+        else:
+            _print(f"error: {err}")
         return EXIT_USAGE
     except OSError as err:  # a full disk, an I/O error: the message names the path; nothing half-written stays
-        if args.debug or isinstance(err, BrokenPipeError):
-            if isinstance(err, BrokenPipeError):
-                return _quiet_broken_pipe()
+        if isinstance(err, BrokenPipeError):
+            return _quiet_broken_pipe()
+        if args.debug:
             raise
-        _print(f"error: {err}")
+        text = err.strerror or str(err)
+        _print(f"error: {text}" + (f": {err.filename}" if err.filename else ""))
         return EXIT_IO
     except KeyboardInterrupt:
         _print("interrupted: stopped before finishing; no partial output was left")
@@ -770,6 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        ranks.shutdown()
 
 
 def _quiet_broken_pipe() -> int:

@@ -79,6 +79,9 @@ class ModelConfig:
     """Keyword arguments of the likelihood, e.g. ``{"sigma": 0.1}`` for ``gaussian-fixed``."""
     posterior: str = "diagonal-gaussian"
     prior: str = "standard-normal"
+    standardized: bool = False
+    """The data were standardised per feature, x' = (x - m) / s: the model holds ln s (buffer ``data_log_scale``)
+    and its densities are those of the data in the user's units (the Jacobian -Σ ln s included)."""
 
     def __post_init__(self):
         object.__setattr__(self, "data_shape", tuple(self.data_shape))
@@ -95,6 +98,8 @@ class ModelConfig:
             raise ConfigError(f"option 'architecture' must be 'mlp' or 'conv', got {self.architecture!r}")
         if self.architecture == "conv" and len(self.data_shape) != 3:
             raise ConfigError(f"architecture 'conv' needs image data [C, H, W], got data_shape {self.data_shape}; use 'mlp'")
+        if not isinstance(self.standardized, bool):
+            raise ConfigError(f"option 'standardized' must be true or false, got {self.standardized!r}")
         if not isinstance(self.likelihood_options, dict):
             raise ConfigError("option 'likelihood_options' must be a JSON object")
 
@@ -128,11 +133,15 @@ class TrainConfig:
     """Also save ``last`` every N optimiser steps (0: only at the end of each epoch)."""
     eval_batch_size: int = 1000
     max_seconds: float = 0.0
-    """Stop at the end of the epoch after which another epoch would pass this training time (0: no limit)."""
+    """A training-time budget (0: none). The trainer times its steps, estimates how many fit (after a short warm-up,
+    re-estimated as the run goes) and ends there, mid-epoch if need be; a total-dependent schedule (cosine) is laid
+    over those steps, so it ends when the budget does. ``epochs`` stays a cap: the run and its schedule end at
+    whichever comes first."""
     precision: str = "float32"
     """``float32``, or ``bf16``: the networks' matrix products of the training steps in bfloat16 (autocast; it
     pays on GPUs and CPUs with native bf16), every density, KL and the optimiser in float32; validation and
-    evaluation always in float32."""
+    evaluation always in float32. ``fp16``: the same in float16, with a gradient scaler (its state is checkpointed).
+    ``auto``: ``bayesvae.runs.train`` times float32 and bf16 steps first and stores the faster (``precision.py``)."""
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "samples", "eval_batch_size", "max_skipped_steps"):
@@ -146,7 +155,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"option {name!r} must be a non-negative integer, got {value!r}")
         choices = {"lr_schedule": ("constant", "cosine", "exponential"), "objective": ("elbo", "iwae"),
-                   "nonfinite_policy": ("stop", "skip"), "precision": ("float32", "bf16")}
+                   "nonfinite_policy": ("stop", "skip"), "precision": ("float32", "bf16", "fp16", "auto")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"option {name!r} must be one of {list(allowed)}, got {getattr(self, name)!r}")

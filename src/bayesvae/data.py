@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .arrays import Rows, iter_chunks
 from .errors import ConfigError, DataValidationError
 
 __all__ = [
     "Dataset", "load_dataset", "dataset_info", "default_likelihood", "check_likelihood_support", "binarize",
-    "fixed_binarization", "needs_binarization", "fetch_mnist", "default_cache_dir", "MNIST_MIRRORS",
+    "fixed_binarization", "needs_binarization", "on_level_grid", "fetch_mnist", "default_cache_dir", "MNIST_MIRRORS",
 ]
 
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -46,6 +47,10 @@ _MNIST_FILES = {  # name -> (MD5 of the published .gz (torchvision's list), MD5 
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/")
 _MNIST_TRAIN, _MNIST_VALID = 59_600, 400  # the dynamic-binarisation (IWAE) protocol: last 400 training images validate
 _MAX_DOWNLOAD_BYTES = 64 << 20  # a mirror cannot fill the disk: the largest MNIST file is under 10 MB
+#: An image ``.npy`` whose examples would take more than this as float32 stays on disk (memory-mapped, read a batch
+#: at a time, 8-bit pixels kept as uint8); smaller files are read into memory after the same chunked checks.
+LAZY_BYTES = int(os.environ.get("BAYESVAE_LAZY_BYTES", str(256 << 20)))
+_CHECK_ROWS = 16384
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,6 +68,16 @@ class Dataset:
     feature_names: tuple[str, ...] | None = None
     standardization: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, std) from the train split
     class_names: tuple[str, ...] | None = None  # label i means class_names[i] (image subfolders, digits, mnist)
+    source_rows: dict | None = None  # split -> int64 array: each example's 0-based row (example number) in its source
+
+    def rows(self, split: str) -> np.ndarray:
+        """The 0-based position of each example of ``split`` in the file it came from (for a CSV with a header, line
+        = row + 2), so a flagged example can be found in the user's file."""
+        if isinstance(getattr(self, split), Rows):
+            return np.asarray(getattr(self, split).index, dtype=np.int64)
+        if self.source_rows is not None and split in self.source_rows:
+            return np.asarray(self.source_rows[split], dtype=np.int64)
+        return np.arange(len(getattr(self, split)), dtype=np.int64)
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -76,7 +91,12 @@ class Dataset:
     def value_range(self) -> tuple[float, float]:
         """(min, max) over all splits; cached because MNIST is 200 MB and the trainer asks more than once."""
         parts = [t for t in (self.train, self.valid, self.test) if t.numel()]
-        return min(float(t.min()) for t in parts), max(float(t.max()) for t in parts)
+        lows, highs = [], []
+        for t in parts:  # in chunks: a split may be a memory-mapped file
+            for c in ([t] if isinstance(t, torch.Tensor) else iter_chunks(t)):
+                lows.append(float(c.min()))
+                highs.append(float(c.max()))
+        return min(lows), max(highs)
 
     @cached_property
     def levels(self) -> int | None:
@@ -88,21 +108,14 @@ class Dataset:
         if not parts or lo < 0 or hi > 1:
             return None
 
-        def on_grid(values: torch.Tensor, n: int) -> bool:  # in float32 chunks: k/255 is off by < 2e-5 levels
-            flat = values.reshape(-1)
-            for i in range(0, flat.numel(), 1 << 22):
-                scaled = flat[i : i + (1 << 22)] * (n - 1)
-                if not bool(((scaled - scaled.round()).abs() <= 1e-3).all()):
-                    return False
-            return True
-
+        if all(isinstance(t, Rows) and t.raw_dtype == np.uint8 for t in parts):
+            return 256  # 8-bit pixels, k / 255, by construction
+        on_grid = on_level_grid
         if all(on_grid(t, 256) for t in parts):
             return 256
-        distinct = torch.unique(parts[0].reshape(-1)[: 1 << 20])
-        for n in range(2, 256):
-            if on_grid(distinct, n):
-                return n if all(on_grid(t, n) for t in parts) else None
-        return None
+        # The distinct values of every split (in chunks), not of a prefix: a grid must fit all the data.
+        distinct = torch.unique(torch.cat([torch.unique(block) for t in parts for block in _value_blocks(t)]))
+        return next((n for n in range(2, 256) if on_grid(distinct, n)), None)
 
     def fingerprint(self) -> str:
         """SHA-256 of the content (shapes and float32 bytes of every split), not the name: a moved file keeps its
@@ -110,7 +123,8 @@ class Dataset:
         h = hashlib.sha256(b"bayesvae-dataset-v1")
         for split, t in (("train", self.train), ("valid", self.valid), ("test", self.test)):
             h.update(f"{split}:{tuple(t.shape)}:".encode())
-            h.update(np.ascontiguousarray(t.detach().cpu().numpy(), dtype="<f4").data)
+            for block in ([t] if isinstance(t, torch.Tensor) else iter_chunks(t)):  # the same bytes, chunk by chunk
+                h.update(np.ascontiguousarray(block.detach().cpu().numpy(), dtype="<f4").data)
         return h.hexdigest()
 
     def describe(self) -> dict:
@@ -131,6 +145,26 @@ class Dataset:
             const = [i for i, s in enumerate(self.standardization[1].tolist()) if s <= 1e-8]
             info["constant_columns"] = [self.feature_names[i] if self.feature_names else i for i in const]
         return info
+
+
+def _value_blocks(values):
+    """The values of a tensor or of an on-disk split (``Rows``), flattened, in blocks of at most 4M."""
+    for block in ([values] if isinstance(values, torch.Tensor) else iter_chunks(values)):
+        flat = block.reshape(-1)
+        for i in range(0, flat.numel(), 1 << 22):
+            yield flat[i : i + (1 << 22)]
+
+
+def on_level_grid(values, levels: int) -> bool:
+    """True when every value is k / (levels - 1) for an integer k in [0, levels - 1] (checked in float32 chunks:
+    k/255 is off by < 2e-5 levels). ``values``: a tensor or an on-disk split."""
+    for flat in _value_blocks(values):
+        scaled = flat * (levels - 1)
+        if not bool(((scaled - scaled.round()).abs() <= 1e-3).all()):
+            return False
+        if scaled.numel() and (float(scaled.min()) < -1e-3 or float(scaled.max()) > levels - 1 + 1e-3):
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------------- checks
@@ -281,18 +315,63 @@ def _check_csv_lines(path: Path) -> None:
         raise _fail(str(path), f"cannot be read ({exc.strerror or exc})", "Check the path and permissions") from None
 
 
-
-def _read_npy(path: Path) -> tuple[np.ndarray, bool]:
+def _open_npy(path: Path) -> np.ndarray:
+    """The array of a .npy file, memory-mapped (read-only): nothing is read until it is used."""
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb") as fh:  # the header is checked first: a claimed size never reaches an allocation
             _check_declared_array(fh, str(path), os.fstat(fh.fileno()).st_size)
-        a = np.load(path, allow_pickle=False)
+        a = np.load(path, allow_pickle=False, mmap_mode="r")
+    except DataValidationError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise _fail(str(path), f"cannot read .npy file ({exc})",
                     "Save it with numpy.save from a numeric array (object arrays are refused)") from None
     if not isinstance(a, np.ndarray):
         raise _fail(str(path), "is not a .npy array", "Use a .npz suffix for archives or save with numpy.save")
-    return _array_to_examples(a, str(path))
+    return a
+
+
+def _read_npy(path: Path) -> tuple[np.ndarray, bool]:
+    return _array_to_examples(np.asarray(_open_npy(path)), str(path))
+
+
+def _is_lazy_image_stack(a: np.ndarray) -> bool:
+    return a.ndim in (3, 4) and a.dtype.kind in "biuf" and a.size * 4 > LAZY_BYTES
+
+
+def _check_image_chunks(a: np.ndarray, where: str) -> tuple[str, bool]:
+    """Validate a (memory-mapped) image stack chunk by chunk; returns (layout, whether every value is 0 or 1)."""
+    _check_dtype(a, where)
+    layout = _image_layout(a.shape, where)
+    binary = True
+    for i in range(0, len(a), _CHECK_ROWS):
+        block = np.asarray(a[i : i + _CHECK_ROWS])
+        if a.dtype == np.uint8:
+            binary = binary and bool(((block == 0) | (block == 255)).all())
+            continue
+        bad = ~np.isfinite(block) if block.dtype.kind == "f" else None
+        if bad is not None and bad.any():
+            idx = tuple(np.argwhere(bad)[0])
+            raise _fail(where, f"non-finite value {block[idx]} at {_locate((idx[0] + i, *idx[1:]), a.shape)}",
+                        "Remove or impute missing/infinite values before training")
+        if block.size and (block.min() < 0 or block.max() > 1):
+            raise _fail(where, f"a {a.ndim}-D array of dtype {a.dtype} with values outside [0, 1] (rows {i} to "
+                        f"{i + len(block) - 1}) is neither a table [N, D] nor an image stack",
+                        "Save images as uint8 (0-255) or floats in [0, 1], or flatten tabular data to 2-D [N, D]")
+        binary = binary and bool(((block == 0) | (block == 1)).all())
+    return layout, binary
+
+
+def _lazy_npy(path: Path, a: np.ndarray, *, seed: int, valid_fraction: float, test_fraction: float,
+              standardize: bool | None, limit: int | None) -> "Dataset":
+    """A large image stack that stays on disk: memory-mapped, checked in chunks, split into row lists."""
+    where = str(path)
+    if standardize:
+        raise ConfigError(f"standardize=True is only for tabular data, but {where} holds images")
+    layout, binary = _check_image_chunks(a, where)
+    idx = _split_indices(len(a), seed, valid_fraction, test_fraction, where)
+    splits = {s: Rows(a, i[:limit], layout) for s, i in idx.items()}
+    return Dataset(where, "binary" if binary else "image", splits["train"], splits["valid"], splits["test"])
 
 
 def _npz_array(z, key: str, path: Path) -> np.ndarray:
@@ -513,9 +592,11 @@ def _load_mnist(data_dir: str | None, limit: int | None) -> Dataset:
              "valid": (train_x[_MNIST_TRAIN:], train_y[_MNIST_TRAIN:]), "test": (test_x, test_y)}
     tensors = {s: (torch.from_numpy(x[:limit].astype(np.float32)[:, None] / 255.0),  # slice first: cheap limit
                    torch.from_numpy(y[:limit].astype(np.int64))) for s, (x, y) in parts.items()}
+    rows = {"train": np.arange(_MNIST_TRAIN)[:limit], "valid": np.arange(_MNIST_TRAIN, _MNIST_TRAIN + _MNIST_VALID)[:limit],
+            "test": np.arange(10_000)[:limit]}  # train/valid: rows of the train file; test: rows of t10k
     return Dataset("mnist", "image", tensors["train"][0], tensors["valid"][0], tensors["test"][0],
                    tensors["train"][1], tensors["valid"][1], tensors["test"][1],
-                   class_names=tuple(str(i) for i in range(10)))
+                   class_names=tuple(str(i) for i in range(10)), source_rows=rows)
 
 
 # ------------------------------------------------------------------------------------------------------- assembling
@@ -566,11 +647,13 @@ def _standardize(splits: dict, names, where: str) -> tuple[dict, tuple[torch.Ten
 def _assemble(name: str, where: str, splits: dict, labels: dict, is_image: bool, *, seed: int, valid_fraction: float,
               test_fraction: float, standardize: bool | None, limit: int | None, feature_names=None,
               class_names=None) -> Dataset:
+    rows = None
     if "x" in splits:  # one array: split it with the fixed-seed permutation
         x, y = splits.pop("x"), labels.pop("x", None)
         idx = _split_indices(len(x), seed, valid_fraction, test_fraction, where)
         splits = {s: x[i] for s, i in idx.items()}
         labels = {s: y[i] for s, i in idx.items()} if y is not None else {}
+        rows = {s: i[:limit].astype(np.int64) for s, i in idx.items()}
     shapes = {s: tuple(a.shape[1:]) for s, a in splits.items()}
     if len(set(shapes.values())) != 1:
         raise _fail(where, f"splits have different example shapes {shapes}", "Give every split the same shape")
@@ -593,7 +676,7 @@ def _assemble(name: str, where: str, splits: dict, labels: dict, is_image: bool,
     t = {s: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for s, a in splits.items()}
     lab = {s: (torch.from_numpy(labels[s]) if s in labels else None) for s in ("train", "valid", "test")}
     return Dataset(name, kind, t["train"], t["valid"], t["test"], lab["train"], lab["valid"], lab["test"],
-                   feature_names, standardization, class_names)
+                   feature_names, standardization, class_names, rows)
 
 
 def _load_digits(**opts) -> Dataset:
@@ -605,7 +688,29 @@ def _load_digits(**opts) -> Dataset:
     return _assemble("digits", "digits", {"x": x}, {"x": y}, True, class_names=tuple(map(str, range(10))), **opts)
 
 
-def _load_path(source: str, **opts) -> Dataset:
+def _take_label_column(x: np.ndarray, header, label_column: str | None, where: str):
+    """Split the named label column off a CSV table: labels are not features (a label left among the features
+    would be modelled, and scored, as data)."""
+    if label_column is None:
+        return x, None, header
+    if header is None:
+        raise _fail(where, f"--label-column {label_column!r} needs a header line naming the columns, and this "
+                    "file has none", "Add a header line")
+    if label_column not in header:
+        raise _fail(where, f"has no column {label_column!r}; its columns are {list(header)}",
+                    "Pass the exact header name of the label column")
+    j = header.index(label_column)
+    y = x[:, j]
+    if not (np.all(y == np.round(y)) and np.all(y >= 0)):
+        bad = int(np.argwhere((y != np.round(y)) | (y < 0))[0][0])
+        raise _fail(f"{where}, data row {bad + 1}, column {label_column!r}", f"label {y[bad]:g} is not a class index",
+                    "Labels must be integers 0, 1, 2, ... (encode class names as integers)")
+    if x.shape[1] == 1:
+        raise _fail(where, f"the label column {label_column!r} is its only column", "Provide feature columns too")
+    return np.delete(x, j, axis=1), y.astype(np.int64), tuple(h for i, h in enumerate(header) if i != j)
+
+
+def _load_path(source: str, label_column: str | None = None, **opts) -> Dataset:
     path = Path(source).expanduser()
     if not path.exists():
         raise _fail(source, "no such file or directory", "Use 'digits', 'mnist', or a path to a .npy, .npz, .csv "
@@ -616,13 +721,21 @@ def _load_path(source: str, **opts) -> Dataset:
         return _assemble(where, where, {"x": x}, {"x": y} if y is not None else {}, True, class_names=classes, **opts)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        x, is_image = _read_npy(path)
+        raw = _open_npy(path)
+        if _is_lazy_image_stack(raw) and len(raw):
+            return _lazy_npy(path, raw, **opts)
+        x, is_image = _array_to_examples(np.asarray(raw), where)
         if len(x) == 0:
             raise _fail(where, "contains no examples", "Provide a non-empty array")
         return _assemble(where, where, {"x": x}, {}, is_image, **opts)
     if suffix == ".csv":
         x, header = _read_csv(path)
-        return _assemble(where, where, {"x": x}, {}, False, feature_names=header, **opts)
+        x, y, header = _take_label_column(x, header, label_column, where)
+        return _assemble(where, where, {"x": x}, {"x": y} if y is not None else {}, False, feature_names=header,
+                         **opts)
+    if label_column is not None:
+        raise ConfigError(f"--label-column names a column of a CSV file, but {where} is not one (an .npz file "
+                          "carries labels in an array named 'y'; a folder of images in its subfolders)")
     if suffix == ".npz":
         return _from_npz(path, **opts)
     raise _fail(where, f"unsupported file type {suffix or '(none)'}",
@@ -647,14 +760,18 @@ def _from_npz(path: Path, **opts) -> Dataset:
 
 
 def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, valid_fraction: float = 0.1,
-                 test_fraction: float = 0.1, standardize: bool | None = None, limit: int | None = None) -> Dataset:
+                 test_fraction: float = 0.1, standardize: bool | None = None, limit: int | None = None,
+                 label_column: str | None = None) -> Dataset:
     """Load ``digits``, ``mnist`` or a path (.npy, .npz, .csv, image folder) into validated float32 tensors.
 
     ``data_dir`` is where the MNIST IDX files live (default: :func:`default_cache_dir`); MNIST uses its fixed
     protocol split (59,600 / 400 / 10,000) and ignores seed and fractions.  ``limit`` keeps the first ``limit``
     examples of each split (for quick tests).  ``standardize`` defaults to True for tabular data only.
+    ``label_column`` names a CSV column that holds class labels (integers): it is taken out of the features.
     """
     _check_options(valid_fraction, test_fraction, limit)
+    if label_column is not None and source in ("mnist", "digits"):
+        raise ConfigError(f"--label-column is for CSV files; {source} has its labels already")
     if source == "mnist":
         if standardize:
             raise ConfigError("standardize=True is only for tabular data, but mnist holds images")
@@ -663,7 +780,7 @@ def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, val
                 limit=limit)
     if source == "digits":
         return _load_digits(**opts)
-    return _load_path(source, **opts)
+    return _load_path(source, label_column=label_column, **opts)
 
 
 def dataset_info(source: str, **kw) -> dict:

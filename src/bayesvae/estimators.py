@@ -3,6 +3,11 @@
 ``estimate_log_likelihood`` is the IWAE bound with large K (the literature's standard is K = 5000) computed the way
 an evaluation must be: exactly K samples, encoded once, decoded in chunks, reduced with logsumexp in float64, with
 no gradients and the model in eval mode. Its result is log p(x) (≤ 0 for binary data); the NLL is its negative.
+
+Inputs may stay on the CPU (8-bit data as uint8): every function draws batches onto the model's device, computes
+there, and returns CPU tensors. With ``distributed=True`` under torchrun the examples are sharded over the ranks
+(:mod:`bayesvae.distributed`) and the per-example results gathered; since example i always draws from seed + i,
+the gathered result is the single-process result.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ from collections.abc import Iterator
 
 import torch
 
-from .objectives import _check_event, _check_x, check_num_samples, elbo_terms
+from . import distributed as ranks
+from .arrays import as_tensor
+from .objectives import _check_event, check_num_samples, elbo_terms
+from .objectives import _check_x as _check_tensor
 from .posteriors import kl_per_dimension
 
 __all__ = ["estimate_log_likelihood", "bits_per_dim", "active_units", "per_dimension_kl", "eval_mode", "evaluate",
-           "example_latents"]
+           "example_latents", "model_device"]
 
 #: Elements of decoder output per chunk when no chunk size is given: 4 MiB of float32 per tensor, so that the
 #: log-density passes over the decoder's output run from cache (measured: 1.5x faster than 64 MiB chunks).
@@ -37,10 +45,32 @@ def eval_mode(model) -> Iterator[None]:
             model.train(True)
 
 
-def _batches(x: torch.Tensor, batch_size: int | None) -> Iterator[torch.Tensor]:
+def _check_x(x) -> None:
+    """A non-empty batch: a tensor, or a split that stays on disk (checked by its shape)."""
+    if isinstance(x, torch.Tensor):
+        _check_tensor(x)
+    elif not hasattr(x, "shape") or len(x.shape) < 2 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch Tensor[B, *data_shape], got {getattr(x, 'shape', type(x))}")
+
+
+def model_device(model) -> torch.device:
+    """Where the model's parameters (and so its computations) live."""
+    params = getattr(model, "parameters", None)
+    return next((p.device for p in params()), torch.device("cpu")) if params else torch.device("cpu")
+
+
+def _on(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on ``device`` as float32 (8-bit data become k / 255 only now)."""
+    if x.device != device:
+        x = x.to(device, non_blocking=device.type == "cuda")
+    return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def _batches(x: torch.Tensor, batch_size: int | None, device: torch.device | None = None) -> Iterator[torch.Tensor]:
     step = x.shape[0] if batch_size is None else check_num_samples(batch_size, "batch_size")
     for i in range(0, x.shape[0], step):
-        yield x[i : i + step]
+        xb = as_tensor(x[i : i + step])  # a split on disk is read one batch at a time
+        yield xb if device is None else _on(xb, device)
 
 
 def example_latents(model, x_i: torch.Tensor, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +114,8 @@ def _estimate_batch(model, x: torch.Tensor, num_samples: int, chunk_size: int, s
 
 @torch.no_grad()
 def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chunk_size: int | None = None,
-                            batch_size: int | None = 100, seed: int | None = None) -> torch.Tensor:
+                            batch_size: int | None = 100, seed: int | None = None, *,
+                            distributed: bool = False) -> torch.Tensor:
     """Importance-sampled log p(x) per example, Tensor[B] (float64, nats), with the posterior as proposal:
 
         log p(x) ≈ logsumexp_{k=1..K} [log q(x|z_k) + log q(z_k) - log p(z_k|x)] - log K,   z_k ~ p(z|x)
@@ -95,6 +126,8 @@ def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chu
         batch_size: examples processed together (memory grows as K x batch_size x latent_dim).
         seed: example i draws its samples from seed + i; default: drawn from torch's global generator, so
             ``torch.manual_seed`` makes the estimate reproducible.
+        distributed: under torchrun, every rank estimates its shard and every rank returns all B values (every
+            rank must call it); a no-op for one process.
     """
     check_num_samples(num_samples)
     _check_x(x)
@@ -102,14 +135,21 @@ def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chu
         check_num_samples(chunk_size, "chunk_size")
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()))
-    out = []
+    n, first = x.shape[0], 0
+    if distributed:
+        seed = ranks.broadcast_int(seed)
+        mine = ranks.shard(n)
+        x, first = x[mine.start : mine.stop], mine.start
+    device = model_device(model)
+    out = [torch.empty(0, dtype=torch.float64, device=device)]
     with eval_mode(model):
-        offset = 0
-        for xb in _batches(x, batch_size):
+        offset = first
+        for xb in _batches(x, batch_size, device):
             c = chunk_size or max(1, min(num_samples, _CHUNK_ELEMENTS // max(1, xb[0].numel() * xb.shape[0])))
             out.append(_estimate_batch(model, xb, num_samples, c, [seed + offset + i for i in range(xb.shape[0])]))
             offset += xb.shape[0]
-    return torch.cat(out)
+    ll = torch.cat(out).cpu()
+    return ranks.gather_rows(ll, n) if distributed else ll
 
 
 def bits_per_dim(nll_nats, num_dims: int, *, dequantized_8bit: bool = False, levels: int | None = None):
@@ -134,7 +174,7 @@ def active_units(model, x: torch.Tensor, threshold: float = 0.01, batch_size: in
     """
     _check_x(x)
     with eval_mode(model):
-        means = torch.cat([model.posterior(xb).mean for xb in _batches(x, batch_size)]).double()
+        means = torch.cat([model.posterior(xb).mean.cpu() for xb in _batches(x, batch_size, model_device(model))]).double()
     var = means.var(dim=0, unbiased=False) if means.shape[0] > 1 else torch.zeros_like(means[0])
     return int((var > threshold).sum()), var
 
@@ -145,32 +185,42 @@ def per_dimension_kl(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Te
     _check_x(x)
     total, n = None, 0
     with eval_mode(model):
-        for xb in _batches(x, batch_size):
-            kl = kl_per_dimension(model.posterior(xb), model.prior).double().sum(0)
+        for xb in _batches(x, batch_size, model_device(model)):
+            kl = kl_per_dimension(model.posterior(xb), model.prior).double().sum(0).cpu()
             total, n = (kl if total is None else total + kl), n + xb.shape[0]
     return total / n
 
 
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | None = None,
-             batch_size: int = 500, chunk_size: int | None = None) -> dict:
+             batch_size: int = 500, chunk_size: int | None = None, distributed: bool = False) -> dict | None:
     """Every figure of an honest evaluation of ``x``, as a JSON-able dict (names carry sign and unit).
 
     ``log_likelihood_nats`` is the mean importance-sampled log p(x) with K = ``num_samples``; ``nll_nats`` its
     negative; ``elbo_nats`` the one-sample ELBO with closed-form KL, split into ``reconstruction_nll_nats`` and
     ``kl_nats``; bits/dim per :func:`bits_per_dim` (``levels``: the data were dequantised from that many levels).
+    For a model of standardised data (``model.data_log_scale``, ln s per feature) every figure is a density of the
+    data in the user's units; ``nll_standardized_nats`` and ``elbo_standardized_nats`` give the standardised
+    features' figures too, which differ by ``standardization_log_scale_sum_nats`` = Σ ln s.
+
+    ``distributed``: under torchrun the importance-sampled log-likelihood (nearly all the work) is sharded over the
+    ranks; rank 0 computes the cheap rest with the random state a single process would have, and returns the same
+    dict as one process; the other ranks return None.
     """
-    ll = estimate_log_likelihood(model, x, num_samples, chunk_size=chunk_size, batch_size=min(batch_size, 100))
+    ll = estimate_log_likelihood(model, x, num_samples, chunk_size=chunk_size, batch_size=min(batch_size, 100),
+                                 distributed=distributed)
+    if distributed and not ranks.is_main():
+        return None
     recon, kl = [], []
     with eval_mode(model):
-        for xb in _batches(x, batch_size):
+        for xb in _batches(x, batch_size, model_device(model)):
             terms = elbo_terms(model, xb, 1)
-            recon.append(-terms.reconstruction.double())
-            kl.append(terms.kl.double())
+            recon.append(-terms.reconstruction.double().cpu())
+            kl.append(terms.kl.double().cpu())
     recon_nll, kl_all = torch.cat(recon), torch.cat(kl)
     count, variances = active_units(model, x, batch_size=batch_size)
     nll, num_dims = -float(ll.mean()), x[0].numel()
-    return {
+    result = {
         "num_examples": int(x.shape[0]),
         "num_samples": num_samples,
         "log_likelihood_nats": -nll,
@@ -186,3 +236,9 @@ def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | N
         "active_unit_variances": variances.tolist(),
         "kl_per_dimension_nats": per_dimension_kl(model, x, batch_size=batch_size).tolist(),
     }
+    log_scale = getattr(model, "data_log_scale", None)
+    if log_scale is not None:  # the densities above are of the user's data; also give the standardised scale's
+        shift = float(log_scale.double().sum())
+        result.update(standardization_log_scale_sum_nats=shift, nll_standardized_nats=nll - shift,
+                      elbo_standardized_nats=result["elbo_nats"] + shift)
+    return result

@@ -11,7 +11,9 @@ log-density (continuous data) or log-probability (binary data), in nats.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -26,6 +28,8 @@ __all__ = [
     "GaussianSharedVariance",
     "LIKELIHOODS",
     "make_likelihood",
+    "batch_fitting",
+    "ScaledDensity",
 ]
 
 
@@ -135,8 +139,9 @@ class GaussianLearnedVariance(Likelihood):
 class _SharedScaleNormal(Distribution):
     """Normal(loc, σ) with one σ for all dimensions, asked of its owner when ``log_prob`` is called.
 
-    For the closed-form variant, σ² = mean((x - μ)²) over every element of the call maximises the Gaussian
-    log-likelihood (the "σ-VAE" optimum). It is detached: at the optimum its gradient is zero anyway.
+    For the closed-form variant fitted to a training batch, σ² = mean((x - μ)²) over every element of the call
+    maximises the Gaussian log-likelihood (the "σ-VAE" optimum). It is detached: at the optimum its gradient is
+    zero anyway.
     """
 
     arg_constraints = {"loc": constraints.real}
@@ -159,41 +164,84 @@ class _SharedScaleNormal(Distribution):
         return self._normal(self._owner.current_log_sigma(value, self.loc)).log_prob(value)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        return self._normal(self._owner.log_sigma.detach()).rsample(sample_shape)
+        return self._normal(self._owner.scoring_log_sigma().detach()).rsample(sample_shape)
 
 
 class GaussianSharedVariance(Likelihood):
     """Gaussian with one σ shared by every dimension: learned (a parameter), or set to its closed-form optimum.
 
-    With ``optimal=True``, in training mode σ² is the mean squared error of the current batch (and a running
-    average is kept); in eval mode the running value is used, so a test example's log-density does not depend on
-    the other examples of its batch.
+    With ``optimal=True``, σ is a statistic of the training data, not a parameter. Only the training objective
+    fits it: inside :meth:`fitting` (which ``TrainingObjective`` enters on a model in training mode) ``log_prob``
+    uses σ² = the mean squared error of the batch being trained on, and the running estimate is updated: an
+    exponential average of the batch MSEs with Adam-style bias correction, σ²_run = avg / (1 - (1 - m)^n) after n
+    updates, so a short run does not report a σ dragged towards ``init_sigma``. Everywhere else (evaluation, the
+    ELBO and IWAE bounds called by a user, in training or eval mode) ``log_prob`` uses the running σ and changes
+    nothing, so a reported bound is a bound and does not depend on the other examples of the batch. The trainer
+    restores every buffer when it skips a step, so a non-finite batch never reaches the running estimate.
+
+    The default momentum, 0.5, follows the model closely: the running σ should be the optimum of the current
+    decoder, not of the last hundred steps, and one batch of B·D residuals already fixes σ to about 1/sqrt(2BD)
+    (under 1 % for a batch of 128 digits). Measured on digits after 12 steps: running σ 0.296 against a training
+    RMS of 0.284 (momentum 0.1: 0.341).
     """
 
     name = "gaussian-shared"
 
-    def __init__(self, optimal: bool = False, init_sigma: float = 1.0, min_sigma: float = 1e-3, momentum: float = 0.1):
+    def __init__(self, optimal: bool = False, init_sigma: float = 1.0, min_sigma: float = 1e-3, momentum: float = 0.5):
         super().__init__()
+        for key, value in (("optimal", optimal),):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false, got {value!r}")
+        for key, value in (("init_sigma", init_sigma), ("min_sigma", min_sigma), ("momentum", momentum)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, got {value!r}")
         if not (init_sigma > 0 and min_sigma > 0 and 0 < momentum <= 1):
             raise ValueError("init_sigma and min_sigma must be > 0 and momentum in (0, 1]")
         self.optimal, self.min_sigma, self.momentum = bool(optimal), float(min_sigma), float(momentum)
-        value = torch.tensor(math.log(init_sigma))
+        self.fit_to_batch = False
+        value = torch.tensor(math.log(max(init_sigma, min_sigma)))
         if self.optimal:
             self.register_buffer("log_sigma", value)
+            self.register_buffer("mse_average", torch.tensor(0.0))
+            self.register_buffer("average_weight", torch.tensor(0.0))
         else:
             self.log_sigma = nn.Parameter(value)
 
-    def current_log_sigma(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
-        """The log σ used for ``log_prob(x)``: the parameter, the batch optimum, or the running optimum."""
-        floor = math.log(self.min_sigma)
+    @contextlib.contextmanager
+    def fitting(self, enabled: bool = True) -> Iterator[None]:
+        """Within: an optimal σ is fitted to each batch ``log_prob`` sees, and the running estimate follows it."""
+        saved, self.fit_to_batch = self.fit_to_batch, bool(enabled)
+        try:
+            yield
+        finally:
+            self.fit_to_batch = saved
+
+    def scoring_log_sigma(self) -> torch.Tensor:
+        """The log σ of evaluation and sampling: the (floored) parameter, or the running optimum."""
         if not self.optimal:
-            return self.log_sigma.clamp(min=floor)
-        if not self.training:
-            return self.log_sigma
+            return self.log_sigma.clamp(min=math.log(self.min_sigma))
+        return self.log_sigma
+
+    def current_log_sigma(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        """The log σ used for ``log_prob(x)``: the scoring σ, or (while fitting) the batch optimum."""
+        if not (self.optimal and self.fit_to_batch):
+            return self.scoring_log_sigma()
         with torch.no_grad():
-            batch = 0.5 * (x - loc).float().pow(2).mean().clamp(min=self.min_sigma**2).log()
-            self.log_sigma.lerp_(batch.to(self.log_sigma.dtype), self.momentum)
+            mse = (x - loc).float().pow(2).mean()
+            batch = 0.5 * mse.clamp(min=self.min_sigma**2).log()
+            self.mse_average.mul_(1.0 - self.momentum).add_(self.momentum * mse.to(self.mse_average.dtype))
+            self.average_weight.mul_(1.0 - self.momentum).add_(self.momentum)
+            running = self.mse_average / self.average_weight
+            self.log_sigma.copy_(0.5 * running.clamp(min=self.min_sigma**2).log())
         return batch
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before the bias-corrected average hold log σ alone: take it as a fully weighted average.
+        if self.optimal and prefix + "log_sigma" in state_dict and prefix + "mse_average" not in state_dict:
+            log_sigma = state_dict[prefix + "log_sigma"]
+            state_dict[prefix + "mse_average"] = (2.0 * log_sigma).exp()
+            state_dict[prefix + "average_weight"] = torch.ones_like(log_sigma)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:
         return _SharedScaleNormal(params, event_ndim, self)
@@ -203,6 +251,53 @@ class GaussianSharedVariance(Likelihood):
 
     def config(self) -> dict:
         return {"name": self.name, "optimal": self.optimal, "min_sigma": self.min_sigma, "momentum": self.momentum}
+
+
+def batch_fitting(model: nn.Module, enabled: bool = True) -> contextlib.ExitStack:
+    """Enter :meth:`GaussianSharedVariance.fitting` (and any module's ``fitting``) for every module of ``model``:
+    what the training objective does on a model in training mode. Scoring functions never do."""
+    stack = contextlib.ExitStack()
+    if enabled:
+        for module in model.modules() if isinstance(model, nn.Module) else ():
+            fitting = getattr(module, "fitting", None)
+            if callable(fitting):
+                stack.enter_context(fitting(True))
+    return stack
+
+
+class ScaledDensity(Distribution):
+    """The density of the user's data when the model works on standardised values x' = (x - m) / s:
+
+        log p(x) = log p'(x') - Σ_j ln s_j        (change of variables; ``log_scale_sum`` = Σ_j ln s_j)
+
+    Values (``mean``, ``sample``, the argument of ``log_prob``) are in the model's standardised coordinates; only
+    the density is that of the data in the units of the user's file. Without the Jacobian, a table with a column
+    in thousands would report an NLL below the data's true entropy.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real
+
+    def __init__(self, base: Distribution, log_scale_sum: torch.Tensor):
+        self.base, self.log_scale_sum = base, log_scale_sum
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.base.has_rsample
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.base.mean
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self.base.rsample(sample_shape)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self.base.sample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base.log_prob(value) - self.log_scale_sum.to(value.dtype)
 
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {

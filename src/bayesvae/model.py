@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from .config import ModelConfig
-from .likelihoods import Likelihood, make_likelihood
+from .likelihoods import Likelihood, ScaledDensity, make_likelihood
 from .networks import MLP, ConvDecoder, ConvEncoder
 from .posteriors import DiagonalGaussian, Posterior, make_posterior
 from .priors import Prior, StandardNormalPrior, make_prior
@@ -39,11 +39,14 @@ class VAE(nn.Module):
         posterior: the p(z|x) head (default: diagonal Gaussian, eq. 15).
         prior: the q(z) module (default: standard normal).
         data_shape: one example's shape; when given, ``posterior`` checks its input against it.
+        data_log_scale: for standardised data x' = (x - m) / s, the per-feature ln s (shape ``data_shape``): the
+            model then works on x' but every density it gives is that of x, the data in the user's units
+            (``likelihood(z).log_prob(x')`` includes the Jacobian -Σ ln s; see ``ScaledDensity``).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, latent_dim: int,
                  posterior: Posterior | None = None, prior: Prior | None = None, data_shape=None,
-                 config: ModelConfig | None = None):
+                 config: ModelConfig | None = None, data_log_scale: torch.Tensor | None = None):
         super().__init__()
         if not isinstance(likelihood, Likelihood):
             raise TypeError(f"likelihood must be a bayesvae Likelihood (e.g. bv.Bernoulli()), got {type(likelihood).__name__}")
@@ -56,6 +59,10 @@ class VAE(nn.Module):
         self.latent_dim = int(latent_dim)
         self.data_shape = tuple(data_shape) if data_shape is not None else None
         self.config = config
+        if data_log_scale is not None:
+            self.register_buffer("data_log_scale", torch.as_tensor(data_log_scale, dtype=torch.float32).clone())
+        else:
+            self.data_log_scale = None
 
     def posterior(self, x: torch.Tensor) -> Distribution:
         """p(z|x): batch_shape [B], event_shape [d]."""
@@ -74,7 +81,10 @@ class VAE(nn.Module):
     def likelihood(self, z: torch.Tensor) -> Distribution:
         """q(x|z) for z of shape ``[*N, d]``: batch_shape [*N], event_shape = one example's shape."""
         params, event_ndim = self._decode(z)
-        return self.likelihood_head(params, event_ndim)
+        p_x = self.likelihood_head(params, event_ndim)
+        if self.data_log_scale is not None:
+            p_x = ScaledDensity(p_x, self.data_log_scale.sum())
+        return p_x
 
     @property
     def prior(self) -> Distribution:
@@ -121,7 +131,9 @@ def build_model(config: ModelConfig) -> VAE:
         hidden = config.hidden[0] if config.hidden else 256
         encoder = ConvEncoder(shape, posterior.num_params(d), config.conv_channels, hidden, config.activation)
         decoder = ConvDecoder(d, out_shape, tuple(reversed(config.conv_channels)), hidden, config.activation)
-    return VAE(encoder, decoder, likelihood, d, posterior, prior, data_shape=shape, config=config)
+    data_log_scale = torch.zeros(shape) if config.standardized else None  # the loader's scales are loaded into it
+    return VAE(encoder, decoder, likelihood, d, posterior, prior, data_shape=shape, config=config,
+               data_log_scale=data_log_scale)
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch.distributions import Distribution, kl_divergence
 
+from .likelihoods import batch_fitting
+
 __all__ = ["ELBOTerms", "log_importance_weights", "elbo_terms", "elbo", "iwae_bound", "check_num_samples",
            "TrainingObjective"]
 
@@ -119,7 +121,8 @@ class TrainingObjective:
     ``objective`` is the K-sample ELBO (``kind="elbo"``) or the IWAE bound (``kind="iwae"``); with KL warm-up the
     ELBO's KL term is weighted by min(1, progress / warmup_epochs) (Bowman et al. 2016), while the logged
     ``loss`` (the bound's negative), ``reconstruction_nll`` and ``kl`` are always unweighted: for the ELBO,
-    loss = reconstruction_nll + kl, the seed's loss (eq. 13).
+    loss = reconstruction_nll + kl, the seed's loss (eq. 13). On a model in training mode it fits the statistics
+    that are fitted to batches (:func:`bayesvae.likelihoods.batch_fitting`); ``elbo`` and ``iwae_bound`` never do.
     """
 
     def __init__(self, kind: str = "elbo", num_samples: int = 1, kl_warmup_epochs: float = 0.0):
@@ -132,6 +135,11 @@ class TrainingObjective:
         return 1.0 if self.kl_warmup_epochs <= 0 else min(1.0, progress / self.kl_warmup_epochs)
 
     def __call__(self, model, x: torch.Tensor, progress: float = math.inf) -> dict[str, torch.Tensor]:
+        # Statistics fitted to the batch (the optimal shared σ) are fitted only when training, never in validation.
+        with batch_fitting(model, enabled=bool(getattr(model, "training", False))):
+            return self._terms(model, x, progress)
+
+    def _terms(self, model, x: torch.Tensor, progress: float) -> dict[str, torch.Tensor]:
         if self.kind == "iwae":
             _check_x(x)
             q = model.posterior(x)

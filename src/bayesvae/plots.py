@@ -118,7 +118,7 @@ class PlotContext:
         if self._x is None:
             if self.run is None:
                 raise DataValidationError("this picture needs data: pass data=... (a tensor [N, *data_shape])")
-            self._x = getattr(self.prepared(), self.split)
+            self._x = self.prepared().scored(self.split)
         if self._x.shape[0] == 0:
             raise DataValidationError(f"the {self.split} split is empty; choose another split")
         if tuple(self._x.shape[1:]) != self.data_shape:
@@ -153,16 +153,20 @@ class PlotContext:
     def encode(self, x: torch.Tensor | None = None) -> torch.Tensor:
         from .estimators import eval_mode
 
+        from .estimators import _batches, model_device
+
         x = self.x if x is None else x
         with eval_mode(self.model):
-            return torch.cat([self.model.posterior(x[i:i + 1000]).mean for i in range(0, x.shape[0], 1000)])
+            return torch.cat([self.model.posterior(xb).mean.cpu() for xb in _batches(x, 1000, model_device(self.model))])
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         from .estimators import eval_mode
 
+        from .estimators import _batches, model_device
+
         with eval_mode(self.model):
-            return torch.cat([self.model.decode(z[i:i + 1024]) for i in range(0, z.shape[0], 1024)])
+            return torch.cat([self.model.decode(zb).cpu() for zb in _batches(z, 1024, model_device(self.model))])
 
     def kl_per_dim(self) -> np.ndarray:
         """Mean KL(p(z_u|x) || q(z_u)) over the split, nats per dimension."""
@@ -213,8 +217,8 @@ class PlotContext:
         return None
 
 
-def context(run, *, data=None, labels=None, class_names=None, split: str = "test", checkpoint: str = "best"
-            ) -> PlotContext:
+def context(run, *, data=None, labels=None, class_names=None, split: str = "test", checkpoint: str = "best",
+            device: str | torch.device = "cpu") -> PlotContext:
     """A :class:`PlotContext` from a run directory, a ``LoadedRun``, a ``VAE`` (then pass ``data``/``labels``),
     or a context (returned as is)."""
     if isinstance(run, PlotContext):
@@ -224,7 +228,7 @@ def context(run, *, data=None, labels=None, class_names=None, split: str = "test
     from .runs import LoadedRun, load_run
 
     if isinstance(run, (str, Path)):
-        loaded = load_run(run, checkpoint)
+        loaded = load_run(run, checkpoint, device=device)
         return PlotContext(loaded.model, data=data, labels=labels, class_names=class_names, run=loaded,
                            run_dir=Path(run) if (Path(run) / "run.json").exists() else None, split=split)
     if isinstance(run, LoadedRun):
@@ -410,7 +414,7 @@ def _prior_draws(ctx: PlotContext, n: int, seed: int) -> torch.Tensor:
     """n draws from the model's prior under a fixed seed, leaving the global random state as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ctx.model.prior.sample((n,)).float()
+        return ctx.model.prior.sample((n,)).float().cpu()  # drawn on the CPU generator whatever the device
 
 
 def reconstructions(run, *, n: int = 16, split: str = "test", data=None, **_):
@@ -543,10 +547,25 @@ def _read_metrics(ctx: PlotContext) -> list[dict]:
     return records
 
 
+def _loss_titles(run) -> tuple[str, str]:
+    """(title of the bold curve, note for the two term panels): what the logged ``loss`` is for this run's objective.
+    For the ELBO it is the seed's L = reconstruction + KL; for the IWAE objective it is -IWAE_K, and the two panels
+    show the ELBO's terms, which do not add up to it."""
+    try:
+        loaded = context(run).run
+    except Exception:  # noqa: BLE001 - a bare model or metrics alone: the ELBO is the default objective
+        loaded = None
+    config = getattr(loaded, "train_config", None)
+    if config is not None and config.objective == "iwae":
+        return (f"loss = -IWAE bound, K = {config.samples} (nats; not recon + KL)", " (ELBO term)")
+    return ("total loss L = reconstruction + KL (nats)", "")
+
+
 def curves(run, *, metrics: list[dict] | None = None, **_):
     """Learning curves per epoch: the total loss (eq. 24; the one indicator of progress, bold) and its two parts,
     reconstruction NLL and KL, for the training and validation sets."""
     records = metrics if metrics is not None else _read_metrics(context(run))
+    total_title, term_note = _loss_titles(run)
 
     def series(key):
         pts = [(r.get("epoch", k + 1), r.get(key)) for k, r in enumerate(records)]
@@ -557,9 +576,9 @@ def curves(run, *, metrics: list[dict] | None = None, **_):
     gs = fig.add_gridspec(2, 2, width_ratios=(1.6, 1))
     ax_total = fig.add_subplot(gs[:, 0])
     ax_rec, ax_kl = fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, 1])
-    for ax, key, title, bold in ((ax_total, "loss", "total loss L = reconstruction + KL (nats)", True),
-                                 (ax_rec, "reconstruction_nll", "reconstruction  E[-ln q(x|z)]", False),
-                                 (ax_kl, "kl", "KL(p(z|x) || q(z))", False)):
+    for ax, key, title, bold in ((ax_total, "loss", total_title, True),
+                                 (ax_rec, "reconstruction_nll", "reconstruction  E[-ln q(x|z)]" + term_note, False),
+                                 (ax_kl, "kl", "KL(p(z|x) || q(z))" + term_note, False)):
         for split, style, color in (("train", "-", "#1f77b4"), ("valid", "--", "#ff7f0e")):
             e, v = series(f"{split}_{key}")
             if len(v):
@@ -603,7 +622,8 @@ def histograms(run, *, split: str = "test", data=None, num_samples: int | None =
         torch.manual_seed(seed + 1)
         from .estimators import eval_mode
         with eval_mode(ctx.model):
-            drawn = ctx.model.likelihood(z).sample()
+            from .estimators import model_device
+            drawn = ctx.model.likelihood(z.to(model_device(ctx.model))).sample().cpu()
     fake = ctx.to_user_units(drawn)
     names = ctx.feature_names
     k = min(max_features, real.shape[1])

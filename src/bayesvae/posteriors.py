@@ -15,12 +15,31 @@ from torch.distributions import Distribution, constraints, register_kl
 
 from .priors import StandardNormal
 
-__all__ = ["DiagonalNormal", "Posterior", "DiagonalGaussian", "POSTERIORS", "make_posterior", "kl_per_dimension"]
+__all__ = ["DiagonalNormal", "Posterior", "DiagonalGaussian", "POSTERIORS", "make_posterior", "kl_per_dimension", "soft_clamp"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 #: Safe range of the log-variance: exp(20) ≈ 5e8 and exp(-30) ≈ 1e-13 stay finite in float32 and bf16.
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+#: Width of the smooth shoulders of :func:`soft_clamp`: the identity on [MIN + 10, MAX - 10] = [-20, 10].
+LOGVAR_SHOULDER = 10.0
+
+
+def soft_clamp(x: torch.Tensor, lo: float = LOGVAR_MIN, hi: float = LOGVAR_MAX,
+               width: float = LOGVAR_SHOULDER) -> torch.Tensor:
+    """A bound on ``x`` whose gradient never vanishes: the identity on [lo + width, hi - width], and beyond,
+    exponential shoulders that approach lo and hi (value and slope continuous at the joins):
+
+        y = hi - width·exp(-(x - a)/width) for x > a = hi - width,   y = lo + width·exp((x - b)/width) for x < b.
+
+    A hard clamp has slope 0 outside its range, so a unit whose raw log-variance passed it could never come back
+    (its KL of 1e8 nats had gradient exactly 0); here the slope is exp(-|x - a|/width) > 0 and the KL pulls it
+    back. The value is what is sampled and scored, so the density stays exact.
+    """
+    a, b = hi - width, lo + width
+    upper = hi - width * torch.exp(-(x.clamp(min=a) - a) / width)
+    lower = lo + width * torch.exp((x.clamp(max=b) - b) / width)
+    return torch.where(x > a, upper, torch.where(x < b, lower, x))
 
 
 class DiagonalNormal(Distribution):
@@ -102,7 +121,8 @@ class Posterior(nn.Module):
 
 
 class DiagonalGaussian(Posterior):
-    """Eq. (15): two encoder heads, μ(x) and ln σ²(x); the log-variance is clamped to [-30, 20]."""
+    """Eq. (15): two encoder heads, μ(x) and ln σ²(x); the log-variance is kept in (-30, 20) by
+    :func:`soft_clamp` (the identity on [-20, 10], smooth shoulders beyond, never a zero gradient)."""
 
     name = "diagonal-gaussian"
 
@@ -111,7 +131,7 @@ class DiagonalGaussian(Posterior):
 
     def forward(self, params: torch.Tensor) -> DiagonalNormal:
         loc, logvar = params.chunk(2, dim=-1)
-        return DiagonalNormal(loc, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
+        return DiagonalNormal(loc, soft_clamp(logvar))
 
 
 POSTERIORS: dict[str, type[Posterior]] = {DiagonalGaussian.name: DiagonalGaussian}

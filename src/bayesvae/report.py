@@ -113,7 +113,10 @@ def _evaluate(ctx: plots.PlotContext, num_samples: int, max_examples: int, seed:
     prepared = ctx.prepared()
     levels = prepared.levels if prepared is not None else None
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    from .estimators import model_device
+
+    device = model_device(ctx.model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         result = evaluate(ctx.model, x, num_samples, levels=levels, batch_size=250)
     result["seconds"] = time.perf_counter() - t0
@@ -145,12 +148,11 @@ def _metrics_html(ev: dict, ctx: plots.PlotContext) -> str:
                          '<span class="muted">(Var<sub>x</sub> E[z<sub>u</sub>|x] &gt; '
                          f'{plots.ACTIVE_THRESHOLD})</span>'),
     ]
-    std = ctx.standardization
-    if std is not None:
-        shift = float(np.log(np.maximum(std[1], 1e-8)).sum())
-        rows.append(("NLL in the file's units", f'{ev["nll_nats"] + shift:.3f} nats <span class="muted">(the model '
-                     f'sees standardised features; undoing the scaling adds Σ ln σ<sub>j</sub> = {shift:.3f} nats)'
-                     '</span>'))
+    if "nll_standardized_nats" in ev:
+        shift = ev["standardization_log_scale_sum_nats"]
+        rows.append(("NLL of the standardised features", f'{ev["nll_standardized_nats"]:.3f} nats <span class="muted">'
+                     "(every figure above is a density of the data in the file's units; the model works on "
+                     f'standardised features, whose NLL is lower by Σ ln s<sub>j</sub> = {shift:.3f} nats)</span>'))
     note = (f'<p class="note">Log-likelihood by importance sampling with <b>K = {k}</b> samples from the posterior '
             f"(the IWAE bound, a lower bound on log p(x) that tightens as K grows), on {subset}; data {prep}. "
             f"Computed in {ev['seconds']:.1f} s.</p>")
@@ -405,8 +407,10 @@ _CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-sr
         "connect-src 'none'; font-src 'none'; base-uri 'none'; form-action 'none'")
 
 _CAPTIONS = {
-    "curves": ("Learning curves", "The total loss L (eq. 24, bold) is the one indicator of progress; its two parts "
-               "pull against each other. Solid: training (averaged over the epoch), dashed: validation."),
+    "curves": ("Learning curves", "The total loss (bold) is the one indicator of progress: L = reconstruction + KL "
+               "(eq. 24) for the ELBO objective, the negative IWAE bound for the IWAE objective (its panel title says "
+               "which; the two ELBO terms then do not add up to it). Solid: training (averaged over the epoch), "
+               "dashed: validation."),
     "latent": ("Latent space", "Posterior means E[z|x] of the test split, coloured by label."),
     "manifold": ("Manifold", "Decoded means E[x|z] over a 15×15 lattice of standard-normal quantiles "
                  "(0.05 to 0.95) in the two latent dimensions with the largest KL; other dimensions at 0."),
@@ -426,8 +430,9 @@ _CAPTIONS = {
 
 # ------------------------------------------------------------------------------------------------------- report
 def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: int = 2000,
-                  checkpoint: str = "best", seed: int = 0, explorer_grid: int = GRID, data: str | None = None,
-                  data_dir: str | None = None, say=None) -> str:
+                  checkpoint: str = "best", seed: int = 0, explorer_grid: int = GRID,
+                  device: str | torch.device = "cpu", data: str | None = None, data_dir: str | None = None,
+                  say=None) -> str:
     """The report's HTML text (see :func:`write_report`)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
         raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -437,7 +442,7 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
 
     run_dir = Path(run_dir)
     started = time.perf_counter()
-    where = dict(data=data, data_dir=data_dir, say=say)
+    where = dict(data=data, data_dir=data_dir, say=say, device=device)
     try:
         run = load_run(run_dir, checkpoint, **where)
     except CheckpointNotFoundError:
@@ -581,8 +586,8 @@ def _failures_in(text: str) -> list[str] | None:
 
 
 def write_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: int = 2000,
-                 checkpoint: str = "best", seed: int = 0, data: str | None = None, data_dir: str | None = None,
-                 say=None) -> Path:
+                 checkpoint: str = "best", seed: int = 0, device: str | torch.device = "cpu",
+                 data: str | None = None, data_dir: str | None = None, say=None) -> Path:
     """Write ``RUN_DIR/report.html`` (atomically, replacing an older report) and return its path.
 
     Args:
@@ -590,6 +595,7 @@ def write_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: 
         max_examples: evaluate at most this many test examples (stated on the page).
         checkpoint: ``best`` (default), ``last`` or a step directory.
         seed: seed of the evaluation's sampling (the global random state is left as it was).
+        device: where the model computes (the evaluation and every plot).
         data, data_dir: where the run's data file / MNIST directory are now, if they moved (fingerprint checked).
         say: called with warnings (e.g. data whose fingerprint differs); they are also shown on the page.
 
@@ -600,7 +606,7 @@ def write_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: 
     """
     path = Path(run_dir) / REPORT_NAME
     text = render_report(run_dir, num_samples=num_samples, max_examples=max_examples, checkpoint=checkpoint,
-                         seed=seed, data=data, data_dir=data_dir, say=say)
+                         seed=seed, device=device, data=data, data_dir=data_dir, say=say)
     failed = _failures_in(text) or []
     previous = report_failures(path) if path.exists() else None
     if failed and previous is not None and len(previous) < len(failed):

@@ -6,6 +6,7 @@ carries the model and data configuration, so ``load`` needs nothing else) and ``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -16,23 +17,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import checkpoint as ckpt
 from . import data as bdata
 from . import rundir
+from . import distributed as ranks
+from .arrays import PreparedRows, Rows, as_tensor
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, OutputExistsError
 from .model import VAE, build_model
 from .objectives import TrainingObjective
+from .precision import choose_precision
 from .training import Callback, Trainer
 
 __all__ = ["DataSpec", "PreparedData", "prepare_data", "train", "resume", "load", "load_run", "LoadedRun",
            "load_preset", "PRESET_MODEL_KEYS", "export_model"]
 
 RUN_FORMAT = 1
-#: Fixed seeds of the one-off binarisation/dequantisation of validation and test data (protocol: never re-drawn).
-VALID_SEED, TEST_SEED = 1, 2
+#: Fixed seeds of the one-off binarisation/dequantisation of validation and test data (protocol: never re-drawn),
+#: and of the training split when it is scored (``evaluate --split train``).
+VALID_SEED, TEST_SEED, TRAIN_SEED = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -47,11 +53,13 @@ class DataSpec:
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     limit: int | None = None
+    label_column: str | None = None
+    """A CSV column of class labels, taken out of the features."""
 
     def load(self) -> bdata.Dataset:
         return bdata.load_dataset(self.source, data_dir=self.data_dir, seed=self.seed,
                                   valid_fraction=self.valid_fraction, test_fraction=self.test_fraction,
-                                  limit=self.limit)
+                                  limit=self.limit, label_column=self.label_column)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,18 @@ class PreparedData:
     preparation: str
     """``none``, ``binarize`` (dynamic binarisation) or ``dequantize`` (uniform noise on the pixel levels)."""
     levels: int | None = None
+    fixed_transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    """The one-off, seeded preparation of data that are scored rather than trained on (valid, test, new data)."""
+
+    def scored(self, split: str) -> torch.Tensor:
+        """A split as it is scored: valid and test as stored; the training split prepared once, like them, with a
+        fixed seed (``TRAIN_SEED``), never the grey levels a Bernoulli decoder must not see."""
+        if split not in ("train", "valid", "test"):
+            raise ValueError(f"split must be train, valid or test, got {split!r}")
+        x = getattr(self, split)
+        if split == "train" and self.fixed_transform is not None:
+            return self.fixed_transform(x, TRAIN_SEED)
+        return x
 
 
 def _dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -77,28 +97,42 @@ def _dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None 
 def preparation_for(dataset: bdata.Dataset, likelihood: str) -> str:
     if bdata.needs_binarization(dataset, likelihood):
         return "binarize"
-    if dataset.kind == "image" and likelihood != "bernoulli" and dataset.levels is not None:
-        return "dequantize"  # discrete pixel levels: a density needs them spread over their bins
+    if dataset.kind in ("image", "binary") and likelihood != "bernoulli" and _levels(dataset) is not None:
+        return "dequantize"  # discrete values: a density needs them spread over their bins
     return "none"
+
+
+def _levels(dataset: bdata.Dataset) -> int | None:
+    """The grid a density dequantises over: 2 for 0/1 data (their bits/dim are then those of the binary values,
+    comparable with a Bernoulli decoder's), else the pixel levels found in the data."""
+    return 2 if dataset.kind == "binary" else dataset.levels
 
 
 def prepare_data(dataset: bdata.Dataset, likelihood: str) -> PreparedData:
     """Follow the likelihood: dynamic binarisation for a Bernoulli decoder on grey levels (a fresh draw each
     minibatch, one fixed-seed draw for validation and test); uniform dequantisation for a Gaussian decoder on
-    image pixels; nothing otherwise (tabular data were standardised by the loader)."""
+    discrete values (image pixels, 0/1 data), so that its density is bounded; nothing otherwise (tabular data
+    were standardised by the loader)."""
     bdata.check_likelihood_support(dataset, likelihood)
     how = preparation_for(dataset, likelihood)
+    if isinstance(dataset.valid, Rows) and how != "none":  # on disk: the fixed draws are made batch by batch
+        levels = _levels(dataset) if how == "dequantize" else None
+        batch = (lambda x: bdata.binarize(x, validate=False)) if how == "binarize" else (lambda x: _dequantize(x, levels))
+        return PreparedData(dataset.train, PreparedRows(dataset.valid, how, VALID_SEED, levels),
+                            PreparedRows(dataset.test, how, TEST_SEED, levels), batch, how, levels,
+                            fixed_transform=lambda x, seed: PreparedRows(x, how, seed, levels))
     if how == "binarize":
         return PreparedData(dataset.train, bdata.fixed_binarization(dataset.valid, VALID_SEED),
                             bdata.fixed_binarization(dataset.test, TEST_SEED),
-                            lambda x: bdata.binarize(x, validate=False), how)
+                            lambda x: bdata.binarize(x, validate=False), how,
+                            fixed_transform=bdata.fixed_binarization)
     if how == "dequantize":
-        levels = dataset.levels
+        levels = _levels(dataset)
 
         def fixed(x, seed):
             return _dequantize(x, levels, torch.Generator().manual_seed(seed))
         return PreparedData(dataset.train, fixed(dataset.valid, VALID_SEED), fixed(dataset.test, TEST_SEED),
-                            lambda x: _dequantize(x, levels), how, levels)
+                            lambda x: _dequantize(x, levels), how, levels, fixed_transform=fixed)
     return PreparedData(dataset.train, dataset.valid, dataset.test, None, how)
 
 
@@ -166,7 +200,7 @@ class _MetricsLog(Callback):
     """metrics.jsonl and metrics.csv, rewritten atomically from the history at the end of every epoch."""
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        if trainer.run_dir is not None:
+        if trainer.run_dir is not None and ranks.is_main():
             _write_metrics(trainer.run_dir, trainer.state.history)
 
 
@@ -225,15 +259,28 @@ def _make_trainer(model: VAE, config: TrainConfig, prepared: PreparedData, run_d
                    callbacks=[_MetricsLog(), *callbacks], run_state=run_state)
 
 
+def _refuse_constant_columns(dataset: bdata.Dataset) -> None:
+    """A feature constant in the training split has no density to learn (its standardised values elsewhere would be
+    divided by a zero scale): refuse before training, naming the columns."""
+    constant = dataset.describe().get("constant_columns") or []
+    if constant:
+        raise bdata.DataValidationError(
+            f"{dataset.name}: column(s) {constant} take a single value in the training split "
+            f"({len(dataset.train)} example(s)), so the model cannot give a density to any other value of them "
+            "(a test row with another value would get an NLL near 1e20). Drop these columns, or provide more rows")
+
+
 def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig = TrainConfig(),
           likelihood: str | None = None, likelihood_options: dict | None = None, latent_dim: int = 20,
           architecture: str = "mlp", hidden: Sequence[int] = (400,), activation: str = "relu",
           overwrite: bool = False, callbacks: Sequence[Callback] = (), tensorboard: bool = False,
-          on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None) -> Trainer:
+          on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None,
+          device: str | torch.device = "cpu") -> Trainer:
     """Load and validate the data, build the model the data call for, and train it (into ``out`` if given).
 
     ``on_ready(trainer, dataset, likelihood)`` is called after every check passed and before the first step
-    (the CLI prints the chosen likelihood there).
+    (the CLI prints the chosen likelihood there). ``device``: see :func:`bayesvae.distributed.resolve_device`.
+    Under torchrun (after :func:`bayesvae.distributed.init_from_env`) every rank calls this; rank 0 writes.
     """
     if tensorboard:
         if out is None:
@@ -251,31 +298,61 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     dataset = spec.load()
     if architecture == "conv":
         _check_conv_fits(dataset.event_shape)
+    _refuse_constant_columns(dataset)
     likelihood = likelihood or bdata.default_likelihood(dataset)
     check_likelihood_options(likelihood, likelihood_options or {})
     prepared = prepare_data(dataset, likelihood)
     model_config = ModelConfig(data_shape=dataset.event_shape, latent_dim=latent_dim, architecture=architecture,
                                hidden=tuple(hidden), activation=activation, likelihood=likelihood,
-                               likelihood_options=dict(likelihood_options or {}))
+                               likelihood_options=dict(likelihood_options or {}),
+                               standardized=dataset.standardization is not None)
     run_dir = Path(out) if out is not None else None
+    device = ranks.resolve_device(device)
+    _check_world(train_config)
     torch.manual_seed(train_config.seed)
-    model = build_model(model_config)
+    model = build_model(model_config).to(device)
+    if dataset.standardization is not None:
+        with torch.no_grad():
+            model.data_log_scale.copy_(dataset.standardization[1].reshape(model.data_log_scale.shape).log())
+    if ranks.rank() > 0:  # the same initial weights on every rank, then a random stream of its own
+        torch.manual_seed(train_config.seed * 1_000_003 + 7919 * ranks.rank())
     state = _run_state(model_config, spec, dataset, prepared)
-    lock = _prepare_run_dir(run_dir, overwrite) if run_dir is not None else None
+    if train_config.precision == "auto":
+        objective = TrainingObjective(train_config.objective, train_config.samples, train_config.kl_warmup_epochs)
+        chosen, state["precision_choice"] = choose_precision(model, objective, prepared.train, train_config,
+                                                             batch_transform=prepared.batch_transform)
+        train_config = dataclasses.replace(train_config, precision=chosen)
+    held: list[rundir.RunLock] = []
+    if run_dir is not None:
+        def prepare():
+            lock = _prepare_run_dir(run_dir, overwrite)  # held by rank 0 (the writer) until training ends
+            try:
+                ckpt.atomic_write_text(run_dir / "run.json", json.dumps(
+                    {**state, "train_config": to_dict(train_config)}, indent=2))
+            except BaseException:
+                lock.release()
+                raise
+            held.append(lock)
+        ranks.run_on_main(prepare)
     try:
-        if run_dir is not None:
-            ckpt.atomic_write_text(run_dir / "run.json", json.dumps(
-                {**state, "train_config": to_dict(train_config)}, indent=2))
-        if tensorboard:
+        if tensorboard and ranks.is_main():
             callbacks = [*callbacks, TensorBoardLog(run_dir)]
         trainer = _make_trainer(model, train_config, prepared, run_dir, state, callbacks)
         if on_ready is not None:
             on_ready(trainer, dataset, likelihood)
         trainer.fit()
     finally:
-        if lock is not None:
+        for lock in held:
             lock.release()
     return trainer
+
+
+def _check_world(config: TrainConfig) -> None:
+    """The global batch must split evenly over the ranks: refused on every rank before anything is written."""
+    w = ranks.world_size()
+    if config.batch_size % w:
+        raise ConfigError(f"--batch-size {config.batch_size} is the global batch and must divide by the {w} "
+                          f"processes; use a multiple of {w} (e.g. {config.batch_size - config.batch_size % w or w})")
 
 
 def _check_conv_fits(shape: tuple[int, ...]) -> None:
@@ -346,25 +423,85 @@ class LoadedRun:
     def prepared(self, dataset: bdata.Dataset | None = None) -> PreparedData:
         return prepare_data(dataset or self.dataset(), self.model_config.likelihood)
 
-    def new_data(self, source: str, data_dir: str | None = None) -> torch.Tensor:
+    def new_data(self, source: str, data_dir: str | None = None) -> tuple[torch.Tensor, "np.ndarray"]:
         """Other data (e.g. to score for anomalies) prepared exactly as this run's test split: the run's
-        standardisation statistics, its fixed-seed binarisation or dequantisation. ``data_dir``: where the MNIST
-        files are, for ``source="mnist"``."""
-        ds = bdata.load_dataset(source, data_dir=data_dir, valid_fraction=0.0, test_fraction=0.0, standardize=False)
-        x = torch.cat([ds.train, ds.valid, ds.test])
+        standardisation statistics, its fixed-seed binarisation or dequantisation. Returns (x, rows): the prepared
+        examples and their 0-based rows in the source. Data the run's preparation cannot turn into what the model
+        was trained on are refused with the reason: other columns (by header), values off the run's grid of
+        levels, grey levels for a model trained on 0/1 data."""
+        label = self.spec.label_column
+        if label is not None and label not in _csv_header(source):
+            label = None  # new data without the label column: nothing to take out
+        ds = bdata.load_dataset(source, data_dir=data_dir, valid_fraction=0.0, test_fraction=0.0, standardize=False,
+                                label_column=label)
+        x = torch.cat([as_tensor(t) for t in (ds.train, ds.valid, ds.test)])  # new data are read whole
+        rows = np.concatenate([ds.rows("train"), ds.rows("valid"), ds.rows("test")])
+        data = self.state["data"]
+        _check_columns(source, ds.feature_names, (data.get("description") or {}).get("feature_names"))
         if tuple(x.shape[1:]) != self.model_config.data_shape:
             raise bdata.DataValidationError(f"{source}: examples have shape {tuple(x.shape[1:])}, but the model was "
                                             f"trained on shape {self.model_config.data_shape}")
-        std = self.state["data"].get("standardization")
+        std = data.get("standardization")
         if std is not None:
             x = (x - torch.tensor(std[0])) / torch.tensor(std[1])
-        how = self.state["data"].get("preparation", "none")
+        how = data.get("preparation", "none")
         if how == "binarize":
-            return bdata.fixed_binarization(x, TEST_SEED)
+            bdata.check_likelihood_support(dataclasses.replace(ds, train=x), self.model_config.likelihood)
+            return bdata.fixed_binarization(x, TEST_SEED), rows
         if how == "dequantize":
-            return _dequantize(x, self.state["data"]["levels"], torch.Generator().manual_seed(TEST_SEED))
+            levels = data["levels"]
+            if not bdata.on_level_grid(x, levels):
+                raise bdata.DataValidationError(
+                    f"{source}: the run dequantises data on a grid of {levels} levels k/{levels - 1} in [0, 1], but "
+                    "these values are not on it (scoring would silently move them onto it). Give data with the "
+                    "same levels as the training data (e.g. 8-bit images as uint8 or k/255)")
+            return _dequantize(x, levels, torch.Generator().manual_seed(TEST_SEED)), rows
         bdata.check_likelihood_support(dataclasses.replace(ds, train=x), self.model_config.likelihood)
-        return x
+        if self.model_config.likelihood == "bernoulli" and not bool(((x == 0) | (x == 1)).all()):
+            raise bdata.DataValidationError(
+                f"{source}: the run was trained on 0/1 data with a Bernoulli likelihood, which gives no probability "
+                "to other values, but these data hold values strictly between 0 and 1. Binarise them first (e.g. "
+                "x > 0.5, or numpy's random draw x > rand for the dynamic-binarisation protocol), then score them")
+        return x, rows
+
+
+def _csv_header(source: str) -> tuple[str, ...]:
+    """The header names of a CSV file (empty when it has none, or is not a readable CSV: the loader says why)."""
+    import csv
+
+    if not str(source).lower().endswith(".csv"):
+        return ()
+    try:
+        with open(source, newline="", encoding="utf-8-sig") as fh:
+            first = next((row for row in csv.reader(fh) if row and any(c.strip() for c in row)), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return ()
+    return () if any(bdata._is_number(c) for c in first) else tuple(c.strip() for c in first)
+
+
+def _check_columns(source: str, found, expected) -> None:
+    """Columns are matched by name, never trusted by position: a swapped or missing column is refused."""
+    if expected is None:
+        return
+    expected = [str(n) for n in expected]
+    if found is None:
+        raise bdata.DataValidationError(
+            f"{source}: the run was trained on named columns {expected}, but this file has no header line, so "
+            "their order cannot be checked. Add the header line")
+    found = [str(n) for n in found]
+    if found == expected:
+        return
+    missing = [n for n in expected if n not in found]
+    extra = [n for n in found if n not in expected]
+    if missing or extra:
+        problem = (f"missing column(s) {missing}" if missing else "") + ("; " if missing and extra else "") + (
+            f"column(s) {extra} that the model was not trained on" if extra else "")
+    else:
+        moved = [n for i, n in enumerate(found) if expected[i] != n]
+        problem = f"the columns {moved} are in another order than in training"
+    raise bdata.DataValidationError(
+        f"{source}: {problem}. The model was trained on the columns {expected}, in this order; give a file with "
+        "exactly these columns (a label column must be removed)")
 
 
 def _load_moved(spec: DataSpec) -> bdata.Dataset:
@@ -401,34 +538,49 @@ def _load_committed(run_dir: str | Path, which: str, allow_nonfinite: bool) -> t
     raise AssertionError("unreachable")
 
 
+def _with_data_scale(config: ModelConfig, data: dict, model_sd: dict) -> ModelConfig:
+    """Runs saved before the model held its data's scales (their densities were of the standardised features): give
+    the model the scales of run.json, so that every density is that of the user's data."""
+    if config.standardized:
+        return config
+    if "data_log_scale" not in model_sd:
+        std = data.get("standardization")
+        if std is None:
+            return config
+        model_sd["data_log_scale"] = torch.tensor(std[1], dtype=torch.float32).reshape(config.data_shape).log()
+    return dataclasses.replace(config, standardized=True)
+
+
 def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool = False,
-             data_dir: str | None = None, data: str | None = None,
+             data_dir: str | None = None, device: str | torch.device = "cpu", data: str | None = None,
              say: Callable[[str], None] | None = None) -> LoadedRun:
     """Rebuild the model and configuration from a checkpoint alone (``which``: best, last, or a step dir).
 
     ``data`` replaces the stored data file and ``data_dir`` the stored MNIST directory (a run or exported model
     evaluated after its data moved, or on another machine); each is refused where it has no effect. The data
     are checked against the stored fingerprint when loaded (:meth:`LoadedRun.dataset`).
+    Checkpoints hold CPU tensors whatever device trained them; the model is moved to ``device`` after loading.
     """
     path, tensors, state = _load_committed(run_dir, which, allow_nonfinite)
     for key in ("model_config", "train_config", "data"):
         if key not in state:
             raise ckpt.CheckpointCorruptError(f"{path}: state.json lacks {key!r}; not a bayesvae training checkpoint")
+    model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model_config = from_dict(ModelConfig, state["model_config"])
         train_config = from_dict(TrainConfig, state["train_config"])
+        model_config = _with_data_scale(model_config, state["data"], model_sd)
         model = build_model(model_config)
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:  # a tampered configuration
         raise IncompatibleCheckpointError(f"{path}: the stored configuration cannot be built: {err}") from None
-    model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_sd, strict=True)
     except RuntimeError as err:
         raise IncompatibleCheckpointError(f"{path}: weights do not fit the stored model configuration: "
                                           f"{str(err).splitlines()[0]}") from None
-    model.eval()
+    model.to(ranks.resolve_device(device)).eval()
     spec = rundir.relocated_spec(_spec_from_state(state["data"]), data, data_dir)
     return LoadedRun(model, model_config, train_config, spec, state, tensors, path, say=say)
 
@@ -470,9 +622,10 @@ def export_model(run_dir: str | Path, out: str | Path, which: str = "best", *, o
     return ckpt.resolve_checkpoint(out, "last")
 
 
-def load(run_dir: str | Path, which: str = "best") -> VAE:
-    """The trained model of a run directory, in eval mode: ``model = bayesvae.load("runs/digits")``."""
-    return load_run(run_dir, which).model
+def load(run_dir: str | Path, which: str = "best", *, device: str | torch.device = "cpu") -> VAE:
+    """The trained model of a run directory, in eval mode, on ``device``:
+    ``model = bayesvae.load("runs/digits", device="cuda")``."""
+    return load_run(run_dir, which, device=device).model
 
 
 #: TrainConfig fields ``resume`` may change: they extend or steer a run without changing its arithmetic so far.
@@ -483,8 +636,8 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_minutes: float
            patience: int | None = None, checkpoint_every: int | None = None, precision: str | None = None,
            data: str | None = None, data_dir: str | None = None, callbacks: Sequence[Callback] = (),
            on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None,
-           say: Callable[[str], None] | None = None) -> Trainer:
-    """Continue a stopped run from its last complete checkpoint.
+           say: Callable[[str], None] | None = None, device: str | torch.device = "cpu") -> Trainer:
+    """Continue a stopped run from its last complete checkpoint (on ``device``).
 
     Only what extends or steers the run may change: ``epochs`` (the new total; a schedule that depends on it, such
     as cosine, is stretched and ``say`` tells how), ``max_minutes`` (a budget for this session, added to the time
@@ -498,8 +651,9 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_minutes: float
         raise ckpt.CheckpointNotFoundError(
             f"{run_path} has no checkpoint: training stopped before its first step was committed, so there is "
             f"nothing to resume; start it again with `bayesvae train ... --out {run_path} --overwrite`")
-    with rundir.RunLock(run_path, "train --resume"):
-        run = load_run(run_path, "last", data=data, data_dir=data_dir)
+    lock = rundir.RunLock(run_path, "train --resume") if ranks.is_main() else contextlib.nullcontext()
+    with lock:
+        run = load_run(run_path, "last", data=data, data_dir=data_dir, device=device)
         dataset = _load_moved(run.spec)
         fingerprint = run.state["data"].get("fingerprint")
         if dataset.fingerprint() != fingerprint:
@@ -524,9 +678,14 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_minutes: float
             changes["early_stopping_patience"] = patience
         if checkpoint_every is not None:
             changes["checkpoint_every_steps"] = checkpoint_every
-        if precision is not None:
+        if precision is not None and precision != config.precision:
+            if "fp16" in (precision, config.precision) or precision == "auto":
+                raise ConfigError(f"--precision {precision}: with --resume, precision may change between float32 "
+                                  f"and bf16 only (this run trains in {config.precision}; fp16 keeps a gradient "
+                                  "scaler and auto chooses at the start of a run)")
             changes["precision"] = precision
         new = from_dict(TrainConfig, {**to_dict(config), **changes})
+        _check_world(new)
         if new.epochs != config.epochs:
             _say_schedule_change(config, new, run, say)
         prepared = run.prepared(dataset)
@@ -535,12 +694,13 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_minutes: float
         trainer = _make_trainer(run.model, new, prepared, run_path, state, callbacks)
         trainer.load_state(run.tensors, run.state)
         st = trainer.state
-        if st.history:  # metrics files follow the checkpoint (a failed or killed metrics write is repaired here)
+        if st.history and ranks.is_main():  # metrics follow the checkpoint (a failed metrics write is repaired)
             _write_metrics(run_path, st.history)
+        if max_minutes is not None:
+            st.planned_steps = 0  # a new budget: the trainer plans the steps that fit again
         if st.stopped_early and (max_minutes is not None or patience is not None):  # may let it go on
             patience_stop = new.early_stopping_patience and st.epochs_without_improvement >= new.early_stopping_patience
-            last = st.history[-1].get("epoch_seconds", 0.0) if st.history else 0.0
-            time_stop = new.max_seconds and st.train_seconds + last > new.max_seconds
+            time_stop = new.max_seconds and st.train_seconds >= new.max_seconds
             st.stopped_early = bool(patience_stop or time_stop)
             if not st.stopped_early:
                 say("continuing a run that had stopped early (the new settings allow more training)")

@@ -8,11 +8,19 @@ Exactness of resume: the data are in-memory tensors and the order of epoch e is 
 generator seeded by (seed, e), so any step can be reproduced from the step counter alone; the global torch RNG
 (latent samples, dynamic binarisation) is saved in every checkpoint; the learning rate is a function of the step.
 A resumed run therefore ends bit-for-bit where the uninterrupted run ends (on CPU).
+
+Devices and ranks come from :mod:`bayesvae.distributed`. The model's device is where batches go: the training split
+stays there when it fits a quarter of the free device memory (:data:`DEVICE_DATA_FRACTION`), otherwise each batch is
+gathered on the CPU, pinned and copied with ``non_blocking``; 8-bit data stay uint8 until a batch is drawn. Under
+torchrun every rank takes its contiguous share of every global batch of the same epoch order, DistributedDataParallel
+averages the gradients, one all-reduce per step agrees on "a loss is non-finite" and "stop was requested" before
+``backward`` (and carries the logged sums), and rank 0 alone writes checkpoints while the others wait at a barrier.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,8 +32,10 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import distributed as ranks
+from .arrays import as_tensor
 from .config import TrainConfig, to_dict
-from .errors import CheckpointCorruptError, NonFiniteError
+from .errors import CheckpointCorruptError, ConfigError, NonFiniteError
 
 __all__ = ["Trainer", "TrainState", "Callback", "TrainingInterrupted", "epoch_order", "learning_rate_at"]
 
@@ -60,6 +70,14 @@ class TrainState:
     epoch_sums: dict[str, float] = field(default_factory=dict)
     """Running sums of this epoch's step metrics (checkpointed, so a mid-epoch resume logs the same means)."""
     epoch_count: int = 0
+    planned_steps: int = 0
+    """With a time budget (``max_seconds``): the step at which the run and its learning-rate schedule end, estimated
+    from the measured step time and re-estimated as the run goes (0: not yet planned; the schedule spans
+    ``epochs``). Checkpointed, so a resumed run continues the same plan."""
+    timed_steps: int = 0
+    timed_seconds: float = 0.0
+    """Steps timed for the plan and their seconds (each process's first steps are not timed: they pay for
+    allocations and cold caches)."""
 
 
 class Callback:
@@ -78,16 +96,51 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def learning_rate_at(config: TrainConfig, progress: float) -> float:
-    """The learning rate after ``progress`` epochs (a float), from the configured schedule."""
+def learning_rate_at(config: TrainConfig, progress: float, horizon: float | None = None) -> float:
+    """The learning rate after ``progress`` epochs (a float), from the configured schedule. ``horizon``: the epochs
+    a total-dependent schedule (cosine) spans; default ``config.epochs`` (a time budget plans a shorter one)."""
     base = config.learning_rate
     if config.lr_schedule == "cosine":
-        t = min(1.0, progress / config.epochs)
+        t = min(1.0, progress / (horizon or config.epochs))
         low = base * config.lr_min_factor
         return low + (base - low) * 0.5 * (1.0 + math.cos(math.pi * t))
     if config.lr_schedule == "exponential":
         return base * config.lr_decay ** math.floor(progress)
     return base
+
+
+_LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: fp16 steps in a row whose gradients may overflow (each halves the loss scale) before training stops.
+_FP16_MAX_OVERFLOWS = 30
+
+#: Keep the training split on a GPU when it takes at most this fraction of the device's free memory.
+DEVICE_DATA_FRACTION = 0.25
+
+
+def as_float(batch: torch.Tensor) -> torch.Tensor:
+    """A batch as float32: 8-bit data (uint8) become k / 255 here, after the batch was drawn (4x less memory)."""
+    if batch.dtype == torch.uint8:
+        return batch.to(torch.float32).div_(255.0)
+    return batch
+
+
+def _fits_on_device(data, device: torch.device) -> bool:
+    if device.type != "cuda" or not isinstance(data, torch.Tensor):
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return data.numel() * data.element_size() <= DEVICE_DATA_FRACTION * free
+
+
+class _ObjectiveModule(nn.Module):
+    """The model and its objective as one module, so that DistributedDataParallel sees the forward pass (a VAE is
+    used through its distribution-valued methods, not through ``forward``)."""
+
+    def __init__(self, model: nn.Module, objective):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: torch.Tensor, progress: float):
+        return self.objective(self.model, batch, progress)
 
 
 def _adam(model: nn.Module, lr: float) -> torch.optim.Adam:
@@ -120,8 +173,27 @@ class Trainer:
                  run_state: dict | None = None):
         if train_data.shape[0] == 0:
             raise ValueError("train_data is empty; give at least one example")
+        self.world_size, self.rank = ranks.world_size(), ranks.rank()
+        if config.batch_size % self.world_size:
+            raise ConfigError(f"--batch-size {config.batch_size} is the global batch and must divide by the "
+                              f"{self.world_size} processes; use a multiple of {self.world_size}")
         self.model, self.objective, self.config = model, objective, config
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if _fits_on_device(train_data, self.device):
+            train_data = train_data.to(self.device)
         self.train_data, self.valid_data = train_data, valid_data
+        self._step_module: nn.Module = _ObjectiveModule(model, objective)
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # buffers (the prior's constants) are equal on every rank: no per-step broadcast
+            sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(
+                DistributedDataParallel.__init__).parameters else {"broadcast_buffers": False})
+            self._step_module = DistributedDataParallel(self._step_module, device_ids=ids, **sync)
+        self._stop_agreed = False
+        self.world_size_changed = False
+        """Set by ``load_state`` when the checkpoint was written by another number of ranks."""
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.batch_transform = batch_transform
         self.valid_objective = valid_objective or objective
@@ -129,28 +201,84 @@ class Trainer:
         self.run_state = dict(run_state or {})
         self.state = TrainState()
         self.optimizer = _adam(model, config.learning_rate)
+        if config.precision == "auto":
+            raise ConfigError("precision 'auto' is resolved before training (bayesvae.precision.choose_precision); "
+                              "the trainer needs float32, bf16 or fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
+        """fp16 only: the loss scale (its state is checkpointed)."""
         self.stop_requested: bool | int = False
         """Set (to True or a signal number) to stop after the current step with a committed checkpoint."""
         self.last_checkpoint: Path | None = None
+        self.clock: Callable[[], float] = time.perf_counter
+        """The clock of epoch times and of the time budget (tests give a fake one)."""
+        self._process_steps = 0
 
     # ----------------------------------------------------------------------------------------------- schedule
+    #: Steps of each process that are not timed for the budget plan, and how often the plan is re-estimated.
+    BUDGET_WARMUP_STEPS, BUDGET_REPLAN_STEPS = 5, 25
+
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.train_data.shape[0] / self.config.batch_size)
 
+    @property
+    def horizon_steps(self) -> int:
+        """The step at which training and a total-dependent learning-rate schedule end: ``epochs`` x steps per
+        epoch, or fewer when a time budget's plan says fewer steps fit."""
+        total = self.config.epochs * self.steps_per_epoch
+        return min(total, self.state.planned_steps) if self.config.max_seconds and self.state.planned_steps else total
+
+    def _budget_reached(self) -> bool:
+        return bool(self.config.max_seconds and self.state.planned_steps
+                    and self.state.global_step >= self.state.planned_steps)
+
+    def _time_step(self, seconds: float, elapsed: float) -> None:
+        """Account one step's time and, with a budget, re-estimate how many steps fit: after the warm-up, then every
+        ``BUDGET_REPLAN_STEPS`` steps. ``elapsed``: training seconds of the whole run so far."""
+        st = self.state
+        self._process_steps += 1
+        if self._process_steps <= self.BUDGET_WARMUP_STEPS:
+            return
+        st.timed_steps += 1
+        st.timed_seconds += seconds
+        if not self.config.max_seconds:
+            return
+        if self._process_steps == self.BUDGET_WARMUP_STEPS + 1 or st.global_step % self.BUDGET_REPLAN_STEPS == 0:
+            per_step = st.timed_seconds / st.timed_steps
+            fits = st.global_step + max(0, math.floor((self.config.max_seconds - elapsed) / max(per_step, 1e-9)))
+            plan = max(st.global_step, min(fits, self.config.epochs * self.steps_per_epoch))
+            st.planned_steps = ranks.broadcast_int(plan) if self.world_size > 1 else plan
+
     def _set_lr(self) -> float:
-        lr = learning_rate_at(self.config, self.state.global_step / self.steps_per_epoch)
+        lr = learning_rate_at(self.config, self.state.global_step / self.steps_per_epoch,
+                              self.horizon_steps / self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
 
     # ---------------------------------------------------------------------------------------------- one step
     def _autocast(self):
-        """bf16 autocast on the parameters' device for ``precision="bf16"``; nothing otherwise."""
-        if self.config.precision != "bf16":
+        """bf16/fp16 autocast on the parameters' device for ``precision="bf16"``/``"fp16"``; nothing otherwise."""
+        if self.config.precision not in _LOW_PRECISION:
             return contextlib.nullcontext()
-        device = next((p.device.type for p in self.model.parameters()), "cpu")
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+        return torch.autocast(device_type=self.device.type, dtype=_LOW_PRECISION[self.config.precision])
+
+    def _fp16_overflow(self) -> bool:
+        """fp16: unscale the gradients; True when they overflowed (the scaler then skips the step and lowers its
+        scale: routine, not an error, unless it keeps happening)."""
+        self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            return False
+        self.scaler.step(self.optimizer)  # skipped by the scaler (it saw the inf), then the scale backs off
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.skipped_steps += 1
+        self.state.consecutive_skips += 1
+        if self.state.consecutive_skips > max(_FP16_MAX_OVERFLOWS, self.config.max_skipped_steps):
+            raise NonFiniteError(f"fp16 gradients overflowed in {self.state.consecutive_skips} steps in a row (scale "
+                                 f"now {self.scaler.get_scale():g}); train with --precision bf16 or float32")
+        return True
 
     def _check_terms(self, out: dict[str, torch.Tensor], loss: torch.Tensor, batch_idx: torch.Tensor) -> None:
         if torch.isfinite(loss):
@@ -181,83 +309,168 @@ class Trainer:
             f"{names[:5]}; no update was applied. Lower the learning rate or set grad_clip"
         )
 
-    def train_step(self, batch: torch.Tensor, batch_idx: torch.Tensor) -> dict[str, float]:
-        """One optimiser step; raises NonFiniteError before the step when the loss or a gradient is not finite."""
+    def _agree(self, out: dict[str, torch.Tensor], n_global: int) -> tuple[bool, dict[str, float]]:
+        """One all-reduce per step: whether any rank has a non-finite term, whether any rank was asked to stop,
+        and the global sums of the logged terms. Returns (any_nonfinite, global means)."""
+        keys = sorted(out)
+        local = torch.stack([out[k].detach().double().sum() for k in keys])
+        flags = torch.tensor([0.0 if bool(torch.isfinite(local).all()) else 1.0, 1.0 if self.stop_requested else 0.0],
+                             dtype=torch.float64, device=local.device)
+        sums = ranks.all_reduce_sum(torch.cat([flags, local.nan_to_num(0.0, 0.0, 0.0)]))
+        self._stop_agreed = bool(sums[1] > 0)
+        means = {k: float(v) / n_global for k, v in zip(keys, sums[2:].tolist())}
+        return bool(sums[0] > 0), means
+
+    def train_step(self, batch: torch.Tensor, batch_idx: torch.Tensor, n_global: int | None = None) -> dict[str, float]:
+        """One optimiser step; raises NonFiniteError before the step when the loss or a gradient is not finite.
+
+        Under several ranks ``batch`` is this rank's share of a global batch of ``n_global`` examples: the loss is
+        scaled so that DDP's average of the ranks' gradients is the gradient of the global batch's mean."""
         self.model.train()
         lr = self._set_lr()
         progress = self.state.global_step / self.steps_per_epoch
+        # Buffers a forward pass updates (running statistics) are restored if the step is skipped.
+        buffers = [b.clone() for b in self.model.buffers()] if self.config.nonfinite_policy == "skip" else None
         with self._autocast():
-            out = self.objective(self.model, batch, progress)
-        if self.config.precision == "bf16":  # the loss and the logged terms in float32
+            out = self._step_module(batch, progress)
+        if self.config.precision in _LOW_PRECISION:  # the loss and the logged terms in float32
             out = {k: v.float() for k, v in out.items()}
-        loss = -out["objective"].mean()  # the one place where the objective is negated
+        distributed = self.world_size > 1
+        if distributed:
+            n_global = n_global or batch.shape[0] * self.world_size
+            loss = -out["objective"].sum() * (self.world_size / n_global)
+            bad_anywhere, means = self._agree(out, n_global)
+        else:
+            loss = -out["objective"].mean()  # the one place where the objective is negated
         self.optimizer.zero_grad(set_to_none=True)
         try:
+            if distributed and bad_anywhere and torch.isfinite(loss):
+                raise NonFiniteError(f"non-finite loss on another rank at step {self.state.global_step} (epoch "
+                                     f"{self.state.epoch + 1}); no update was applied on any rank")
             self._check_terms(out, loss, batch_idx)
-            loss.backward()
-            self._check_gradients()
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            if self.scaler is not None and self._fp16_overflow():
+                return {"skipped": 1.0}
+            self._check_gradients()  # under DDP the gradients are already averaged: every rank sees the same
         except NonFiniteError:
             self.optimizer.zero_grad(set_to_none=True)
+            if buffers is not None:
+                with torch.no_grad():
+                    torch._foreach_copy_(list(self.model.buffers()), buffers)
             if self.config.nonfinite_policy == "stop" or self.state.consecutive_skips >= self.config.max_skipped_steps:
                 raise  # "skip" allows max_skipped_steps bad steps in a row; the next one stops
             self.state.skipped_steps += 1
             self.state.consecutive_skips += 1
             return {"skipped": 1.0}
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.state.consecutive_skips = 0
-        metrics = {k: float(v.detach().mean()) for k, v in out.items() if k != "objective"}
-        metrics.setdefault("loss", float(loss.detach()))  # an objective may report its own (e.g. unweighted) loss
+        if distributed:
+            metrics = {k: v for k, v in means.items() if k != "objective"}
+            metrics.setdefault("loss", -means["objective"])
+        else:
+            metrics = {k: float(v.detach().mean()) for k, v in out.items() if k != "objective"}
+            metrics.setdefault("loss", float(loss.detach()))  # an objective may report its own (e.g. unweighted) loss
         metrics["lr"] = lr
         return metrics
 
     # --------------------------------------------------------------------------------------------- an epoch
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch drawn on the CPU onto the model's device (pinned, non-blocking on CUDA), then as float32."""
+        batch = as_tensor(batch)  # a split on disk is read here, one batch at a time
+        if batch.device != self.device:
+            if self.device.type == "cuda":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            else:
+                batch = batch.to(self.device)
+        return as_float(batch)
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean validation metrics under a fixed seed (comparable across epochs; the training RNG is untouched)."""
+        """Mean validation metrics under a fixed seed (comparable across epochs; the training RNG is untouched).
+        Under several ranks each rank validates its shard and the sums are added up."""
         if self.valid_data is None or self.valid_data.shape[0] == 0:
             return {}
         self.model.eval()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         n = self.valid_data.shape[0]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed + 7919)
-            for i in range(0, n, self.config.eval_batch_size):
-                xb = self.valid_data[i : i + self.config.eval_batch_size]
+        mine = ranks.shard(n)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.config.seed + 7919 + 104_729 * self.rank)
+            for i in range(mine.start, mine.stop, self.config.eval_batch_size):
+                xb = self._to_device(self.valid_data[i : min(mine.stop, i + self.config.eval_batch_size)])
                 out = self.valid_objective(self.model, xb, float(self.config.epochs))
                 for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.double().sum())
+                    sums[k] = sums.get(k, 0.0) + v.double().sum()
         self.model.train()
-        means = {k: v / n for k, v in sums.items()}
+        if self.world_size > 1:
+            keys = sorted(self._valid_keys(sums))
+            local = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64).to(self.device) for k in keys])
+            sums = dict(zip(keys, ranks.all_reduce_sum(local)))
+        means = {k: float(v) / n for k, v in sums.items()}
         objective = means.pop("objective")
         means.setdefault("loss", -objective)
         return means
 
+    def _valid_keys(self, sums: dict) -> list[str]:
+        """The metric names every rank reports (a rank with an empty shard learns them from one example)."""
+        if sums:
+            return list(sums)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            out = self.valid_objective(self.model, self._to_device(self.valid_data[:1]), float(self.config.epochs))
+        return list(out)
+
+    def _rank_share(self, idx: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous part of a global batch (the whole batch for one process)."""
+        if self.world_size == 1:
+            return idx
+        part = ranks.shard(idx.shape[0])
+        return idx[part.start : part.stop]
+
+    def _stop_now(self) -> bool:
+        """Stop after this step: the agreed flag under several ranks (one rank may see SIGTERM a step later)."""
+        return self._stop_agreed if self.world_size > 1 else bool(self.stop_requested)
+
     def _run_epoch(self) -> dict[str, float]:
         cfg, st = self.config, self.state
         order = epoch_order(self.train_data.shape[0], cfg.seed, st.epoch)
-        first, start = st.step_in_epoch, time.perf_counter()
+        if self.train_data.device != order.device:
+            order = order.to(self.train_data.device)
+        first, start = st.step_in_epoch, self.clock()
+        last = start
         for b in range(first, self.steps_per_epoch):
+            if self._budget_reached():
+                break  # the budget's plan ends mid-epoch: validate and checkpoint what was trained
+            step_start = self.clock()
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            batch = self.train_data[idx]
+            mine = self._rank_share(idx)
+            batch = self._to_device(self.train_data[mine])
             if self.batch_transform is not None:
                 batch = self.batch_transform(batch)
-            metrics = self.train_step(batch, idx)
+            metrics = self.train_step(batch, mine) if self.world_size == 1 else self.train_step(batch, mine, idx.shape[0])
             st.step_in_epoch, st.global_step = b + 1, st.global_step + 1
+            now = self.clock()
+            st.train_seconds += now - last  # per step, so a checkpoint in mid-epoch keeps the time spent
+            last = now
+            self._time_step(now - step_start, st.train_seconds)
             if "skipped" not in metrics:
                 st.epoch_count += 1
                 for k, v in metrics.items():
                     st.epoch_sums[k] = st.epoch_sums.get(k, 0.0) + v
-            metrics["examples_per_second"] = (b + 1 - first) * cfg.batch_size / max(1e-9, time.perf_counter() - start)
+            metrics["examples_per_second"] = (b + 1 - first) * cfg.batch_size / max(1e-9, now - start)
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
             if cfg.checkpoint_every_steps and st.global_step % cfg.checkpoint_every_steps == 0 and b + 1 < self.steps_per_epoch:
                 self.save()
-            if self.stop_requested:
+            if self._stop_now():
                 raise TrainingInterrupted(self.save(), self._stop_signal())
         means = {f"train_{k}": v / max(1, st.epoch_count) for k, v in st.epoch_sums.items()}
         if "train_lr" in means:
             means["train_lr"] = self.optimizer.param_groups[0]["lr"]
-        means["epoch_seconds"] = time.perf_counter() - start
+        means["epoch_seconds"] = self.clock() - start
         st.epoch_sums, st.epoch_count = {}, 0
         return means
 
@@ -270,15 +483,17 @@ class Trainer:
             record.update({f"valid_{k}": v for k, v in self.validate().items()})
             record["global_step"] = st.global_step
             st.epoch, st.step_in_epoch = st.epoch + 1, 0
-            st.train_seconds += record["epoch_seconds"]
             improved = self._update_best(record)
-            if cfg.max_seconds and st.train_seconds + record["epoch_seconds"] > cfg.max_seconds:
-                st.stopped_early = True  # the next epoch would overrun the time budget
+            if cfg.max_seconds and (self._budget_reached() or st.train_seconds >= cfg.max_seconds):
+                st.stopped_early = True  # the budget's plan is done (or the budget is spent)
+            stop = False
+            if self.world_size > 1:  # wall-clock decisions and late signals: every rank follows the same verdict
+                st.stopped_early, stop = ranks.all_reduce_flags(st.stopped_early, bool(self.stop_requested))
             st.history.append(record)
             self.save(best=improved)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, record)
-            if self.stop_requested:
+            if stop or (self.world_size == 1 and self.stop_requested):
                 raise TrainingInterrupted(self.last_checkpoint, self._stop_signal())
         return st
 
@@ -297,30 +512,50 @@ class Trainer:
         return False
 
     # -------------------------------------------------------------------------------------------- checkpoints
+    def _rng_tensors(self) -> dict[str, torch.Tensor]:
+        """The random state: the CPU generator (``rng.torch``) and, on CUDA, the device's (``rng.cuda``); under
+        several ranks every rank's, gathered (``rng.ranks.torch``/``rng.ranks.cuda``: one row per rank)."""
+        out = {"rng.torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            out["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.world_size > 1:
+            for key in list(out):
+                out[key.replace("rng.", "rng.ranks.")] = torch.stack(ranks.gather_tensors(out[key]))
+        return out
+
     def state_dicts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """(tensors, JSON state) describing the whole training state."""
+        """(tensors, JSON state) describing the whole training state (tensors on the CPU: device-independent).
+        Under several ranks every rank must call it (the random states are gathered)."""
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         opt_tensors, opt_json = ckpt.encode_state(self.optimizer.state_dict())
         tensors.update({f"optimizer.{k}": v for k, v in opt_tensors.items()})
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors.update(self._rng_tensors())
         state = {
             "trainer": self.state.__dict__.copy(),
             "train_config": to_dict(self.config),
             "optimizer": opt_json,
+            "world_size": self.world_size,
+            "device_type": self.device.type,
+            **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             **self.run_state,
         }
         return tensors, state
 
     def save(self, best: bool = False) -> Path | None:
+        """Commit a checkpoint: rank 0 writes, the other ranks wait for it at a barrier (with a time-out)."""
         if self.run_dir is None:
             return None
         tensors, state = self.state_dicts()
         tags = ("last", "best") if best else ("last",)
-        self.last_checkpoint = ckpt.save_checkpoint(self.run_dir, self.state.global_step, tensors, state, tags=tags)
+        path = ranks.run_on_main(lambda: ckpt.save_checkpoint(self.run_dir, self.state.global_step, tensors, state,
+                                                              tags=tags))
+        self.last_checkpoint = path or (Path(self.run_dir) / ckpt.CHECKPOINTS / f"step-{self.state.global_step:08d}")
         return self.last_checkpoint
 
     def load_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        """Restore everything ``state_dicts`` saved; refuses when a part is missing (never re-initialises)."""
+        """Restore everything ``state_dicts`` saved (from CPU tensors, onto the model's device); refuses when a part
+        is missing (never re-initialises). With another number of ranks than the checkpoint's, training continues
+        from the same step with fresh per-rank random streams (``self.world_size_changed`` says so)."""
         model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_sd, strict=True)
         missing = [k for k in ("trainer", "optimizer") if k not in state] + (
@@ -330,4 +565,19 @@ class Trainer:
         opt_tensors = {k[len("optimizer."):]: v for k, v in tensors.items() if k.startswith("optimizer.")}
         self.optimizer.load_state_dict(ckpt.decode_state(opt_tensors, state["optimizer"]))
         self.state = TrainState(**state["trainer"])
-        torch.set_rng_state(tensors["rng.torch"])
+        if self.scaler is not None:
+            if "grad_scaler" not in state:
+                raise CheckpointCorruptError("checkpoint of an fp16 run lacks the gradient scaler's state")
+            self.scaler.load_state_dict(state["grad_scaler"])
+        saved_world = int(state.get("world_size", 1))
+        self.world_size_changed = saved_world != self.world_size
+        if self.world_size_changed:
+            torch.manual_seed(self.config.seed * 1_000_003 + self.state.global_step * 7919 + self.rank)
+            return
+        cpu = tensors["rng.ranks.torch"][self.rank] if self.world_size > 1 else tensors["rng.torch"]
+        torch.set_rng_state(cpu.clone())  # a copy: a row view has a storage offset the setter ignores
+        if self.device.type == "cuda":
+            key = "rng.ranks.cuda" if self.world_size > 1 else "rng.cuda"
+            if key in tensors:
+                state_t = tensors[key][self.rank] if self.world_size > 1 else tensors[key]
+                torch.cuda.set_rng_state(state_t.clone(), self.device)

@@ -1,0 +1,159 @@
+"""Examples that stay on disk: a split of a memory-mapped ``.npy`` file, read a batch at a time.
+
+A :class:`Rows` is a list of row numbers into a (memory-mapped) numpy array. Indexing it with a slice gives another
+``Rows`` (nothing is read); indexing it with integers reads those rows and returns a float32 tensor (8-bit pixels
+become k / 255 only then, so the data stay uint8 until a batch is drawn). Everything that walks a split (the
+trainer, validation, the estimators, the fingerprint) reads it in chunks, so memory holds a few batches, not the
+file. :class:`PreparedRows` adds the fixed-seed binarisation or dequantisation of a validation or test split: row
+``i``'s noise comes from a generator seeded by (seed, i // PREPARED_CHUNK), so any batch can be read in any order
+and is the same every time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+__all__ = ["Rows", "PreparedRows", "as_tensor", "iter_chunks", "PREPARED_CHUNK"]
+
+#: Rows per generator of a prepared (binarised or dequantised) lazy split.
+PREPARED_CHUNK = 1024
+_READ_ROWS = 8192
+
+
+def _float(a: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.to(torch.float32).div_(255.0) if t.dtype == torch.uint8 else t.to(torch.float32)
+
+
+class Rows:
+    """Rows ``index`` of ``array`` (shape [N, ...] in its file layout) as examples [n, *event_shape].
+
+    ``layout``: ``NHW`` (a channel axis is added), ``NHWC`` (moved first), or ``N...`` (as stored)."""
+
+    def __init__(self, array: np.ndarray, index: np.ndarray | None = None, layout: str = "N..."):
+        self.array, self.layout = array, layout
+        self.index = np.arange(len(array), dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+        rest = tuple(array.shape[1:])
+        if layout == "NHW":
+            rest = (1, *rest)
+        elif layout == "NHWC":
+            rest = (rest[2], rest[0], rest[1])
+        self.event_shape = rest
+
+    # tensor-like surface used by the trainer and the estimators
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.index), *self.event_shape))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def dim(self) -> int:
+        return 1 + len(self.event_shape)
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def raw_dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    def _view(self, index: np.ndarray) -> "Rows":
+        return Rows(self.array, index, self.layout)
+
+    def read(self, rows: np.ndarray) -> torch.Tensor:
+        """Rows of the underlying array (file row numbers) as float32 examples, in the order given."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        raw = np.empty((len(rows), *self.array.shape[1:]), dtype=self.array.dtype)
+        raw[order] = self.array[rows[order]]  # sorted reads: sequential pages of the file
+        x = _float(raw)
+        if self.layout == "NHW":
+            x = x.unsqueeze(1)
+        elif self.layout == "NHWC":
+            x = x.permute(0, 3, 1, 2).contiguous()
+        return x
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return self._view(self.index[key])
+        if isinstance(key, (int, np.integer)):
+            return self.read(self.index[[int(key)]])[0]
+        if isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
+        return self.read(self.index[np.asarray(key, dtype=np.int64)])
+
+    def to_tensor(self) -> torch.Tensor:
+        """Everything as one float32 tensor (only for splits known to be small)."""
+        return torch.cat(list(iter_chunks(self))) if len(self) else torch.zeros(self.shape)
+
+    def __repr__(self) -> str:
+        return f"Rows({len(self)} of {len(self.array)} rows, {self.array.dtype}, event shape {self.event_shape})"
+
+
+class PreparedRows:
+    """A lazy split with a fixed-seed binarisation (``binarize``) or dequantisation (``dequantize``, ``levels``)."""
+
+    def __init__(self, base: Rows, how: str, seed: int, levels: int | None = None, positions: np.ndarray | None = None):
+        self.base, self.how, self.seed, self.levels = base, how, int(seed), levels
+        self.positions = np.arange(len(base), dtype=np.int64) if positions is None else positions
+
+    shape = property(lambda self: self.base.shape)
+    dtype = property(lambda self: torch.float32)
+    device = property(lambda self: torch.device("cpu"))
+    event_shape = property(lambda self: self.base.event_shape)
+    __len__ = lambda self: len(self.base)  # noqa: E731
+    dim = lambda self: self.base.dim()  # noqa: E731
+    numel = lambda self: self.base.numel()  # noqa: E731
+
+    def _noise(self, positions: np.ndarray) -> torch.Tensor:
+        out = torch.empty((len(positions), *self.event_shape))
+        chunks = positions // PREPARED_CHUNK
+        for c in np.unique(chunks):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(c))
+            u = torch.rand((PREPARED_CHUNK, *self.event_shape), generator=g)
+            sel = np.nonzero(chunks == c)[0]
+            out[torch.from_numpy(sel)] = u[torch.from_numpy(positions[sel] - int(c) * PREPARED_CHUNK)]
+        return out
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return PreparedRows(self.base[key], self.how, self.seed, self.levels, self.positions[key])
+        single = isinstance(key, (int, np.integer))
+        if isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
+        key = np.asarray([int(key)] if single else key, dtype=np.int64)
+        x, u = self.base[key], self._noise(self.positions[key])
+        if self.how == "binarize":
+            x = (u < x).to(torch.float32)
+        else:
+            x = (torch.round(x * (self.levels - 1)) + u) / self.levels
+        return x[0] if single else x
+
+    def to_tensor(self) -> torch.Tensor:
+        return torch.cat(list(iter_chunks(self))) if len(self) else torch.zeros(self.shape)
+
+
+def iter_chunks(x, rows: int = _READ_ROWS) -> Iterator[torch.Tensor]:
+    """A tensor, :class:`Rows` or :class:`PreparedRows` as consecutive float32 tensors of at most ``rows`` rows."""
+    for i in range(0, len(x), rows):
+        yield as_tensor(x[i : i + rows])
+
+
+def as_tensor(x) -> torch.Tensor:
+    """A tensor as it is; a lazy split (or a slice of one) read into a float32 tensor."""
+    if isinstance(x, torch.Tensor):
+        return x
+    return x[np.arange(len(x))] if len(x) else torch.zeros(x.shape)
