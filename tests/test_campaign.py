@@ -217,7 +217,9 @@ def _odd(tmp_path: Path, name: str, x: np.ndarray, *extra: str) -> tuple[int, st
 
 ODD = {
     "N=1": (np.zeros((1, 4), np.float32), [], 2, "at least 3"),
-    "N=3 < batch": (np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32), [], 0, None),
+    "N=10 < batch": (np.random.default_rng(0).integers(0, 256, (10, 1, 8, 8)).astype(np.uint8), [], 0, None),
+    "N=3 table (every column constant in a 1-row train split)": (
+        np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32), [], 2, "constant"),
     "all-zero images": (np.zeros((40, 1, 8, 8), np.uint8), [], 0, None),
     "all-one images": (np.full((40, 1, 8, 8), 255, np.uint8), [], 0, None),
     "latent dim 1": (np.random.default_rng(1).integers(0, 256, (40, 1, 8, 8)).astype(np.uint8),
@@ -262,3 +264,33 @@ def test_odd_data_and_numerics(tmp_path):
         outcomes[name] = code
     _record("odd_data", {"cases": len(outcomes), "trained": sum(c == 0 for c in outcomes.values()),
                          "refused_clearly": sum(c == 2 for c in outcomes.values()), "outcomes": outcomes})
+
+
+def test_readme_guarantees_quote_the_campaign_results():
+    """Every number in the 'Last run' column of the README's Guarantees table is a value of
+    benchmarks/results/campaign.json (integers included; the generic check in test_benchmarks sees decimals)."""
+    import re
+
+    data = json.loads((ROOT / "benchmarks" / "results" / "campaign.json").read_text())
+    values = set()
+
+    def walk(x):
+        if isinstance(x, bool):
+            return
+        if isinstance(x, (int, float)):
+            values.add(float(x))
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+    walk(data)
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines()
+            if "results/campaign.json" in line and line.startswith("|")]
+    assert len(rows) >= 8
+    for row in rows:
+        figures = row.split("|")[3]
+        for number in re.findall(r"(?<![\w.^])\d+(?:\.\d+)?(?![\w^])", re.sub(r"`[^`]*`", "", figures)):
+            decimals = len(number.split(".")[1]) if "." in number else 0
+            assert any(round(v, decimals) == float(number) for v in values), (number, row[:80])
