@@ -244,7 +244,8 @@ def _figure(width: float, height: float):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("bayesvae plots need matplotlib: pip install 'bayesvae[plots]' (or matplotlib)") from None
+        raise ImportError("bayesvae plots need matplotlib, a dependency of bayesvae that is missing here: "
+                          "pip install matplotlib") from None
 
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
