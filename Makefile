@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.bayesvae-installed
 
-.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory gpu-check pictures clean campaign-figures
+.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory gpu-check bench-vmf-bn pictures pictures-vmf clean campaign-figures
 
 env: $(STAMP)
 
@@ -58,11 +58,20 @@ bench-memory: $(STAMP)
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py --data-dir $(MNIST_DIR) --json benchmarks/results/gpu_check.json
 
+# Gaussian vs fixed-κ vMF vs Gaussian + BN, d = 10, 784-256-128 MLP, the same budget each; IS K = 5000 on the test set.
+bench-vmf-bn: $(STAMP)
+	$(PY) benchmarks/vmf_bn.py --data-dir $(MNIST_DIR) --minutes 8 --epochs 100 --out runs/vmf-bn --json benchmarks/results/vmf_bn.json
+
 # The README's pictures: a 2-D latent model on MNIST (a few minutes), its manifold and latent scatter.
 pictures: $(STAMP)
 	$(VENV)/bin/bayesvae train --data mnist --data-dir $(MNIST_DIR) --latent-dim 2 --hidden 512 --epochs 30 --max-minutes 6 --out runs/mnist-2d --overwrite --report-samples 200
 	$(VENV)/bin/bayesvae plot runs/mnist-2d manifold --out docs/mnist-2d-manifold.png --overwrite
 	$(VENV)/bin/bayesvae plot runs/mnist-2d latent --out docs/mnist-2d-latent.png --overwrite
+
+# The README's vMF picture: a d = 2 latent circle on MNIST (a few minutes).
+pictures-vmf: $(STAMP)
+	$(VENV)/bin/bayesvae train --data mnist --data-dir $(MNIST_DIR) --latent-dim 2 --posterior vmf --kappa 50 --hidden 512 --epochs 30 --max-minutes 8 --out runs/mnist-vmf-2d --overwrite --report-samples 200
+	$(VENV)/bin/bayesvae plot runs/mnist-vmf-2d sphere --out docs/mnist-vmf-2d-circle.png --overwrite
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

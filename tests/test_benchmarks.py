@@ -80,3 +80,15 @@ def test_gpu_check_runs_on_cpu_in_smoke_mode(monkeypatch):
     assert result["device"] == "cpu" and result["plain_examples_per_second"] > 0
     assert result["float32_examples_per_second"] > 0 and result["bf16_examples_per_second"] > 0
     assert result["eval_examples"] == 64 and result["bf16_abs_error_max_nats"] < 5.0
+
+
+@needs_mnist
+def test_vmf_bn_smoke(monkeypatch, tmp_path):
+    result = _run("vmf_bn.py", "--smoke", "--data-dir", str(MNIST), "--out", str(tmp_path / "runs"),
+                  "--json", str(tmp_path / "v.json"), monkeypatch=monkeypatch)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert list(rows) == ["gaussian", "vmf", "gaussian-bn"]
+    assert all(r["num_samples"] == 20 and r["nll_nats"] > 0 for r in rows.values())
+    assert rows["vmf"]["kappa"] in (20.0, 50.0) and len(rows["vmf"]["kappa_validation"]) == 2
+    assert rows["gaussian-bn"]["kl_nats"] >= rows["gaussian-bn"]["kl_bound"]["nats"] * 0.9
+    assert json.loads((tmp_path / "v.json").read_text())["rows"]

@@ -105,7 +105,7 @@ def test_shared_learned_variance_matches_torch_normal():
     loc, x = torch.randn(4, 9) * 0.2, torch.randn(4, 9) * 0.2
     want = Normal(loc, 0.2).log_prob(x).sum(-1)
     torch.testing.assert_close(lik(loc).log_prob(x), want, atol=1e-5, rtol=0)
-    assert lik.log_sigma.requires_grad
+    assert lik.sigma_param.requires_grad and lik.scoring_log_sigma().requires_grad
 
 
 def test_shared_optimal_variance_is_the_batch_mse_when_fitting_and_running_value_otherwise():
@@ -143,7 +143,7 @@ def test_learned_shared_sigma_samples_respect_the_floor_that_log_prob_uses():
     """Issue 13.11: rsample must use the σ that log_prob uses (the floored one), not the raw parameter."""
     lik = bv.GaussianSharedVariance(min_sigma=1e-2)
     with torch.no_grad():
-        lik.log_sigma.fill_(-20.0)  # far below the floor
+        lik.sigma_param.fill_(-20.0 / lik.LOG_SIGMA_RATE)  # ln σ = -20: far below the floor
     draws = lik(torch.zeros(4000, 5)).rsample()
     assert abs(float(draws.std()) / 1e-2 - 1) < 0.05  # 20,000 draws: the std's relative error is ~0.5 %
 
@@ -183,3 +183,39 @@ def test_invalid_sigma_raises_value_error(kwargs):
 def test_unknown_likelihood_names_the_choices():
     with pytest.raises(ValueError, match="bernoulli"):
         make_likelihood("os.system")
+
+
+def test_learned_shared_sigma_starts_from_the_data_and_learns_at_the_networks_pace():
+    """Issue 11.4: the learned shared σ started at 1 and Adam moved ln σ by about its learning rate per step, so on
+    digits it ended far above its optimum (4.07 bits/dim against 3.25). It now starts at the data's standard
+    deviation and ln σ = 10 x the parameter: from σ = 0.3 to the residuals' σ* = 0.05, Adam (lr 1e-3) gets within 5 %
+    in 300 steps; with ln σ as the parameter it needs 2,328 (measured with the same draws)."""
+    g = torch.Generator().manual_seed(0)
+    data = 0.3 * torch.randn(256, 64, generator=g)
+    lik = bv.GaussianSharedVariance()
+    lik.initialize_from_data(data)
+    assert float(lik.scoring_log_sigma().detach().exp()) == pytest.approx(float(data.std()), rel=1e-5)
+    opt = torch.optim.Adam(lik.parameters(), lr=1e-3)
+    for _ in range(300):
+        r = 0.05 * torch.randn(128, 64, generator=g)
+        opt.zero_grad()
+        (-lik(torch.zeros_like(r)).log_prob(r).mean()).backward()
+        opt.step()
+    assert abs(float(lik.scoring_log_sigma().detach().exp()) / 0.05 - 1) < 0.05
+
+
+def test_learned_per_dimension_sigma_starts_from_the_data():
+    lik = bv.GaussianLearnedVariance(min_sigma=1e-3)
+    data = 0.25 * torch.randn(500, 10, generator=torch.Generator().manual_seed(0))
+    lik.initialize_from_data(data)
+    dist = lik(torch.zeros(3, 20))  # mean 0 and raw σ output 0, as a freshly initialised decoder roughly gives
+    torch.testing.assert_close(dist.base_dist.scale, torch.full((3, 10), float(data.std())), rtol=1e-5, atol=0)
+
+
+def test_checkpoints_of_the_learned_sigmas_from_before_load_unchanged():
+    shared = bv.GaussianSharedVariance()
+    shared.load_state_dict({"log_sigma": torch.tensor(math.log(0.2))})  # ln σ stored directly, no offset
+    torch.testing.assert_close(shared.scoring_log_sigma().exp().detach(), torch.tensor(0.2))
+    per_dim = bv.GaussianLearnedVariance()
+    per_dim.load_state_dict({})
+    assert float(per_dim.sigma_offset) == 0.0

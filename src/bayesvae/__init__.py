@@ -17,7 +17,7 @@ from .errors import (
     OutputExistsError,
     UnsafeCheckpointError,
 )
-from .estimators import active_units, bits_per_dim, estimate_log_likelihood, per_dimension_kl
+from .estimators import active_units, bits_per_dim, estimate_log_likelihood, mutual_information, per_dimension_kl
 from .likelihoods import (
     Bernoulli,
     GaussianFixedVariance,
@@ -29,8 +29,9 @@ from .likelihoods import (
 from .model import VAE, build_model, num_parameters
 from .networks import MLP, ConvDecoder, ConvEncoder
 from .objectives import ELBOTerms, elbo, elbo_terms, iwae_bound, log_importance_weights
-from .posteriors import DiagonalGaussian, DiagonalNormal, Posterior, kl_per_dimension
-from .priors import Prior, StandardNormal, StandardNormalPrior
+from .posteriors import DiagonalGaussian, DiagonalNormal, Posterior, VonMisesFisherPosterior, kl_per_dimension
+from .priors import Prior, StandardNormal, StandardNormalPrior, UniformSpherePrior
+from .sphere import UniformSphere, VonMisesFisher
 from .runs import load
 
 __version__ = "0.1.0"
@@ -40,14 +41,14 @@ __all__ = [
     "BayesVAEError", "CheckpointCorruptError", "CheckpointError", "CheckpointNotFoundError", "ConfigError",
     "DataValidationError", "IncompatibleCheckpointError", "NonFiniteError", "OutputExistsError",
     "UnsafeCheckpointError",
-    "active_units", "bits_per_dim", "estimate_log_likelihood", "per_dimension_kl",
+    "active_units", "bits_per_dim", "estimate_log_likelihood", "mutual_information", "per_dimension_kl",
     "Bernoulli", "GaussianFixedVariance", "GaussianLearnedVariance", "GaussianSharedVariance", "Likelihood",
     "make_likelihood",
     "VAE", "build_model", "num_parameters",
     "MLP", "ConvDecoder", "ConvEncoder",
     "ELBOTerms", "elbo", "elbo_terms", "iwae_bound", "log_importance_weights",
-    "DiagonalGaussian", "DiagonalNormal", "Posterior", "kl_per_dimension",
-    "Prior", "StandardNormal", "StandardNormalPrior",
+    "DiagonalGaussian", "DiagonalNormal", "Posterior", "VonMisesFisherPosterior", "kl_per_dimension",
+    "Prior", "StandardNormal", "StandardNormalPrior", "UniformSpherePrior", "UniformSphere", "VonMisesFisher",
     "load",
     "__version__",
 ]

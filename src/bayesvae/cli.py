@@ -103,6 +103,10 @@ def _say_device() -> None:
     _DEVICE_NOTE.clear()
 
 
+def _warn(msg: str) -> None:
+    _print(f"\nwarning: {msg}")
+
+
 def _write_table(path: Path, columns: dict, overwrite: bool) -> None:
     """Named 1-D columns to ``.csv`` (integer columns stay integers) or, stacked as floats, to ``.npy``; atomic."""
     import io
@@ -151,7 +155,7 @@ _FLAG_OF_FIELD = {"epochs": "--epochs", "batch_size": "--batch-size", "learning_
                   "lr_schedule": "--lr-schedule", "lr_decay": "--lr-decay", "objective": "--objective",
                   "samples": "--samples", "kl_warmup_epochs": "--kl-warmup", "early_stopping_patience": "--patience",
                   "seed": "--seed", "checkpoint_every_steps": "--checkpoint-every", "nonfinite_policy": "--on-nonfinite",
-                  "max_seconds": "--max-minutes", "precision": "--precision"}
+                  "max_seconds": "--max-minutes", "precision": "--precision", "free_bits": "--free-bits"}
 
 
 def _check_max_minutes(value) -> None:
@@ -174,7 +178,8 @@ def _train_config(args) -> TrainConfig:
                            objective=args.objective, samples=args.samples, kl_warmup_epochs=args.kl_warmup,
                            early_stopping_patience=args.patience, seed=args.seed,
                            checkpoint_every_steps=args.checkpoint_every, nonfinite_policy=args.on_nonfinite,
-                           max_seconds=60.0 * args.max_minutes, precision=args.precision)
+                           max_seconds=60.0 * args.max_minutes, precision=args.precision,
+                           free_bits=args.free_bits)
     except ConfigError as err:
         raise ConfigError(_flag_names(str(err))) from None
 
@@ -183,6 +188,30 @@ def _flag_names(message: str) -> str:
     for field_name, flag in _FLAG_OF_FIELD.items():
         message = message.replace(f"option {field_name!r}", flag)
     return message
+
+
+def _posterior_choice(args) -> tuple[str, dict]:
+    """--posterior, --kappa and --posterior-bn as (name, options); a flag that does not apply is refused."""
+    options: dict = {}
+    if args.posterior == "vmf":
+        if args.kappa is None:
+            raise ConfigError("--posterior vmf needs its fixed concentration: --kappa K (e.g. --kappa 50)")
+        if args.posterior_bn is not None:
+            raise ConfigError("--posterior-bn applies to the Gaussian posterior; the vmf posterior's KL is a "
+                              "constant and cannot vanish anyway")
+        options["kappa"] = args.kappa
+    elif args.kappa is not None:
+        raise ConfigError("--kappa is the concentration of the vmf posterior; add --posterior vmf or drop --kappa")
+    if args.posterior_bn is not None:
+        key, sep, value = args.posterior_bn.partition("=")
+        if not sep or key not in ("gamma", "tau"):
+            raise ConfigError(f"--posterior-bn takes gamma=G (BN on μ, fixed scale) or tau=T (BN on μ and σ), "
+                              f"got {args.posterior_bn!r}")
+        try:
+            options[f"bn_{key}"] = float(value)
+        except ValueError:
+            raise ConfigError(f"--posterior-bn {key}= needs a number, got {value!r}") from None
+    return args.posterior, options
 
 
 def _install_signal_handlers(trainer) -> None:
@@ -220,6 +249,17 @@ def _on_ready(trainer, dataset, likelihood) -> None:
         _print("note: a Gaussian density on 0/1 data is fitted to them dequantised over 2 levels (else it would grow "
                "without bound as σ shrinks); its bits/dim are those of the 0/1 values. --likelihood bernoulli is "
                "the natural likelihood for 0/1 data")
+    bound = trainer.run_state.get("kl_bound")
+    if bound:
+        if bound["kind"] == "constant":
+            _print(f"posterior: {bound['form']}; KL(p(z|x) || uniform) = {bound['nats']:.4f} nats for every x "
+                   "(a constant: it cannot vanish)")
+        else:
+            _print(f"posterior: {bound['form']}; the expected KL is at least {bound['nats']:.4f} nats "
+                   f"({bound['nats_per_dim']:.4f} per dimension), so it cannot vanish")
+    if trainer.config.free_bits > 0:
+        _print(f"free bits: {trainer.config.free_bits:g} nats per dimension in the training objective; the loss "
+               "shown is still the true negative ELBO")
     if ranks.world_size() > 1:
         _print(f"processes: {ranks.world_size()} ({'NCCL' if trainer.device.type == 'cuda' else 'gloo'}); global "
                f"batch {trainer.config.batch_size} = {ranks.world_size()} x {trainer.config.batch_size // ranks.world_size()}")
@@ -283,7 +323,8 @@ def _resume(args, callbacks, device):
     pick = {d: getattr(args, d) if d in given else None for d in RESUME_FLAGS}
     return runs.resume(args.resume, epochs=pick["epochs"], max_minutes=pick["max_minutes"], patience=pick["patience"],
                        checkpoint_every=pick["checkpoint_every"], precision=pick["precision"], data=pick["data"],
-                       data_dir=pick["data_dir"], callbacks=callbacks, on_ready=_on_ready, say=_print, device=device)
+                       data_dir=pick["data_dir"], callbacks=callbacks, on_ready=_on_ready, say=_print, device=device,
+                       on_warning=_warn)
 
 
 def cmd_train(args) -> int:
@@ -297,6 +338,7 @@ def cmd_train(args) -> int:
         if args.resume:
             trainer = _resume(args, callbacks, device)
         else:
+            posterior, posterior_options = _posterior_choice(args)
             spec = runs.DataSpec(args.data, args.data_dir, args.split_seed, args.valid_fraction, args.test_fraction,
                                  args.limit, args.label_column)
             config = _train_config(args)
@@ -305,7 +347,8 @@ def cmd_train(args) -> int:
                                  likelihood_options=options, latent_dim=args.latent_dim,
                                  architecture=args.architecture, hidden=args.hidden, activation=args.activation,
                                  overwrite=args.overwrite, callbacks=callbacks, tensorboard=args.tensorboard,
-                                 on_ready=_on_ready, device=device)
+                                 on_ready=_on_ready, posterior=posterior, posterior_options=posterior_options,
+                                 on_warning=_warn, device=device)
     except (KeyboardInterrupt, Terminated):
         out = Path(args.resume or args.out)
         if not args.resume and (out / "run.json").is_file() and not ckpt_list(out):
@@ -389,7 +432,13 @@ def cmd_evaluate(args) -> int:
         print(f"  ELBO            {result['elbo_nats']:.3f} nats   (reconstruction NLL "
               f"{result['reconstruction_nll_nats']:.3f} + KL {result['kl_nats']:.3f})")
         print(f"  active units    {result['active_units']} of {result['latent_dim']}")
-        print("  KL per dim      " + " ".join(f"{v:.2f}" for v in result["kl_per_dimension_nats"]))
+        print(f"  I(x; z)         {result['mutual_information_nats']:.3f} nats   (minibatch estimate, N = "
+              f"{result['mutual_information_batch_size']}: at most log N = {result['mutual_information_max_nats']:.2f}"
+              "; biased low near that ceiling)")
+        if result["kl_per_dimension_nats"] is not None:
+            print("  KL per dim      " + " ".join(f"{v:.2f}" for v in result["kl_per_dimension_nats"]))
+        else:
+            print("  KL per dim      (the KL does not split by dimension: vMF's KL is one constant)")
         if "nll_standardized_nats" in result:
             print(f"  (densities of the data in the file's units; on the standardised features the NLL is "
                   f"{result['nll_standardized_nats']:.3f} nats, lower by Σ ln s = "
@@ -600,7 +649,9 @@ def _add_picture_commands(sub) -> None:
                        description="Draw one picture of a trained run. Kinds: latent (test posterior means by "
                        "label; PCA beyond 2-D), manifold (decoded lattice of normal quantiles), samples, "
                        "reconstructions, interpolation, traversals, kl (per-dimension KL and active units), curves "
-                       "(learning curves), histograms (tabular data: data vs model per feature).")
+                       "(learning curves), histograms (tabular data: data vs model per feature), sphere (vmf latents: the "
+                       "latent circle or the two angles of S^2 with decoded images along them; manifold, traversals "
+                       "and kl are not drawn on a sphere).")
     _run_dir_args(p)
     p.add_argument("kind", choices=list(KINDS), metavar="KIND", help=f"one of: {', '.join(KINDS)}")
     p.add_argument("--out", help="output .png (default: RUN_DIR/plots/KIND.png)")
@@ -665,6 +716,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, help="σ of the gaussian-fixed likelihood (default 1, printed)")
     p.add_argument("--likelihood-options", help="JSON object of likelihood options, e.g. '{\"optimal\": true}'")
     p.add_argument("--latent-dim", type=int, default=20)
+    p.add_argument("--posterior", choices=["diagonal-gaussian", "vmf"], default="diagonal-gaussian",
+                   help="p(z|x): diagonal Gaussian with a standard-normal prior (default), or vmf: von Mises-Fisher "
+                        "of fixed concentration --kappa on the unit sphere with a uniform prior (constant KL)")
+    p.add_argument("--kappa", type=float, help="the fixed concentration κ of --posterior vmf (0 < κ <= 1e4)")
+    p.add_argument("--posterior-bn", metavar="gamma=G|tau=T",
+                   help="VAE + BN against KL vanishing (Gaussian posterior): gamma=G batch-normalises μ with fixed "
+                        "scale G and a learned shift (E[KL] >= d G²/2); tau=T batch-normalises μ and σ with "
+                        "γ_μ² + γ_σ² = 1 (E[KL] >= -d/2 ln(1-T))")
+    p.add_argument("--free-bits", type=float, default=0.0,
+                   help="free bits λ in nats per latent dimension (0: off); the reported loss stays the -ELBO")
     p.add_argument("--architecture", choices=["mlp", "conv"], default="mlp")
     p.add_argument("--hidden", type=int, nargs="+", default=[400],
                    help="hidden widths (default: 400); mlp: one per layer, conv: one width (the dense layer)")

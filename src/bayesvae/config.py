@@ -78,7 +78,11 @@ class ModelConfig:
     likelihood_options: dict = field(default_factory=dict)
     """Keyword arguments of the likelihood, e.g. ``{"sigma": 0.1}`` for ``gaussian-fixed``."""
     posterior: str = "diagonal-gaussian"
-    prior: str = "standard-normal"
+    """``diagonal-gaussian`` (eq. 15) or ``vmf`` (von Mises-Fisher of fixed κ on the unit sphere S^{d-1})."""
+    prior: str | None = None
+    """None: the posterior's own prior (``standard-normal`` for the Gaussian, ``uniform-sphere`` for vmf)."""
+    posterior_options: dict = field(default_factory=dict)
+    """``{"kappa": K}`` for vmf (required); ``{"bn_gamma": G}`` or ``{"bn_tau": T}`` for the Gaussian (VAE + BN)."""
     standardized: bool = False
     """The data were standardised per feature, x' = (x - m) / s: the model holds ln s (buffer ``data_log_scale``)
     and its densities are those of the data in the user's units (the Jacobian -Σ ln s included)."""
@@ -102,6 +106,18 @@ class ModelConfig:
             raise ConfigError(f"option 'standardized' must be true or false, got {self.standardized!r}")
         if not isinstance(self.likelihood_options, dict):
             raise ConfigError("option 'likelihood_options' must be a JSON object")
+        from .posteriors import POSTERIORS, check_posterior_options
+        from .priors import PRIORS
+
+        check_posterior_options(self.posterior, self.posterior_options, self.latent_dim)
+        allowed = POSTERIORS[self.posterior].priors
+        if self.prior is None:
+            object.__setattr__(self, "prior", allowed[0])
+        if self.prior not in PRIORS:
+            raise ConfigError(f"unknown prior {self.prior!r}; choose one of {sorted(PRIORS)}")
+        if self.prior not in allowed:
+            raise ConfigError(f"the {self.posterior} posterior needs a prior on the same space and base measure "
+                              f"({', '.join(allowed)}), got prior {self.prior!r}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +137,10 @@ class TrainConfig:
     """K samples of z per example (eq. 23)."""
     kl_warmup_epochs: float = 0.0
     """Linear KL weight warm-up from 0 to 1 over this many epochs (0: off). Reported losses use weight 1."""
+    free_bits: float = 0.0
+    """Free bits λ (Kingma et al. 2016), nats per latent dimension: the training objective charges each dimension
+    max(λ, its minibatch-mean KL), so a dimension below λ gets no push towards the prior (0: off). Needs a
+    factorised KL and the ``elbo`` objective. Reported losses are always the true negative ELBO."""
     early_stopping_patience: int = 0
     """Stop when the validation loss has not improved for this many epochs (0: off)."""
     seed: int = 0
@@ -147,7 +167,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "samples", "eval_batch_size", "max_skipped_steps"):
             _positive_int(name, getattr(self, name))
         _positive_float("learning_rate", self.learning_rate)
-        for name in ("lr_min_factor", "kl_warmup_epochs", "grad_clip", "max_seconds"):
+        for name in ("lr_min_factor", "kl_warmup_epochs", "grad_clip", "max_seconds", "free_bits"):
             _positive_float(name, getattr(self, name), allow_zero=True)
         _positive_float("lr_decay", self.lr_decay)
         for name in ("early_stopping_patience", "checkpoint_every_steps", "seed"):
@@ -159,3 +179,5 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"option {name!r} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.free_bits > 0 and self.objective != "elbo":
+            raise ConfigError("free bits (free_bits > 0) shape the ELBO's KL term; use objective 'elbo' or free_bits 0")

@@ -112,15 +112,22 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, *, sample_latent: bool = False) -> torch.Tensor:
-        """E[x|z] at z = E[z|x] (or at one z ~ p(z|x) when ``sample_latent``)."""
+        """E[x|z] at the posterior's mode (E[z|x] for a Gaussian, μ on the sphere for vMF), or at one z ~ p(z|x)
+        when ``sample_latent``."""
         q = self.posterior(x)
-        return self.decode(q.sample() if sample_latent else q.mean)
+        if sample_latent:
+            return self.decode(q.sample())
+        try:
+            centre = q.mode
+        except NotImplementedError:  # a user's posterior without a mode
+            centre = q.mean
+        return self.decode(centre)
 
 
 def build_model(config: ModelConfig) -> VAE:
     """Build the VAE a ``ModelConfig`` describes (checkpoints rebuild models this way, by registered names only)."""
     likelihood = make_likelihood(config.likelihood, **config.likelihood_options)
-    posterior = make_posterior(config.posterior)
+    posterior = make_posterior(config.posterior, config.latent_dim, config.posterior_options)
     prior = make_prior(config.prior, config.latent_dim)
     shape, d, m = config.data_shape, config.latent_dim, likelihood.num_params
     out_shape = (m * shape[0], *shape[1:])

@@ -123,13 +123,24 @@ class TrainingObjective:
     ``loss`` (the bound's negative), ``reconstruction_nll`` and ``kl`` are always unweighted: for the ELBO,
     loss = reconstruction_nll + kl, the seed's loss (eq. 13). On a model in training mode it fits the statistics
     that are fitted to batches (:func:`bayesvae.likelihoods.batch_fitting`); ``elbo`` and ``iwae_bound`` never do.
+
+    Free bits λ (``free_bits``, nats per dimension, Kingma et al. 2016): the ELBO's KL term becomes
+    Σ_j max(λ, mean over the minibatch of KL_j), so dimensions below λ feel no pull towards the prior; per
+    example, dimension j contributes KL_ij where the batch mean is ≥ λ and the constant λ otherwise (the batch
+    mean of that is exactly the expression above). Needs a per-dimension KL (``kl_per_dimension``).
     """
 
-    def __init__(self, kind: str = "elbo", num_samples: int = 1, kl_warmup_epochs: float = 0.0):
+    def __init__(self, kind: str = "elbo", num_samples: int = 1, kl_warmup_epochs: float = 0.0,
+                 free_bits: float = 0.0):
         if kind not in ("elbo", "iwae"):
             raise ValueError(f"kind must be 'elbo' or 'iwae', got {kind!r}")
         self.kind, self.num_samples = kind, check_num_samples(num_samples)
         self.kl_warmup_epochs = float(kl_warmup_epochs)
+        self.free_bits = float(free_bits)
+        if not (math.isfinite(self.free_bits) and self.free_bits >= 0):
+            raise ValueError(f"free_bits must be a finite number >= 0, got {free_bits!r}")
+        if self.free_bits > 0 and kind != "elbo":
+            raise ValueError("free bits apply to the ELBO objective only")
 
     def kl_weight(self, progress: float) -> float:
         return 1.0 if self.kl_warmup_epochs <= 0 else min(1.0, progress / self.kl_warmup_epochs)
@@ -150,8 +161,24 @@ class TrainingObjective:
             objective = bound if beta == 1.0 else torch.logsumexp(log_px + beta * log_ratio, dim=0) - log_k
             return {"objective": objective, "loss": -bound.detach(), "reconstruction_nll": -log_px.mean(0),
                     "kl": -log_ratio.mean(0)}
+        if self.free_bits > 0:
+            return self._free_bits(model, x, progress)
         terms = elbo_terms(model, x, self.num_samples)
         beta = self.kl_weight(progress)
         objective = terms.elbo if beta == 1.0 else terms.reconstruction - beta * terms.kl
         return {"objective": objective, "loss": -terms.elbo.detach(), "reconstruction_nll": -terms.reconstruction,
                 "kl": terms.kl}
+
+    def _free_bits(self, model, x: torch.Tensor, progress: float) -> dict[str, torch.Tensor]:
+        from .posteriors import kl_per_dimension
+
+        _check_x(x)
+        q = model.posterior(x)
+        log_px, _ = _log_weight_parts(model, x, q, q.rsample((self.num_samples,)))
+        kl_dims = kl_per_dimension(q, model.prior)  # [B, d]
+        reconstruction, kl = log_px.mean(0), kl_dims.sum(-1)
+        floor = torch.full_like(kl_dims, self.free_bits)
+        charged = torch.where(kl_dims.detach().mean(0) >= self.free_bits, kl_dims, floor).sum(-1)
+        objective = reconstruction - self.kl_weight(progress) * charged
+        return {"objective": objective, "loss": -(reconstruction - kl).detach(), "reconstruction_nll": -reconstruction,
+                "kl": kl}

@@ -8,8 +8,10 @@ Kinds (``KINDS``): ``latent`` (posterior means of the test split coloured by lab
 ``manifold`` (E[x|z] over a lattice of standard-normal quantiles in two latent dimensions, the seed's picture),
 ``samples`` (decoded prior draws), ``reconstructions``, ``interpolation`` (linear in z between encoded test
 examples), ``traversals`` (one latent dimension at a time, sorted by KL), ``kl`` (KL per dimension and active units),
-``curves`` (learning curves from ``metrics.jsonl``) and, for tabular data, ``histograms`` (data vs model draws
-per feature, in the user's units).  Image kinds refuse tabular runs and ``histograms`` refuses image runs with a
+``curves`` (learning curves from ``metrics.jsonl``), for tabular data ``histograms`` (data vs model draws
+per feature, in the user's units) and, for a latent on the unit sphere (vmf), ``sphere`` (d = 2: the latent circle
+coloured by label and the decoded images along the angle; d ≥ 3: azimuth and elevation). On a sphere ``manifold``,
+``traversals`` and ``kl`` are never drawn (they assume z in R^d) and ``interpolation`` follows great circles.  Image kinds refuse tabular runs and ``histograms`` refuses image runs with a
 :class:`~bayesvae.errors.DataValidationError` that lists the kinds that apply.
 
 matplotlib is imported lazily and only through its object-oriented API with the Agg canvas: no pyplot state, no
@@ -33,7 +35,7 @@ from .grids import make_grid
 
 __all__ = ["KINDS", "IMAGE_KINDS", "TABULAR_KINDS", "PlotContext", "context", "applicable_kinds", "plot", "to_png",
            "latent", "manifold", "samples", "reconstructions", "interpolation", "traversals", "kl", "curves",
-           "histograms", "ACTIVE_THRESHOLD", "CLASS_COLORS"]
+           "histograms", "sphere", "sphere_point", "sphere_dims", "EUCLIDEAN_KINDS", "ACTIVE_THRESHOLD", "CLASS_COLORS"]
 
 #: Var_x(E[z_u|x]) above which latent dimension u counts as active (Burda et al. 2016).
 ACTIVE_THRESHOLD = 0.01
@@ -79,6 +81,13 @@ class PlotContext:
     @property
     def latent_dim(self) -> int:
         return int(self.model.latent_dim)
+
+    @property
+    def is_sphere(self) -> bool:
+        """Whether z lives on the unit sphere S^{d-1} (the vmf posterior): then pictures walk angles, and the
+        lattices of normal quantiles or coordinate sweeps (which leave the sphere) are never drawn."""
+        head = getattr(self.model, "prior_head", None)
+        return getattr(head, "manifold", "euclidean") == "sphere"
 
     @property
     def data_state(self) -> dict:
@@ -157,7 +166,8 @@ class PlotContext:
 
         x = self.x if x is None else x
         with eval_mode(self.model):
-            return torch.cat([self.model.posterior(xb).mean.cpu() for xb in _batches(x, 1000, model_device(self.model))])
+            return torch.cat([_centre(self.model.posterior(xb)).cpu()
+                              for xb in _batches(x, 1000, model_device(self.model))])
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -172,7 +182,11 @@ class PlotContext:
         """Mean KL(p(z_u|x) || q(z_u)) over the split, nats per dimension."""
         if self._kl is None:
             from .estimators import per_dimension_kl
-            self._kl = per_dimension_kl(self.model, self.x).numpy()
+            try:
+                self._kl = per_dimension_kl(self.model, self.x).numpy()
+            except TypeError:
+                raise DataValidationError("this posterior's KL does not split by latent dimension (the vmf KL is one "
+                                          "constant); dimensions are ordered by Var_x E[z_u|x] instead") from None
         return self._kl
 
     def mean_variances(self) -> np.ndarray:
@@ -187,7 +201,10 @@ class PlotContext:
         try:
             kl = self.kl_per_dim()
         except DataValidationError:
-            return list(range(self.latent_dim))
+            try:
+                kl = self.mean_variances()  # no per-dimension KL (sphere): the spread of the posterior centres
+            except DataValidationError:
+                return list(range(self.latent_dim))
         return [int(i) for i in np.argsort(-kl, kind="stable")]
 
     def default_dims(self) -> tuple[int, int]:
@@ -239,6 +256,23 @@ def context(run, *, data=None, labels=None, class_names=None, split: str = "test
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
+def _centre(q) -> torch.Tensor:
+    """Where a picture places x in latent space: the posterior's mode (the mean for a Gaussian; the mean
+    direction μ on the sphere, where E[z|x] = A_d(κ) μ lies inside the ball and decodes off the manifold)."""
+    try:
+        return q.mode
+    except NotImplementedError:
+        return q.mean
+
+
+def sphere_point(phi: torch.Tensor, lam: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit vectors from angles: (cos φ, sin φ) on S^1 (``lam`` None), else (cos λ cos φ, cos λ sin φ, sin λ) on
+    S^2 with azimuth φ and elevation λ."""
+    if lam is None:
+        return torch.stack([torch.cos(phi), torch.sin(phi)], -1)
+    return torch.stack([torch.cos(lam) * torch.cos(phi), torch.cos(lam) * torch.sin(phi), torch.sin(lam)], -1)
+
+
 def _figure(width: float, height: float):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -331,15 +365,16 @@ def latent(run, *, dims: Sequence[int] | None = None, split: str = "test", data=
     keep = _subsample(len(z), max_points, seed)
     z, y = z[keep], (None if y is None else y[keep])
     d = z.shape[1]
+    centre = "mean direction" if ctx.is_sphere else "posterior mean"
     if d == 1:
         rng = np.random.default_rng(seed)
         xy = np.stack([z[:, 0], (y if y is not None else np.zeros(len(z))) + rng.uniform(-0.3, 0.3, len(z))], 1)
-        labels_xy = ("$z_0$ (posterior mean)", "label (jittered)" if y is not None else "jitter")
+        labels_xy = (f"$z_0$ ({centre})", "label (jittered)" if y is not None else "jitter")
         how = "1 latent dimension"
     elif dims is not None or d == 2:
         i, j = ctx.check_dims(dims) if dims is not None else (0, 1)
         xy = z[:, [i, j]]
-        labels_xy = (f"$z_{{{i}}}$ (posterior mean)", f"$z_{{{j}}}$ (posterior mean)")
+        labels_xy = (f"$z_{{{i}}}$ ({centre})", f"$z_{{{j}}}$ ({centre})")
         how = f"latent dimensions {i} and {j}" + (f" of {d}" if d > 2 else "")
     else:
         centred = z - z.mean(0)
@@ -364,7 +399,8 @@ def latent(run, *, dims: Sequence[int] | None = None, split: str = "test", data=
             fig.colorbar(sc, ax=ax, label="label")
     ax.set_xlabel(labels_xy[0])
     ax.set_ylabel(labels_xy[1])
-    ax.set_title(f"Latent space: E[z|x] of {len(xy)} {ctx.split} examples ({how})", fontsize=10)
+    what = "μ(x)" if ctx.is_sphere else "E[z|x]"
+    ax.set_title(f"Latent space: {what} of {len(xy)} {ctx.split} examples ({how})", fontsize=10)
     ax.grid(alpha=0.3)
     return fig
 
@@ -455,7 +491,11 @@ def interpolation(run, *, pairs: int = 6, steps: int = 10, split: str = "test", 
     ends = torch.tensor(chosen)
     za, zb = ctx.encode(x[ends[:, 0]]), ctx.encode(x[ends[:, 1]])
     t = torch.linspace(0, 1, steps)[None, :, None]
-    z = (1 - t) * za[:, None] + t * zb[:, None]  # [pairs, steps, d]
+    if ctx.is_sphere:  # along the great circle (slerp): every point stays on the sphere
+        omega = torch.arccos((za * zb).sum(-1).clamp(-1 + 1e-7, 1 - 1e-7))[:, None, None]
+        z = (torch.sin((1 - t) * omega) * za[:, None] + torch.sin(t * omega) * zb[:, None]) / torch.sin(omega)
+    else:
+        z = (1 - t) * za[:, None] + t * zb[:, None]  # [pairs, steps, d]
     decoded = ctx.decode(z.reshape(-1, ctx.latent_dim)).reshape(pairs, steps, *ctx.data_shape)
     rows = torch.cat([x[ends[:, 0]][:, None], decoded, x[ends[:, 1]][:, None]], 1)
     _, _, h, w = x.shape
@@ -463,7 +503,8 @@ def interpolation(run, *, pairs: int = 6, steps: int = 10, split: str = "test", 
     ax = fig.add_subplot()
     _show_images(ax, rows.reshape(-1, *ctx.data_shape), ncol=steps + 2)
     ax.set_xticks([(w + 1) * 0.5 + 0.5, (steps + 1.5) * (w + 1)], ["input A", "input B"])
-    ax.set_title(f"Linear interpolation in z between encoded {ctx.split} examples ({steps} steps, ends included)",
+    how = "Great-circle (slerp)" if ctx.is_sphere else "Linear"
+    ax.set_title(f"{how} interpolation in z between encoded {ctx.split} examples ({steps} steps, ends included)",
                  fontsize=10)
     return fig
 
@@ -654,12 +695,125 @@ def histograms(run, *, split: str = "test", data=None, num_samples: int | None =
     return fig
 
 
+def sphere_dims(ctx: PlotContext) -> tuple[int, ...]:
+    """The latent dimensions a sphere picture walks: (0, 1) for d = 2, (0, 1, 2) for d = 3, else the three with
+    the largest Var_x E[z_u|x] (in index order); the walk stays on the unit sphere of those dimensions."""
+    d = ctx.latent_dim
+    if d <= 3:
+        return tuple(range(d))
+    return tuple(sorted(ctx.dims_by_kl()[:3]))
+
+
+def _angles_of(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(azimuth φ, elevation λ) of 3-vectors (normalised first; for d > 3 the projection on three dimensions)."""
+    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    return np.arctan2(z[:, 1], z[:, 0]), np.arcsin(np.clip(z[:, 2], -1, 1))
+
+
+def sphere(run, *, n: int = 16, split: str = "test", data=None, labels=None, max_points: int = 3000, seed: int = 0,
+           **_):
+    """For a latent on the sphere (vmf). d = 2: the latent circle, the mean directions μ(x) of a split placed at
+    their angle θ and coloured by label (radially spread by label so classes do not hide each other), and the
+    decoded means E[x|z] at ``n`` angles around the circle. d ≥ 3: the mean directions as azimuth φ and elevation
+    λ on the 2-sphere of three latent dimensions, and E[x|z] over a lattice of (φ, λ)."""
+    ctx = context(run, data=data, labels=labels, split=split)
+    _need_image(ctx, "sphere")
+    if not ctx.is_sphere:
+        raise DataValidationError("the sphere picture is for latents on the unit sphere (--posterior vmf); use "
+                                  "latent and manifold")
+    dims = sphere_dims(ctx)
+    z = ctx.encode(ctx.x_display).double().numpy()[:, list(dims)]
+    y = ctx.labels.numpy() if ctx.labels is not None and len(ctx.labels) == len(z) else None
+    keep = _subsample(len(z), max_points, seed)
+    z, y = z[keep], (None if y is None else y[keep])
+    colors, legend, cmap = _label_colors(y, ctx.class_names) if y is not None else (_ONE_COLOR, None, None)
+    size = max(2.0, min(14.0, 3000.0 / max(1, len(z))))
+    if len(dims) == 2:
+        angles = -math.pi + 2 * math.pi * torch.arange(n, dtype=torch.float64) / n
+        images = ctx.decode(sphere_point(angles).float())
+        _, _, h, w = images.shape
+        fig = _figure(max(7.0, n * 0.5), 7.6)
+        top, bottom = fig.subfigures(2, 1, height_ratios=[5.2, 1.6])
+        ax = top.add_subplot()
+        theta = np.arctan2(z[:, 1], z[:, 0])
+        rings = np.searchsorted(np.unique(y), y) if y is not None else np.zeros(len(z))
+        radius = 1.0 + 0.035 * rings + np.random.default_rng(seed).uniform(-0.01, 0.01, len(z))
+        t = np.linspace(0, 2 * np.pi, 400)
+        ax.plot(np.cos(t), np.sin(t), color="#b5b5b5", lw=1)
+        ax.scatter(radius * np.cos(theta), radius * np.sin(theta), s=size, c=colors, cmap=cmap, alpha=0.7,
+                   linewidths=0)
+        for k in range(n):
+            a = float(angles[k])
+            ax.plot([0.9 * math.cos(a), 0.95 * math.cos(a)], [0.9 * math.sin(a), 0.95 * math.sin(a)], color="#555",
+                    lw=1)
+            if k % 2 == 0:
+                ax.text(0.8 * math.cos(a), 0.8 * math.sin(a), f"{math.degrees(a):.0f}°", ha="center",
+                        va="center", fontsize=7, color="#555")
+        ax.set_aspect("equal")
+        ax.set_xlim(-1.55, 1.55)
+        ax.set_ylim(-1.45, 1.45)
+        ax.set_xlabel(f"$z_{{{dims[0]}}}$ = cos θ")
+        ax.set_ylabel(f"$z_{{{dims[1]}}}$ = sin θ")
+        ax.set_title(f"Latent circle S¹: mean directions μ(x) of {len(z)} {ctx.split} examples at their angle "
+                     "(rings: labels)", fontsize=10)
+        if legend:
+            from matplotlib.lines import Line2D
+            ax.legend(handles=[Line2D([], [], marker="o", ls="", color=c, label=nm, markersize=6) for nm, c in legend],
+                      title="label", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        bx = bottom.add_subplot()
+        _show_images(bx, images, ncol=n)
+        ticks = list(range(0, n, max(1, n // 8)))
+        bx.set_xticks([1 + k * (w + 1) + w / 2 - 0.5 for k in ticks],
+                      [f"{math.degrees(float(angles[k])):.0f}°" for k in ticks], fontsize=8)
+        bx.set_title("E[x|z] at z = (cos θ, sin θ), θ around the circle", fontsize=9)
+        return fig
+    rows, cols = 7, 12
+    phi = -math.pi + 2 * math.pi * (torch.arange(cols, dtype=torch.float64) + 0.5) / cols
+    lam = torch.linspace(math.radians(67.5), -math.radians(67.5), rows, dtype=torch.float64)
+    grid = torch.zeros(rows * cols, ctx.latent_dim, dtype=torch.float64)
+    grid[:, list(dims)] = sphere_point(phi.repeat(rows), lam.repeat_interleave(cols))
+    images = ctx.decode(grid.float())
+    _, _, h, w = images.shape
+    fig = _figure(13.5, 5.2)
+    left, right = fig.subfigures(1, 2, width_ratios=[1.0, 1.25])
+    ax = left.add_subplot()
+    az, el = _angles_of(z)
+    ax.scatter(np.degrees(az), np.degrees(el), s=size, c=colors, cmap=cmap, alpha=0.7, linewidths=0)
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-90, 90)
+    ax.set_xticks(range(-180, 181, 90))
+    ax.set_yticks(range(-90, 91, 45))
+    ax.set_xlabel(f"azimuth φ (degrees) in the ($z_{{{dims[0]}}}$, $z_{{{dims[1]}}}$) plane")
+    ax.set_ylabel(f"elevation λ towards $z_{{{dims[2]}}}$ (degrees)")
+    extra = f" projected on dimensions {dims}" if ctx.latent_dim > 3 else ""
+    ax.set_title(f"Mean directions μ(x) of {len(z)} {ctx.split} examples{extra}", fontsize=10)
+    ax.grid(alpha=0.3)
+    if legend:
+        from matplotlib.lines import Line2D
+        ax.legend(handles=[Line2D([], [], marker="o", ls="", color=c, label=nm, markersize=5) for nm, c in legend],
+                  fontsize=7, loc="lower left", ncol=5, frameon=False)
+    bx = right.add_subplot()
+    _show_images(bx, images, ncol=cols)
+    bx.set_xticks([1 + k * (w + 1) + w / 2 - 0.5 for k in range(0, cols, 3)],
+                  [f"{math.degrees(float(phi[k])):.0f}°" for k in range(0, cols, 3)], fontsize=8)
+    bx.set_yticks([1 + r * (h + 1) + h / 2 - 0.5 for r in range(rows)],
+                  [f"{math.degrees(float(lam[r])):.0f}°" for r in range(rows)], fontsize=8)
+    bx.set_xlabel("azimuth φ")
+    bx.set_ylabel("elevation λ")
+    others = "" if ctx.latent_dim == 3 else ", other dimensions 0"
+    bx.set_title(f"E[x|z] over the two angles{others}", fontsize=10)
+    return fig
+
+
 # ------------------------------------------------------------------------------------------------- dispatching
 KINDS: dict[str, Any] = {
     "latent": latent, "manifold": manifold, "samples": samples, "reconstructions": reconstructions,
     "interpolation": interpolation, "traversals": traversals, "kl": kl, "curves": curves, "histograms": histograms,
+    "sphere": sphere,
 }
-IMAGE_KINDS = ("manifold", "samples", "reconstructions", "interpolation", "traversals")
+IMAGE_KINDS = ("manifold", "samples", "reconstructions", "interpolation", "traversals", "sphere")
+#: Kinds that assume z in R^d (normal quantiles, coordinate sweeps, a per-dimension KL): never drawn on a sphere.
+EUCLIDEAN_KINDS = ("manifold", "traversals", "kl")
 TABULAR_KINDS = ("histograms",)
 
 
@@ -673,6 +827,8 @@ def applicable_kinds(run) -> list[str]:
             continue
         if kind == "manifold" and ctx.latent_dim < 2:
             continue
+        if (kind in EUCLIDEAN_KINDS and ctx.is_sphere) or (kind == "sphere" and not ctx.is_sphere):
+            continue
         out.append(kind)
     return out
 
@@ -685,6 +841,10 @@ def plot(run, kind: str, **options):
                   split=options.pop("split", "test"))
     if kind not in applicable_kinds(ctx):
         why = ("needs image data" if kind in IMAGE_KINDS and not ctx.is_image else
-               "is for tabular data" if kind in TABULAR_KINDS else "needs at least 2 latent dimensions")
+               "is for tabular data" if kind in TABULAR_KINDS and ctx.is_image else
+               "assumes a latent in R^d (this one is on the unit sphere; see the sphere kind)"
+               if kind in EUCLIDEAN_KINDS and ctx.is_sphere else
+               "is for a latent on the unit sphere (--posterior vmf)" if kind == "sphere" else
+               "needs at least 2 latent dimensions")
         raise DataValidationError(f"plot kind {kind!r} {why}; kinds for this run: {', '.join(applicable_kinds(ctx))}")
     return KINDS[kind](ctx, **options)

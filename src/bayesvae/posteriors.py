@@ -13,9 +13,12 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, constraints, register_kl
 
+from .errors import ConfigError
 from .priors import StandardNormal
+from .sphere import VonMisesFisher, log_vmf_normalizer, mean_resultant_length
 
-__all__ = ["DiagonalNormal", "Posterior", "DiagonalGaussian", "POSTERIORS", "make_posterior", "kl_per_dimension", "soft_clamp"]
+__all__ = ["DiagonalNormal", "Posterior", "DiagonalGaussian", "VonMisesFisherPosterior", "POSTERIORS",
+           "make_posterior", "kl_per_dimension", "check_posterior_options", "BN_EPS", "soft_clamp"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -59,6 +62,10 @@ class DiagonalNormal(Distribution):
 
     @property
     def mean(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def mode(self) -> torch.Tensor:
         return self.loc
 
     @property
@@ -109,9 +116,16 @@ def kl_per_dimension(q: Distribution, prior: Distribution) -> torch.Tensor:
 
 
 class Posterior(nn.Module):
-    """Contract: ``num_params(d)`` encoder outputs; ``forward(params [B, num_params]) -> Distribution``."""
+    """Contract: ``num_params(d)`` encoder outputs; ``forward(params [B, num_params]) -> Distribution``.
+
+    Class attributes: ``priors``, the prior names whose support and base measure this posterior shares (the first
+    is the default); ``factorised``, whether the KL splits into per-dimension terms (free bits and the
+    per-dimension KL need it).
+    """
 
     name = "posterior"
+    priors: tuple[str, ...] = ("standard-normal",)
+    factorised = True
 
     def num_params(self, latent_dim: int) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -119,25 +133,187 @@ class Posterior(nn.Module):
     def config(self) -> dict:
         return {"name": self.name}
 
+    def kl_bound(self) -> float | None:
+        """A lower bound (nats, summed over dimensions) on the expected KL that the construction guarantees, or
+        None when there is none."""
+        return None
+
+    def describe(self) -> str:
+        return self.name
+
+
+def _number(options: dict, key: str, low: float, high: float, what: str) -> float:
+    value = options[key]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not low < value < high:
+        raise ConfigError(f"posterior option {key!r} must be {what}, got {value!r}")
+    return float(value)
+
+
+#: The largest κ accepted (log C_d(κ) and the sampler are checked up to here, for d up to 512).
+KAPPA_MAX = 1e4
+
+#: BatchNorm's ε; the γ form's bound holds under batch statistics up to the factor Var/(Var + ε).
+BN_EPS = 1e-5
+
 
 class DiagonalGaussian(Posterior):
     """Eq. (15): two encoder heads, μ(x) and ln σ²(x); the log-variance is kept in (-30, 20) by
-    :func:`soft_clamp` (the identity on [-20, 10], smooth shoulders beyond, never a zero gradient)."""
+    :func:`soft_clamp` (the identity on [-20, 10], smooth shoulders beyond, never a zero gradient).
+
+    Options (VAE + BN, against KL vanishing; at most one):
+
+    - ``bn_gamma=γ``: μ is batch-normalised with the fixed scale γ and a learned shift β (no learned scale). In a
+      training batch the mean of μ_j² is then γ² + β_j² (times Var/(Var + ε)), so, as σ² - ln σ² - 1 ≥ 0, the
+      batch's mean KL is at least d γ²/2.
+    - ``bn_tau=τ`` (the refinement): μ and the standard deviation are batch-normalised without shift, σ through
+      the absolute value of its normalised output, with scales γ_μ² = τ + (1-τ) s and γ_σ² = (1-τ)(1-s),
+      s = sigmoid(θ) learned. Then E[μ² + σ²] = 1 per dimension (the prior's second moment) and, by Jensen,
+      E[KL] = -½ E[ln σ²] ≥ -½ ln γ_σ² ≥ -½ ln(1-τ) per dimension.
+
+    Training uses batch statistics; evaluation uses the running statistics (so an estimate for one example does
+    not depend on which others share its batch).
+    """
 
     name = "diagonal-gaussian"
+
+    def __init__(self, latent_dim: int | None = None, *, bn_gamma: float | None = None, bn_tau: float | None = None):
+        super().__init__()
+        type(self).check_options({k: v for k, v in (("bn_gamma", bn_gamma), ("bn_tau", bn_tau))
+                                  if v is not None}, latent_dim)
+        self.bn_gamma = None if bn_gamma is None else float(bn_gamma)
+        self.bn_tau = None if bn_tau is None else float(bn_tau)
+        self.latent_dim = latent_dim
+        if bn_gamma is not None or bn_tau is not None:
+            self.mean_norm = nn.BatchNorm1d(latent_dim, eps=BN_EPS, affine=False)
+        if bn_gamma is not None:
+            self.shift = nn.Parameter(torch.zeros(latent_dim))
+        if bn_tau is not None:
+            self.scale_norm = nn.BatchNorm1d(latent_dim, eps=BN_EPS, affine=False)
+            self.theta = nn.Parameter(torch.zeros(()))
+
+    @staticmethod
+    def check_options(options: dict, latent_dim: int | None) -> None:
+        unknown = sorted(set(options) - {"bn_gamma", "bn_tau"})
+        if unknown:
+            raise ConfigError(f"unknown diagonal-gaussian posterior option(s) {unknown}; valid: bn_gamma, bn_tau")
+        if "bn_gamma" in options and "bn_tau" in options:
+            raise ConfigError("choose one batch-norm form: bn_gamma (BN on μ, fixed scale) or bn_tau (the refinement)")
+        if "bn_gamma" in options:
+            _number(options, "bn_gamma", 0.0, math.inf, "a finite number > 0 (e.g. 0.5)")
+        if "bn_tau" in options:
+            _number(options, "bn_tau", 0.0, 1.0, "a number in (0, 1) (e.g. 0.5)")
+        if options and (latent_dim is None or latent_dim <= 0):
+            raise ConfigError("the batch-norm options need the latent dimension")
 
     def num_params(self, latent_dim: int) -> int:
         return 2 * latent_dim
 
+    def config(self) -> dict:
+        out = {"name": self.name}
+        out.update({k: v for k, v in (("bn_gamma", self.bn_gamma), ("bn_tau", self.bn_tau)) if v is not None})
+        return out
+
+    def scales(self) -> tuple[float, float] | None:
+        """(γ_μ², γ_σ²) of the τ form at the current θ."""
+        if self.bn_tau is None:
+            return None
+        s, tau = float(torch.sigmoid(self.theta.detach())), self.bn_tau
+        return tau + (1 - tau) * s, (1 - tau) * (1 - s)
+
+    def kl_bound(self) -> float | None:
+        if self.bn_gamma is not None:
+            return 0.5 * self.latent_dim * self.bn_gamma ** 2
+        if self.bn_tau is not None:
+            return -0.5 * self.latent_dim * math.log1p(-self.bn_tau)
+        return None
+
+    def describe(self) -> str:
+        if self.bn_gamma is not None:
+            return f"{self.name} + BN on μ (γ = {self.bn_gamma:g}, learned shift)"
+        if self.bn_tau is not None:
+            return f"{self.name} + BN on μ and σ (τ = {self.bn_tau:g}, γ_μ² + γ_σ² = 1)"
+        return self.name
+
     def forward(self, params: torch.Tensor) -> DiagonalNormal:
-        loc, logvar = params.chunk(2, dim=-1)
-        return DiagonalNormal(loc, soft_clamp(logvar))
+        loc, raw = params.chunk(2, dim=-1)
+        if self.bn_gamma is not None:
+            loc = self.bn_gamma * self.mean_norm(loc) + self.shift
+        elif self.bn_tau is not None:
+            s = torch.sigmoid(self.theta)
+            var_mu = self.bn_tau + (1.0 - self.bn_tau) * s
+            var_sigma = (1.0 - self.bn_tau) * (1.0 - s)
+            loc = var_mu.sqrt() * self.mean_norm(loc)
+            # ln σ² = ln γ_σ² + 2 ln |BN(raw)|; the floor keeps ln finite (and its gradient) at an exact zero.
+            logvar = var_sigma.log() + 2.0 * self.scale_norm(raw).abs().clamp_min(1e-15).log()
+            return DiagonalNormal(loc, soft_clamp(logvar))
+        return DiagonalNormal(loc, soft_clamp(raw))
 
 
-POSTERIORS: dict[str, type[Posterior]] = {DiagonalGaussian.name: DiagonalGaussian}
+class VonMisesFisherPosterior(Posterior):
+    """vMF(μ(x), κ) on S^{d-1} with a FIXED κ: the encoder gives a direction (d outputs), normalised to μ.
+
+    Its prior is the uniform distribution on the sphere; the KL is the constant of :func:`bayesvae.sphere.
+    vmf_kl_to_uniform`, registered with ``torch.distributions.kl_divergence``. log C_d(κ) and A_d(κ) are computed
+    once here, in float64.
+    """
+
+    name = "vmf"
+    priors = ("uniform-sphere",)
+    factorised = False
+
+    def __init__(self, latent_dim: int, *, kappa: float):
+        super().__init__()
+        type(self).check_options({"kappa": kappa}, latent_dim)
+        self.latent_dim, self.kappa = int(latent_dim), float(kappa)
+        self.log_normalizer = log_vmf_normalizer(self.latent_dim, self.kappa)
+        self.mean_resultant = mean_resultant_length(self.latent_dim, self.kappa)
+
+    @staticmethod
+    def check_options(options: dict, latent_dim: int | None) -> None:
+        unknown = sorted(set(options) - {"kappa"})
+        if unknown:
+            raise ConfigError(f"unknown vmf posterior option(s) {unknown}; the only option is kappa")
+        if "kappa" not in options:
+            raise ConfigError("the vmf posterior needs its fixed concentration: posterior_options={'kappa': K} "
+                              "(CLI: --kappa K), e.g. K = 50")
+        _number(options, "kappa", 0.0, KAPPA_MAX * (1 + 1e-12), f"a number in (0, {KAPPA_MAX:g}]")
+        if latent_dim is not None and latent_dim < 2:
+            raise ConfigError(f"a vmf latent lives on S^(d-1) and needs d >= 2, got latent_dim {latent_dim}")
+
+    def num_params(self, latent_dim: int) -> int:
+        return latent_dim
+
+    def config(self) -> dict:
+        return {"name": self.name, "kappa": self.kappa}
+
+    def kl_bound(self) -> float | None:
+        from .sphere import vmf_kl_to_uniform
+
+        return vmf_kl_to_uniform(self.latent_dim, self.kappa)  # the KL itself: a constant
+
+    def describe(self) -> str:
+        return f"vmf (κ = {self.kappa:g}, fixed) on S^{self.latent_dim - 1}"
+
+    def forward(self, params: torch.Tensor) -> VonMisesFisher:
+        mu = torch.nn.functional.normalize(params, dim=-1, eps=1e-12)
+        return VonMisesFisher(mu, self.kappa, log_normalizer=self.log_normalizer,
+                              mean_resultant=self.mean_resultant)
 
 
-def make_posterior(name: str) -> Posterior:
+POSTERIORS: dict[str, type[Posterior]] = {DiagonalGaussian.name: DiagonalGaussian,
+                                          VonMisesFisherPosterior.name: VonMisesFisherPosterior}
+
+
+def check_posterior_options(name: str, options: dict, latent_dim: int | None) -> None:
+    """Raise ConfigError unless ``options`` are valid for the posterior ``name``."""
     if name not in POSTERIORS:
-        raise ValueError(f"unknown posterior {name!r}; choose one of {sorted(POSTERIORS)}")
-    return POSTERIORS[name]()
+        raise ConfigError(f"unknown posterior {name!r}; choose one of {sorted(POSTERIORS)}")
+    if not isinstance(options, dict):
+        raise ConfigError(f"posterior options must be a JSON object, got {options!r}")
+    POSTERIORS[name].check_options(options, latent_dim)
+
+
+def make_posterior(name: str, latent_dim: int | None = None, options: dict | None = None) -> Posterior:
+    check_posterior_options(name, dict(options or {}), latent_dim)
+    return POSTERIORS[name](latent_dim, **dict(options or {}))

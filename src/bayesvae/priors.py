@@ -8,7 +8,9 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, constraints
 
-__all__ = ["StandardNormal", "Prior", "StandardNormalPrior", "PRIORS", "make_prior"]
+from .sphere import UniformSphere
+
+__all__ = ["StandardNormal", "Prior", "StandardNormalPrior", "UniformSpherePrior", "PRIORS", "make_prior"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -45,9 +47,14 @@ class StandardNormal(Distribution):
 
 
 class Prior(nn.Module):
-    """Contract: ``forward()`` returns the prior Distribution over z with ``event_shape [latent_dim]``."""
+    """Contract: ``forward()`` returns the prior Distribution over z with ``event_shape [latent_dim]``.
+
+    ``manifold`` names where z lives: ``euclidean`` (R^d) or ``sphere`` (the unit sphere S^{d-1}); pictures ask it
+    (a lattice of normal quantiles means nothing on a sphere), the objectives never do.
+    """
 
     name = "prior"
+    manifold = "euclidean"
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -70,7 +77,24 @@ class StandardNormalPrior(Prior):
         return StandardNormal(self.latent_dim, dtype=self._anchor.dtype, device=self._anchor.device)
 
 
-PRIORS: dict[str, type[Prior]] = {StandardNormalPrior.name: StandardNormalPrior}
+class UniformSpherePrior(Prior):
+    """q(z) = the uniform distribution on the unit sphere S^{d-1} (density 1/|S^{d-1}| w.r.t. the surface measure);
+    the prior of the fixed-κ von Mises-Fisher posterior."""
+
+    name = "uniform-sphere"
+    manifold = "sphere"
+
+    def __init__(self, latent_dim: int):
+        super().__init__(latent_dim)
+        if self.latent_dim < 2:
+            raise ValueError(f"a sphere latent needs latent_dim >= 2, got {latent_dim}")
+
+    def forward(self) -> UniformSphere:
+        return UniformSphere(self.latent_dim, dtype=self._anchor.dtype, device=self._anchor.device)
+
+
+PRIORS: dict[str, type[Prior]] = {StandardNormalPrior.name: StandardNormalPrior,
+                                  UniformSpherePrior.name: UniformSpherePrior}
 
 
 def make_prior(name: str, latent_dim: int) -> Prior:

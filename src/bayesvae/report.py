@@ -52,6 +52,25 @@ def _png_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _sphere_lattice(ctx: plots.PlotContext, grid: int) -> tuple[torch.Tensor, dict]:
+    """The explorer's lattice for a latent on the sphere: G*G angles θ ∈ [-π, π] around the circle (d = 2, read
+    row by row), or a G x G lattice of azimuth φ ∈ [-π, π] and elevation λ ∈ [-π/2, π/2] on the 2-sphere of three
+    latent dimensions (others 0). Returns (z, payload fields)."""
+    dims = plots.sphere_dims(ctx)
+    if len(dims) == 2:
+        n = grid * grid
+        theta = -math.pi + 2 * math.pi * torch.arange(n, dtype=torch.float64) / (n - 1)
+        return plots.sphere_point(theta).float(), {"geometry": "circle", "dims": list(dims)}
+    phi = torch.linspace(-math.pi, math.pi, grid, dtype=torch.float64)
+    lam = torch.linspace(math.pi / 2, -math.pi / 2, grid, dtype=torch.float64)  # row r from the top: λ decreasing
+    z = torch.zeros(grid * grid, ctx.latent_dim, dtype=torch.float64)
+    z[:, list(dims)] = plots.sphere_point(phi.repeat(grid), lam.repeat_interleave(grid))
+    fields = {"geometry": "angles", "dims": list(dims),
+              "x": {"lo": -math.pi, "hi": math.pi, "label": f"z{dims[0]}, z{dims[1]}"},
+              "y": {"lo": -math.pi / 2, "hi": math.pi / 2, "label": f"z{dims[2]}"}}
+    return z.float(), fields
+
+
 def _fmt(v) -> str:
     """A configuration value as short text."""
     if isinstance(v, float):
@@ -148,6 +167,18 @@ def _metrics_html(ev: dict, ctx: plots.PlotContext) -> str:
                          '<span class="muted">(Var<sub>x</sub> E[z<sub>u</sub>|x] &gt; '
                          f'{plots.ACTIVE_THRESHOLD})</span>'),
     ]
+    if ev.get("mutual_information_nats") is not None:
+        rows.append(("mutual information  I(x; z)", f'{ev["mutual_information_nats"]:.3f} nats <span class="muted">'
+                     f'(minibatch estimate under the aggregate posterior, N = {ev["mutual_information_batch_size"]}'
+                     f' examples per batch; never above log N = {ev["mutual_information_max_nats"]:.2f}, biased low '
+                     'near it)</span>'))
+    if ev.get("kl_per_dimension_nats"):
+        per_dim = " ".join(f"{v:.2f}" for v in ev["kl_per_dimension_nats"][:64])
+        rows.append(("KL per dimension", f'<span class="muted">{per_dim} nats</span>'))
+    bound = (ctx.run.state.get("kl_bound") if ctx.run is not None else None) or None
+    if bound:
+        rows.append(("KL floor of the posterior", f'{bound["nats"]:.3f} nats <span class="muted">({_esc(bound["kind"])}'
+                     f' of {_esc(bound["form"])})</span>'))
     if "nll_standardized_nats" in ev:
         shift = ev["standardization_log_scale_sum_nats"]
         rows.append(("NLL of the standardised features", f'{ev["nll_standardized_nats"]:.3f} nats <span class="muted">'
@@ -165,6 +196,8 @@ def _explorer_html(ctx: plots.PlotContext, grid: int, max_points: int) -> str:
     if d < 2:
         return ('<p class="note">The explorer needs at least two latent dimensions; this model has one. '
                 "See the traversal picture instead.</p>")
+    if ctx.is_sphere:
+        return _sphere_explorer_html(ctx, grid, max_points)
     i, j = ctx.default_dims()
     kl = None
     try:
@@ -178,6 +211,104 @@ def _explorer_html(ctx: plots.PlotContext, grid: int, max_points: int) -> str:
         z[r * grid:(r + 1) * grid, j] = values[grid - 1 - r]
     decoded = ctx.decode(z)
     payload: dict = {"grid": grid, "span": SPAN, "dims": [i, j], "colors": list(plots.CLASS_COLORS)}
+    payload.update(_decoded_payload(ctx, decoded))
+    sprite = payload.pop("sprite")
+    _label_points(ctx, payload, max_points, lambda z: z[:, [i, j]])
+    why = (f"the two with the largest KL (KL {kl[i]:.2f} and {kl[j]:.2f} nats)" if kl is not None
+           else "the first two")
+    output = _output_canvas(ctx)
+    what = _what(ctx)
+    npoints = len(payload.get("points", []))
+    coloured = ", coloured by label" if payload.get("labels") else ""
+    return f"""
+<p>Move the pointer over the plane: the panel on the right shows {what} at that point z. The plane spans
+z<sub>{i}</sub>, z<sub>{j}</sub> ∈ [−{SPAN:g}, {SPAN:g}] ({why}); every other latent dimension is held at 0,
+the prior mean. Dots are the posterior means of {npoints} encoded test examples{coloured}. The decoder was
+evaluated on a {grid}×{grid} lattice when this report was written; the nearest lattice point is shown.</p>
+{_explorer_body(payload, sprite, output, f"z<sub>{i}</sub> = 0, z<sub>{j}</sub> = 0")}
+"""
+
+
+def _sphere_explorer_html(ctx: plots.PlotContext, grid: int, max_points: int) -> str:
+    z, fields = _sphere_lattice(ctx, grid)
+    payload: dict = {"grid": grid, "colors": list(plots.CLASS_COLORS), **fields}
+    payload.update(_decoded_payload(ctx, ctx.decode(z)))
+    sprite = payload.pop("sprite")
+    dims = fields["dims"]
+    if fields["geometry"] == "circle":
+        def to_points(m):
+            rng = np.random.default_rng(0)
+            theta = torch.atan2(m[:, dims[1]], m[:, dims[0]]).numpy()
+            return np.stack([theta, 1.0 + rng.uniform(-0.04, 0.04, len(theta))], 1)
+        how = (f"Move the pointer around the circle: the angle θ of the pointer from the centre picks the point "
+               f"z = (cos θ, sin θ) of the latent circle S¹, and the panel on the right shows {_what(ctx)} there. "
+               f"The decoder was evaluated at {grid * grid} angles when this report was written; the nearest is "
+               "shown.")
+    else:
+        def to_points(m):
+            v = m[:, dims].double().numpy()
+            v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            return np.stack([np.arctan2(v[:, 1], v[:, 0]), np.arcsin(np.clip(v[:, 2], -1, 1))], 1)
+        others = "" if ctx.latent_dim == 3 else " (the three with the largest spread of μ(x); the others 0)"
+        how = (f"The plane is a map of the sphere S² of z<sub>{dims[0]}</sub>, z<sub>{dims[1]}</sub>, "
+               f"z<sub>{dims[2]}</sub>{others}: azimuth φ ∈ [−π, π] across, elevation λ ∈ [−π/2, π/2] up, "
+               "z = (cos λ cos φ, cos λ sin φ, sin λ). Move the pointer: the panel on the right shows "
+               f"{_what(ctx)} at that z. The decoder was evaluated on a {grid}×{grid} lattice of the two angles "
+               "when this report was written; the nearest lattice point is shown.")
+    _label_points(ctx, payload, max_points, to_points)
+    npoints = len(payload.get("points", []))
+    coloured = ", coloured by label" if payload.get("labels") else ""
+    return (f"<p>{how} Dots are the mean directions μ(x) of {npoints} encoded test examples{coloured}. The normal-"
+            "quantile plane of a Gaussian latent means nothing here, so the explorer walks the angles.</p>"
+            + _explorer_body(payload, sprite, _output_canvas(ctx), "θ = 0"))
+
+
+def _what(ctx: plots.PlotContext) -> str:
+    return ("the decoded image E[x|z]" if ctx.is_image else
+            "the decoded feature values E[x|z] in the file's units (bar from the data mean; the grey track spans "
+            "the data's 1st–99th percentile)")
+
+
+def _output_canvas(ctx: plots.PlotContext) -> str:
+    return ('<canvas id="explorer-output" width="280" height="280" aria-label="decoded image"></canvas>'
+            if ctx.is_image else
+            '<canvas id="explorer-output" width="520" height="300" aria-label="decoded feature values"></canvas>')
+
+
+def _explorer_body(payload: dict, sprite: str, output: str, readout: str) -> str:
+    return f"""<div class="explorer">
+  <div><canvas id="explorer-plane" width="360" height="360" aria-label="latent plane"></canvas>
+  <div id="explorer-legend" class="legend"></div></div>
+  <div><div class="readout" id="explorer-readout">{readout}</div>{output}</div>
+</div>
+{sprite}
+{_json_script("explorer-data", payload)}
+"""
+
+
+def _label_points(ctx: plots.PlotContext, payload: dict, max_points: int, project) -> None:
+    """Encoded test examples (projected by ``project`` to the explorer's two coordinates) and their labels."""
+    try:
+        x = ctx.x_display
+        keep = np.sort(np.random.default_rng(0).choice(x.shape[0], min(max_points, x.shape[0]), replace=False))
+        zz = np.asarray(project(ctx.encode(x[torch.as_tensor(keep)])))
+        payload["points"] = np.round(zz, 3).tolist()
+        labels = ctx.labels
+        if labels is not None and len(labels) == x.shape[0]:
+            lab = labels.numpy()[keep]
+            classes = np.unique(lab)
+            payload["labels"] = [int(np.searchsorted(classes, v)) for v in lab] if len(classes) <= 10 else None
+            names = ctx.class_names
+            payload["classes"] = [names[c] if names and 0 <= c < len(names) else str(c) for c in classes.tolist()]
+    except Exception:  # noqa: BLE001 - the overlay is a bonus; the explorer works without it
+        payload["points"] = []
+
+
+def _decoded_payload(ctx: plots.PlotContext, decoded: torch.Tensor) -> dict:
+    """The decoded lattice: a sprite-sheet PNG for images (returned under "sprite" as an <img>), a table of
+    feature values otherwise."""
+    grid = int(round(math.sqrt(decoded.shape[0])))
+    payload: dict = {}
     if ctx.is_image:
         from PIL import Image
 
@@ -201,43 +332,8 @@ def _explorer_html(ctx: plots.PlotContext, grid: int, max_points: int) -> str:
                        p1=_round_sig(np.percentile(data_vals, 1, axis=0)).tolist(),
                        p99=_round_sig(np.percentile(data_vals, 99, axis=0)).tolist())
         sprite = ""
-    try:
-        x = ctx.x_display
-        keep = np.sort(np.random.default_rng(0).choice(x.shape[0], min(max_points, x.shape[0]), replace=False))
-        zz = ctx.encode(x[torch.as_tensor(keep)])[:, [i, j]].numpy()
-        payload["points"] = np.round(zz, 3).tolist()
-        labels = ctx.labels
-        if labels is not None and len(labels) == x.shape[0]:
-            lab = labels.numpy()[keep]
-            classes = np.unique(lab)
-            payload["labels"] = [int(np.searchsorted(classes, v)) for v in lab] if len(classes) <= 10 else None
-            names = ctx.class_names
-            payload["classes"] = [names[c] if names and 0 <= c < len(names) else str(c) for c in classes.tolist()]
-    except Exception:  # noqa: BLE001 - the overlay is a bonus; the explorer works without it
-        payload["points"] = []
-    why = (f"the two with the largest KL (KL {kl[i]:.2f} and {kl[j]:.2f} nats)" if kl is not None
-           else "the first two")
-    output = ('<canvas id="explorer-output" width="280" height="280" aria-label="decoded image"></canvas>'
-              if ctx.is_image else
-              '<canvas id="explorer-output" width="520" height="300" aria-label="decoded feature values"></canvas>')
-    what = ("the decoded image E[x|z]" if ctx.is_image else
-            "the decoded feature values E[x|z] in the file's units (bar from the data mean; the grey track spans "
-            "the data's 1st–99th percentile)")
-    npoints = len(payload.get("points", []))
-    coloured = ", coloured by label" if payload.get("labels") else ""
-    return f"""
-<p>Move the pointer over the plane: the panel on the right shows {what} at that point z. The plane spans
-z<sub>{i}</sub>, z<sub>{j}</sub> ∈ [−{SPAN:g}, {SPAN:g}] ({why}); every other latent dimension is held at 0,
-the prior mean. Dots are the posterior means of {npoints} encoded test examples{coloured}. The decoder was
-evaluated on a {grid}×{grid} lattice when this report was written; the nearest lattice point is shown.</p>
-<div class="explorer">
-  <div><canvas id="explorer-plane" width="360" height="360" aria-label="latent plane"></canvas>
-  <div id="explorer-legend" class="legend"></div></div>
-  <div><div class="readout" id="explorer-readout">z<sub>{i}</sub> = 0, z<sub>{j}</sub> = 0</div>{output}</div>
-</div>
-{sprite}
-{_json_script("explorer-data", payload)}
-"""
+    payload["sprite"] = sprite
+    return payload
 
 
 def _round_sig(a: np.ndarray, sig: int = 5) -> np.ndarray:
@@ -246,161 +342,15 @@ def _round_sig(a: np.ndarray, sig: int = 5) -> np.ndarray:
     return out
 
 
-_EXPLORER_JS = r"""
-(function () {
-  'use strict';
-  var dataEl = document.getElementById('explorer-data');
-  if (!dataEl) { return; }
-  var D = JSON.parse(dataEl.textContent);
-  var plane = document.getElementById('explorer-plane');
-  var out = document.getElementById('explorer-output');
-  var readout = document.getElementById('explorer-readout');
-  var sprite = document.getElementById('explorer-sprite');
-  var pc = plane.getContext('2d'), oc = out.getContext('2d');
-  var G = D.grid, S = D.span, W = plane.width, H = plane.height;
-  var state = {cell: -1, row: -1, col: -1, z: [0, 0]};
-  window.bayesvaeExplorer = state;
-  function toPx(zx, zy) { return [(zx + S) / (2 * S) * W, (S - zy) / (2 * S) * H]; }
-  function fmt(v) { return (v < 0 ? '\u2212' : '') + Math.abs(v).toFixed(2); }
-  function drawPlane(mark) {
-    pc.fillStyle = '#fafafa'; pc.fillRect(0, 0, W, H);
-    pc.strokeStyle = '#e2e2e2'; pc.lineWidth = 1;
-    for (var t = -Math.floor(S); t <= Math.floor(S); t++) {
-      var p = toPx(t, t);
-      pc.beginPath(); pc.moveTo(p[0], 0); pc.lineTo(p[0], H); pc.stroke();
-      pc.beginPath(); pc.moveTo(0, p[1]); pc.lineTo(W, p[1]); pc.stroke();
-    }
-    pc.strokeStyle = '#b5b5b5';
-    var o = toPx(0, 0);
-    pc.beginPath(); pc.moveTo(o[0], 0); pc.lineTo(o[0], H); pc.moveTo(0, o[1]); pc.lineTo(W, o[1]); pc.stroke();
-    var pts = D.points || [], labs = D.labels;
-    pc.globalAlpha = 0.75;
-    for (var k = 0; k < pts.length; k++) {
-      var q = toPx(pts[k][0], pts[k][1]);
-      if (q[0] < 0 || q[0] > W || q[1] < 0 || q[1] > H) { continue; }
-      pc.fillStyle = labs ? D.colors[labs[k] % D.colors.length] : '#1f77b4';
-      pc.beginPath(); pc.arc(q[0], q[1], 2.2, 0, 2 * Math.PI); pc.fill();
-    }
-    pc.globalAlpha = 1;
-    pc.fillStyle = '#555'; pc.font = '11px sans-serif';
-    for (var u = 1 - Math.ceil(S); u < Math.ceil(S); u++) {
-      if (u === 0) { continue; }
-      var tp = toPx(u, u);
-      pc.fillText(String(u), tp[0] - 4, H - 4);
-      pc.fillText(String(u), 3, tp[1] + 4);
-    }
-    pc.fillText('z' + D.dims[0] + ' \u2192', W - 42, o[1] - 4);
-    pc.fillText('z' + D.dims[1] + ' \u2191', o[0] + 4, 12);
-    if (mark) {
-      var m = toPx(mark[0], mark[1]);
-      pc.strokeStyle = '#000'; pc.lineWidth = 1.5;
-      pc.beginPath(); pc.moveTo(m[0] - 8, m[1]); pc.lineTo(m[0] + 8, m[1]);
-      pc.moveTo(m[0], m[1] - 8); pc.lineTo(m[0], m[1] + 8); pc.stroke();
-    }
-  }
-  function drawImageCell(row, col) {
-    oc.imageSmoothingEnabled = false;
-    oc.fillStyle = '#fff'; oc.fillRect(0, 0, out.width, out.height);
-    var s = Math.max(1, Math.floor(Math.min(out.width / D.width, out.height / D.height)));
-    var w = D.width * s, h = D.height * s;
-    oc.drawImage(sprite, col * D.width, row * D.height, D.width, D.height,
-                 Math.floor((out.width - w) / 2), Math.floor((out.height - h) / 2), w, h);
-  }
-  function drawBars(cell) {
-    var v = D.values[cell], n = v.length, rowH = Math.max(12, Math.min(26, Math.floor((out.height - 10) / n)));
-    if (out.height !== n * rowH + 10) { out.height = n * rowH + 10; }
-    oc.fillStyle = '#fff'; oc.fillRect(0, 0, out.width, out.height);
-    var x0 = 130, x1 = out.width - 90;
-    oc.font = '11px sans-serif'; oc.textBaseline = 'middle';
-    for (var f = 0; f < n; f++) {
-      var y = 5 + f * rowH, lo = D.lo[f], hi = D.hi[f], span = (hi - lo) || 1;
-      var sx = function (val) { return x0 + (val - lo) / span * (x1 - x0); };
-      oc.fillStyle = '#333'; oc.textAlign = 'right';
-      oc.fillText(String(D.names[f]).slice(0, 18), x0 - 8, y + rowH / 2);
-      oc.fillStyle = '#e6e6e6'; oc.fillRect(sx(D.p1[f]), y + 3, sx(D.p99[f]) - sx(D.p1[f]), rowH - 6);
-      var a = sx(D.mean[f]), b = sx(v[f]);
-      oc.fillStyle = '#1f77b4'; oc.fillRect(Math.min(a, b), y + 5, Math.max(2, Math.abs(b - a)), rowH - 10);
-      oc.fillStyle = '#000'; oc.fillRect(a - 0.5, y + 1, 1.5, rowH - 2);
-      oc.textAlign = 'left'; oc.fillStyle = '#333';
-      oc.fillText(Number(v[f]).toPrecision(4), x1 + 8, y + rowH / 2);
-    }
-  }
-  function show(zx, zy) {
-    zx = Math.max(-S, Math.min(S, zx)); zy = Math.max(-S, Math.min(S, zy));
-    var col = Math.round((zx + S) / (2 * S) * (G - 1)), row = Math.round((S - zy) / (2 * S) * (G - 1));
-    var cell = row * G + col;
-    var gz = [-S + 2 * S * col / (G - 1), S - 2 * S * row / (G - 1)];
-    drawPlane(gz);
-    if (cell !== state.cell) {
-      if (D.kind === 'image') { drawImageCell(row, col); } else { drawBars(cell); }
-    }
-    state.cell = cell; state.row = row; state.col = col; state.z = gz;
-    out.setAttribute('data-cell', String(cell));
-    readout.innerHTML = 'z<sub>' + D.dims[0] + '</sub> = ' + fmt(gz[0]) + ', z<sub>' + D.dims[1] +
-      '</sub> = ' + fmt(gz[1]) + ' <span class="muted">(lattice cell ' + row + ', ' + col +
-      '; other dimensions 0)</span>';
-  }
-  function onMove(ev) {
-    var r = plane.getBoundingClientRect();
-    var px = (ev.clientX - r.left) * W / r.width, py = (ev.clientY - r.top) * H / r.height;
-    show(-S + 2 * S * px / W, S - 2 * S * py / H);
-  }
-  plane.addEventListener('pointermove', onMove);
-  plane.addEventListener('pointerdown', onMove);
-  var legend = document.getElementById('explorer-legend');
-  if (D.labels && D.classes) {
-    legend.innerHTML = D.classes.map(function (c, k) {
-      return '<span><i style="background:' + D.colors[k % D.colors.length] + '"></i>' +
-        String(c).replace(/[&<>"]/g, '') + '</span>';
-    }).join('');
-  }
-  function start() { show(0, 0); }
-  if (D.kind === 'image' && !(sprite.complete && sprite.naturalWidth > 0)) {
-    sprite.addEventListener('load', start);
-  } else { start(); }
-})();
-"""
+def _asset(name: str) -> str:
+    """A file of ``bayesvae/assets`` (the explorer's JavaScript, the page's CSS), read at render time and inlined."""
+    from importlib import resources
 
-_CSS = """
-:root { --fg: #1d1d1f; --muted: #6b6b6b; --line: #e3e3e3; --accent: #1f77b4; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", Arial, sans-serif;
-       color: var(--fg); background: #f4f5f7; }
-header { background: #1f2a37; color: #fff; padding: 18px 28px; }
-header h1 { margin: 0 0 4px; font-size: 22px; }
-header p { margin: 0; color: #c9d1db; font-size: 13px; }
-nav { padding: 8px 28px; background: #fff; border-bottom: 1px solid var(--line); font-size: 13px; }
-nav a { margin-right: 14px; color: var(--accent); text-decoration: none; }
-main { max-width: 1120px; margin: 0 auto; padding: 18px 20px 40px; }
-section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 14px 20px 18px;
-          margin: 0 0 18px; }
-h2 { font-size: 18px; margin: 4px 0 10px; }
-h3 { font-size: 15px; margin: 14px 0 6px; }
-figure { margin: 6px 0 0; }
-figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
-figcaption, .note, .muted { color: var(--muted); font-size: 13px; }
-table { border-collapse: collapse; font-size: 14px; }
-table th { text-align: left; font-weight: 600; padding: 4px 18px 4px 0; vertical-align: top; white-space: pre; }
-table td { padding: 4px 0; font-variant-numeric: tabular-nums; word-break: break-word; }
-table tr + tr th, table tr + tr td { border-top: 1px solid #f0f0f0; }
-.headline { font-size: 17px; }
-.summary { display: flex; flex-wrap: wrap; gap: 12px; }
-.summary div { border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; min-width: 150px; }
-.summary b { display: block; font-size: 18px; }
-.summary span { color: var(--muted); font-size: 12px; }
-.cols { display: flex; flex-wrap: wrap; gap: 28px; }
-.error { background: #fff1f0; border: 1px solid #f3b8b3; color: #8a1c12; padding: 8px 12px; border-radius: 6px; }
-.error pre { white-space: pre-wrap; font-size: 12px; }
-.explorer { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
-#explorer-plane { border: 1px solid #cfcfcf; cursor: crosshair; touch-action: none; width: 360px; height: 360px; }
-#explorer-output { border: 1px solid #cfcfcf; image-rendering: pixelated; image-rendering: crisp-edges; }
-.readout { font-variant-numeric: tabular-nums; margin-bottom: 6px; min-height: 24px; }
-.legend { font-size: 12px; margin-top: 6px; max-width: 360px; }
-.legend span { margin-right: 10px; white-space: nowrap; }
-.legend i { display: inline-block; width: 9px; height: 9px; border-radius: 50%; margin-right: 3px; }
-.sprite { display: none; }
-footer { color: var(--muted); font-size: 12px; text-align: center; padding-bottom: 24px; }
-"""
+    text = resources.files("bayesvae").joinpath("assets", name).read_text(encoding="utf-8")
+    return text.replace("</", "<\\/")  # nothing in an inlined asset may close its <script>/<style> element
+
+
+
 
 # Nothing may be fetched: images are data URIs, script and style are inline.
 _CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
@@ -425,6 +375,21 @@ _CAPTIONS = {
            "dashed threshold are active."),
     "histograms": ("Feature distributions", "Per-feature histograms of the test data and of model draws "
                    "x ~ q(x|z), z ~ q(z), in the units of the data file."),
+}
+
+
+_CAPTIONS["sphere"] = ("Latent sphere", "d = 2: the mean directions μ(x) of the test split at their angle on the "
+                       "latent circle, coloured by label, and the decoder means E[x|z] at angles around the circle. "
+                       "d ≥ 3: μ(x) as azimuth and elevation, and E[x|z] over a lattice of the two angles.")
+#: Captions that change when z lives on the unit sphere (vmf posterior, uniform prior).
+_SPHERE_CAPTIONS = {
+    "latent": ("Latent space", "Mean directions μ(x) of the test split (points on the unit sphere), coloured by "
+               "label."),
+    "samples": ("Samples", "E[x|z] for z drawn from the prior q(z), the uniform distribution on the unit sphere "
+                "(decoder means, not noisy draws)."),
+    "reconstructions": ("Reconstructions", "Test inputs (left) and E[x|z] at the mean direction z = μ(x) (right)."),
+    "interpolation": ("Interpolation", "Each row: two test examples (ends) and the decoder means along the great "
+                      "circle between their mean directions (slerp: every point stays on the sphere)."),
 }
 
 
@@ -472,12 +437,12 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
     def plot_section(kind: str) -> Callable[[], str]:
         def build() -> str:
             fig = plots.KINDS[kind](ctx)
-            title, caption = _CAPTIONS[kind]
+            title, caption = _SPHERE_CAPTIONS.get(kind, _CAPTIONS[kind]) if ctx.is_sphere else _CAPTIONS[kind]
             return _figure_html(fig, _esc(caption), title)
         return build
 
     kinds = plots.applicable_kinds(ctx)
-    order = ["curves", "latent", "explorer", "manifold", "samples", "reconstructions", "interpolation",
+    order = ["curves", "latent", "sphere", "explorer", "manifold", "samples", "reconstructions", "interpolation",
              "traversals", "kl", "histograms"]
     for kind in order:
         if kind == "explorer":
@@ -525,7 +490,7 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="bayesvae-failed-sections" content="{len(sections.failures)}">
 <title>{_esc(title)}</title>
-<style>{_CSS}</style></head>
+<style>{_asset('report.css')}</style></head>
 <body>
 <header><h1>{_esc(title)}</h1>
 <p>{_esc(run_dir.resolve())} · written {_esc(time.strftime('%Y-%m-%d %H:%M:%S'))} · bayesvae {_esc(__version__)} ·
@@ -538,7 +503,7 @@ built in {time.perf_counter() - started:.1f} s</p></header>
 {body}
 </main>
 <footer>Self-contained report: every image is embedded and nothing is fetched from the network.</footer>
-<script>{_EXPLORER_JS}</script>
+<script>{_asset('explorer.js')}</script>
 </body></html>
 """
 
@@ -550,6 +515,8 @@ def _summary_html(ev: dict, records: list[dict], desc: dict, mc: dict, num_sampl
         cards.append((f'{ev["nll_bits_per_dim"]:.3f}', "bits/dim"))
         cards.append((f'{ev["elbo_nats"]:.2f} nats', "test ELBO"))
         cards.append((f'{ev["active_units"]} / {ev["latent_dim"]}', "active units"))
+        if ev.get("mutual_information_nats") is not None:
+            cards.append((f'{ev["mutual_information_nats"]:.2f} nats', "I(x; z), minibatch estimate"))
     if records:
         valid = [r["valid_loss"] for r in records if isinstance(r.get("valid_loss"), (int, float))]
         cards.append((str(records[-1].get("epoch", len(records))), "epochs trained"))

@@ -30,7 +30,7 @@ from .errors import ConfigError, IncompatibleCheckpointError, OutputExistsError
 from .model import VAE, build_model
 from .objectives import TrainingObjective
 from .precision import choose_precision
-from .training import Callback, Trainer
+from .training import Callback, Trainer, recalibrate_batch_norm
 
 __all__ = ["DataSpec", "PreparedData", "prepare_data", "train", "resume", "load", "load_run", "LoadedRun",
            "load_preset", "PRESET_MODEL_KEYS", "export_model"]
@@ -251,12 +251,89 @@ def _run_state(model_config: ModelConfig, spec: DataSpec, dataset: bdata.Dataset
 
 
 def _make_trainer(model: VAE, config: TrainConfig, prepared: PreparedData, run_dir: Path | None, run_state: dict,
-                  callbacks: Sequence[Callback]) -> Trainer:
-    objective = TrainingObjective(config.objective, config.samples, config.kl_warmup_epochs)
+                  callbacks: Sequence[Callback], on_warning: Callable[[str], None] | None = None) -> Trainer:
+    if config.free_bits > 0 and not getattr(model.posterior_head, "factorised", False):
+        raise ConfigError(f"free bits need a KL that splits into per-dimension terms; the "
+                          f"{model.posterior_head.name} posterior's KL does not (for vmf it is a constant anyway): "
+                          "drop --free-bits")
+    objective = TrainingObjective(config.objective, config.samples, config.kl_warmup_epochs, config.free_bits)
     valid_objective = TrainingObjective(config.objective, config.samples)
     return Trainer(model, objective, prepared.train, config, valid_data=prepared.valid, run_dir=run_dir,
                    batch_transform=prepared.batch_transform, valid_objective=valid_objective,
-                   callbacks=[_MetricsLog(), *callbacks], run_state=run_state)
+                   callbacks=[PreciseBatchNorm(), CollapseMonitor(on_warning), _MetricsLog(), *callbacks],
+                   run_state=run_state)
+
+
+class PreciseBatchNorm(Callback):
+    """At the end of each training epoch, before validation, the running statistics of the batch-norm layers
+    (VAE + BN) become the exact statistics of the whole training split under the current encoder, prepared as in
+    training (binarised/dequantised with a fixed seed per epoch, so resume stays exact and the training RNG is
+    untouched). Evaluation then normalises as the training batches did, without the lag of momentum averages."""
+
+    def on_train_epoch_end(self, trainer: Trainer) -> None:
+        model = trainer.model
+        if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return
+        x, step = trainer.train_data, 1000
+
+        def batches():  # the whole split on every rank (same seed, same statistics everywhere)
+            for i in range(0, x.shape[0], step):
+                xb = trainer._to_device(x[i : i + step])
+                yield trainer.batch_transform(xb) if trainer.batch_transform is not None else xb
+
+        device = trainer.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(trainer.config.seed * 1_000_003 + trainer.state.epoch + 17)
+            recalibrate_batch_norm(model, batches(), lambda m, xb: m.posterior(xb))
+
+
+#: Training warns once when fewer than this share of the latent units are active after the KL warm-up.
+ACTIVE_SHARE_WARNING = 0.5
+
+
+class CollapseMonitor(Callback):
+    """Counts active units (Var_x E[z_u|x] > 0.01) on up to 1000 validation examples at the end of each epoch
+    once the KL warm-up is over, records ``active_units`` in the epoch record, and warns ONCE per run (through
+    ``warn``) when fewer than ``share`` of the units are active: a sign of posterior collapse."""
+
+    def __init__(self, warn: Callable[[str], None] | None, share: float = ACTIVE_SHARE_WARNING):
+        self.warn, self.share = warn, share
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        from .estimators import active_units
+
+        valid = trainer.valid_data
+        if valid is None or valid.shape[0] < 2 or record["epoch"] < max(1.0, trainer.config.kl_warmup_epochs):
+            return
+        count, variances = active_units(trainer.model, trainer._to_device(valid[:1000]))  # float, on the device
+        record["active_units"] = count
+        d = variances.numel()
+        if count < self.share * d and not trainer.run_state.get("collapse_warned"):
+            trainer.run_state["collapse_warned"] = True
+            message = (f"only {count} of {d} latent units are active after epoch {record['epoch']} (fewer than "
+                       f"{self.share:.0%}; Var_x E[z_u|x] <= 0.01)")
+            if getattr(trainer.model.posterior_head, "factorised", False):
+                message += (": the posterior is collapsing onto the prior in the others. Remedies: --posterior-bn "
+                            "tau=0.5, --free-bits 0.1, --kl-warmup, or the vmf posterior (--posterior vmf --kappa "
+                            "K), whose KL cannot vanish")
+            else:
+                message += ": the encoder uses few directions of the latent space (a larger --kappa spends more KL)"
+            if self.warn is not None and ranks.is_main():  # once per run, not once per process
+                self.warn(message)
+
+
+#: Training examples a likelihood sees to set its data-dependent starting values.
+INIT_EXAMPLES = 10_000
+
+
+def _initialize_from_data(model: VAE, prepared: PreparedData) -> None:
+    """Data-dependent starting values (a learned σ starts at the data's spread), from the first training examples
+    prepared as a batch is; the global random stream is left as it was, so the run's draws do not change."""
+    x = as_tensor(prepared.train[:INIT_EXAMPLES])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x = prepared.batch_transform(x) if prepared.batch_transform is not None else x
+    model.likelihood_head.initialize_from_data(x.to(next(model.parameters()).device))
 
 
 def _refuse_constant_columns(dataset: bdata.Dataset) -> None:
@@ -275,12 +352,16 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
           architecture: str = "mlp", hidden: Sequence[int] = (400,), activation: str = "relu",
           overwrite: bool = False, callbacks: Sequence[Callback] = (), tensorboard: bool = False,
           on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None,
-          device: str | torch.device = "cpu") -> Trainer:
+          device: str | torch.device = "cpu", posterior: str = "diagonal-gaussian",
+          posterior_options: dict | None = None, on_warning: Callable[[str], None] | None = None) -> Trainer:
     """Load and validate the data, build the model the data call for, and train it (into ``out`` if given).
 
-    ``on_ready(trainer, dataset, likelihood)`` is called after every check passed and before the first step
-    (the CLI prints the chosen likelihood there). ``device``: see :func:`bayesvae.distributed.resolve_device`.
-    Under torchrun (after :func:`bayesvae.distributed.init_from_env`) every rank calls this; rank 0 writes.
+    ``posterior``/``posterior_options``: see :class:`ModelConfig` (``vmf`` with ``{"kappa": K}``; the Gaussian
+    with ``{"bn_gamma": G}`` or ``{"bn_tau": T}``). ``on_ready(trainer, dataset, likelihood)`` is called after every
+    check passed and before the first step (the CLI prints the chosen likelihood there); ``on_warning(text)``
+    receives training warnings (e.g. posterior collapse). ``device``: see
+    :func:`bayesvae.distributed.resolve_device`. Under torchrun (after :func:`bayesvae.distributed.init_from_env`)
+    every rank calls this; rank 0 writes.
     """
     if tensorboard:
         if out is None:
@@ -304,7 +385,8 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     prepared = prepare_data(dataset, likelihood)
     model_config = ModelConfig(data_shape=dataset.event_shape, latent_dim=latent_dim, architecture=architecture,
                                hidden=tuple(hidden), activation=activation, likelihood=likelihood,
-                               likelihood_options=dict(likelihood_options or {}),
+                               likelihood_options=dict(likelihood_options or {}), posterior=posterior,
+                               posterior_options=dict(posterior_options or {}),
                                standardized=dataset.standardization is not None)
     run_dir = Path(out) if out is not None else None
     device = ranks.resolve_device(device)
@@ -314,9 +396,13 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     if dataset.standardization is not None:
         with torch.no_grad():
             model.data_log_scale.copy_(dataset.standardization[1].reshape(model.data_log_scale.shape).log())
+    _initialize_from_data(model, prepared)
     if ranks.rank() > 0:  # the same initial weights on every rank, then a random stream of its own
         torch.manual_seed(train_config.seed * 1_000_003 + 7919 * ranks.rank())
     state = _run_state(model_config, spec, dataset, prepared)
+    state["kl_bound"] = kl_bound_record(model)
+    if train_config.free_bits > 0 and not getattr(model.posterior_head, "factorised", False):
+        _make_trainer(model, train_config, prepared, None, state, ())  # raises the clear error before any output
     if train_config.precision == "auto":
         objective = TrainingObjective(train_config.objective, train_config.samples, train_config.kl_warmup_epochs)
         chosen, state["precision_choice"] = choose_precision(model, objective, prepared.train, train_config,
@@ -337,7 +423,7 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     try:
         if tensorboard and ranks.is_main():
             callbacks = [*callbacks, TensorBoardLog(run_dir)]
-        trainer = _make_trainer(model, train_config, prepared, run_dir, state, callbacks)
+        trainer = _make_trainer(model, train_config, prepared, run_dir, state, callbacks, on_warning)
         if on_ready is not None:
             on_ready(trainer, dataset, likelihood)
         trainer.fit()
@@ -345,6 +431,17 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
         for lock in held:
             lock.release()
     return trainer
+
+
+def kl_bound_record(model: VAE) -> dict | None:
+    """The lower bound on the expected KL that the posterior's construction guarantees (VAE + BN), or the constant
+    KL of a fixed-κ vMF, as stored in run.json: {"form", "nats", "nats_per_dim", "kind"}; None for a plain VAE."""
+    head = model.posterior_head
+    bound = head.kl_bound() if hasattr(head, "kl_bound") else None
+    if bound is None:
+        return None
+    kind = "constant" if not getattr(head, "factorised", True) else "lower bound on the expected KL"
+    return {"form": head.describe(), "kind": kind, "nats": bound, "nats_per_dim": bound / model.latent_dim}
 
 
 def _check_world(config: TrainConfig) -> None:
@@ -636,8 +733,9 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_minutes: float
            patience: int | None = None, checkpoint_every: int | None = None, precision: str | None = None,
            data: str | None = None, data_dir: str | None = None, callbacks: Sequence[Callback] = (),
            on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None,
-           say: Callable[[str], None] | None = None, device: str | torch.device = "cpu") -> Trainer:
-    """Continue a stopped run from its last complete checkpoint (on ``device``).
+           say: Callable[[str], None] | None = None, device: str | torch.device = "cpu",
+           on_warning: Callable[[str], None] | None = None) -> Trainer:
+    """Continue a stopped run from its last complete checkpoint (on ``device``; ``on_warning``: see ``train``).
 
     Only what extends or steers the run may change: ``epochs`` (the new total; a schedule that depends on it, such
     as cosine, is stretched and ``say`` tells how), ``max_minutes`` (a budget for this session, added to the time
@@ -689,9 +787,10 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_minutes: float
         if new.epochs != config.epochs:
             _say_schedule_change(config, new, run, say)
         prepared = run.prepared(dataset)
-        state = {k: v for k, v in run.state.items() if k in ("run_format", "model_config", "data")}
+        state = {k: v for k, v in run.state.items() if k in ("run_format", "model_config", "data", "kl_bound",
+                                                              "collapse_warned")}
         run.model.train()
-        trainer = _make_trainer(run.model, new, prepared, run_path, state, callbacks)
+        trainer = _make_trainer(run.model, new, prepared, run_path, state, callbacks, on_warning)
         trainer.load_state(run.tensors, run.state)
         st = trainer.state
         if st.history and ranks.is_main():  # metrics follow the checkpoint (a failed metrics write is repaired)

@@ -37,7 +37,8 @@ from .arrays import as_tensor
 from .config import TrainConfig, to_dict
 from .errors import CheckpointCorruptError, ConfigError, NonFiniteError
 
-__all__ = ["Trainer", "TrainState", "Callback", "TrainingInterrupted", "epoch_order", "learning_rate_at"]
+__all__ = ["Trainer", "TrainState", "Callback", "TrainingInterrupted", "epoch_order", "learning_rate_at",
+           "recalibrate_batch_norm"]
 
 Objective = Callable[[nn.Module, torch.Tensor, float], dict[str, torch.Tensor]]
 
@@ -86,8 +87,50 @@ class Callback:
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
         pass
 
+    def on_train_epoch_end(self, trainer: "Trainer") -> None:
+        """After the epoch's last step, before validation (e.g. to recompute batch-norm statistics)."""
+
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         pass
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, batches, forward: Callable[[nn.Module, torch.Tensor], Any]) -> int:
+    """Set the running statistics of every BatchNorm layer of ``model`` to the exact population statistics (mean
+    and biased variance, accumulated in float64) of its inputs over ``batches``, the "precise BN" of Wu & Johnson
+    (2021). The momentum averages lag behind a network that is still changing; these do not, so evaluation mode
+    normalises the data exactly as a batch of the whole training set would. Returns the number of layers set."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not layers:
+        return 0
+    sums: dict[int, list] = {id(m): [0, 0.0, 0.0] for m in layers}
+
+    def collect(module, inputs):
+        x = inputs[0].detach().double()
+        x = x.transpose(0, 1).reshape(x.shape[1], -1)  # [C, N * spatial]
+        acc = sums[id(module)]
+        acc[0] += x.shape[1]
+        acc[1] = acc[1] + x.sum(1)
+        acc[2] = acc[2] + x.pow(2).sum(1)
+
+    hooks = [m.register_forward_pre_hook(collect) for m in layers]
+    was_training = model.training
+    model.eval()  # forward with the current running statistics: the hooks only read the layers' inputs
+    try:
+        for xb in batches:
+            forward(model, xb)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    for m in layers:
+        n, s1, s2 = sums[id(m)]
+        if n == 0:
+            continue
+        mean = s1 / n
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_((s2 / n - mean * mean).clamp_min(0.0).to(m.running_var.dtype))
+    return len(layers)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -480,6 +523,8 @@ class Trainer:
         while st.epoch < cfg.epochs and not st.stopped_early:
             record: dict[str, Any] = {"epoch": st.epoch + 1}
             record.update(self._run_epoch())
+            for cb in self.callbacks:
+                cb.on_train_epoch_end(self)
             record.update({f"valid_{k}": v for k, v in self.validate().items()})
             record["global_step"] = st.global_step
             st.epoch, st.step_in_epoch = st.epoch + 1, 0
