@@ -40,6 +40,7 @@ def main() -> None:
                                "minutes": round(float(seconds) / 60, 1), "command": 'pytest -q -m "not slow"'}
         durations = re.findall(r"([\d.]+)s call\s+tests/test_campaign\.py::(\w+)", text)
         result["campaign_test_seconds"] = {name: float(s) for s, name in durations}
+        result["campaign_test_seconds_total"] = round(sum(result["campaign_test_seconds"].values()), 2)
     Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 
