@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--target-gib", type=float, default=1.5, help="the peak RssAnon to stay below")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the training process (default: "
+                   "%(default)s; memory does not depend on it, and one thread wastes nothing on a shared machine)")
     p.add_argument("--dir", help="where to write the temporary file (default: the system temp dir)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--smoke", action="store_true", help="a 4 MiB file (for the test suite)")
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     if args.smoke:
         env["BAYESVAE_LAZY_BYTES"] = str(1 << 20)  # the small file must also take the on-disk path
     tmp = Path(tempfile.mkdtemp(prefix="bayesvae-bench-memory-", dir=args.dir))

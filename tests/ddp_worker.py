@@ -54,9 +54,9 @@ def hashes(run_dir: Path) -> dict:
             for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-def main(mode: str, out: Path) -> None:
+def main(mode: str, out: Path, n: int = 100) -> None:
     ranks.init_from_env(torch.device("cpu"), timeout_s=60)
-    model, data, objective = problem()
+    model, data, objective = problem(n)
     if mode == "equal":
         Trainer(model, objective, data, config()).fit()
         if ranks.is_main():

@@ -216,15 +216,17 @@ def test_model_to_device_moves_prior_buffers():
 
 
 # --------------------------------------------------------------------------------------------- two processes
-def test_ddp_parameters_equal_one_process_with_the_same_global_batch(tmp_path):
-    """100 examples, global batch 32 (the last batch of 4 splits 2 + 2), 2 epochs: DDP's averaged gradients are
-    the gradients of the global batch's mean, so the parameters agree with one process to 1e-6."""
+@pytest.mark.parametrize("n", [100, 97])
+def test_ddp_parameters_equal_one_process_with_the_same_global_batch(tmp_path, n):
+    """Global batch 32, 2 epochs; the last batch (4 or 1 examples) splits 2 + 2 or 1 + 0 (an empty share): DDP's
+    averaged gradients are the gradients of the global batch's mean, so the parameters agree with one process to
+    1e-6."""
     sys.path.insert(0, str(HERE))
     import ddp_worker
 
-    codes, logs = _ranks(lambda: ddp_worker.main("equal", tmp_path), tmp_path)
+    codes, logs = _ranks(lambda: ddp_worker.main("equal", tmp_path, n), tmp_path)
     assert codes == [0, 0], logs
-    model, data, objective = ddp_worker.problem()
+    model, data, objective = ddp_worker.problem(n)
     from bayesvae.training import Trainer
 
     Trainer(model, objective, data, ddp_worker.config()).fit()

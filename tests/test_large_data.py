@@ -121,3 +121,16 @@ def test_training_on_disk_resumes_exactly(tmp_path, lazy):
     assert all(torch.equal(a[k], b[k]) for k in a)
     run = runs.load_run(tmp_path / "full")
     assert isinstance(run.dataset().train, Rows)
+
+
+def test_score_streams_a_new_file_on_disk(tmp_path, lazy):
+    path = _images(tmp_path / "x.npy", (400, 6, 6))
+    common = ["--latent-dim", "2", "--hidden", "16", "--report-samples", "0", "--device", "cpu"]
+    assert main(["train", "--data", str(path), *common, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    run = runs.load_run(tmp_path / "run")
+    x, rows = run.new_data(str(_images(tmp_path / "new.npy", (50, 6, 6), seed=1)))
+    assert isinstance(x, PreparedRows) and len(x) == 50 and rows.tolist() == list(range(50))
+    assert main(["score", str(tmp_path / "run"), "--data", str(tmp_path / "new.npy"), "--samples", "8",
+                 "--out", str(tmp_path / "s.csv"), "--device", "cpu"]) == 0
+    scores = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    assert scores.shape[0] == 50 and np.isfinite(scores).all()

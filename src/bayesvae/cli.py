@@ -32,7 +32,7 @@ from .training import Callback, TrainingInterrupted
 EXIT_PARTIAL, EXIT_USAGE, EXIT_IO, EXIT_SIGTERM, EXIT_SIGINT, EXIT_PIPE = 1, 2, 1, 143, 130, 141
 #: ``evaluate --precision bf16``: the mean log-likelihood differs from float32 by at most this (per example, on
 #: average; measured in the README's "Scaling out" table and held by tests/test_distributed.py on CPU).
-BF16_EVAL_TOLERANCE_NATS = 0.5
+BF16_EVAL_TOLERANCE_NATS = 0.1
 
 
 # ------------------------------------------------------------------------------------------------------ output

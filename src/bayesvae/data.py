@@ -1,7 +1,8 @@
-"""Data sources for the VAE trainer: everything becomes in-memory float32 tensors, checked before training starts.
+"""Data sources for the VAE trainer: float32 tensors, or splits that stay on disk, checked before training starts.
 
-Why in memory: the trainer's resume guarantee (identical sample order after a kill) needs data that can be indexed
-by a seeded permutation, and every data set this toolkit targets (MNIST, small tables, image folders) fits in RAM.
+Resume needs data that can be indexed by a seeded permutation: in-memory tensors for MNIST, tables and image folders,
+and for an image ``.npy`` larger than :data:`LAZY_BYTES` a memory-mapped file whose splits are lists of row numbers
+(:class:`bayesvae.arrays.Rows`; 8-bit pixels stay uint8 until a batch is read; checks and fingerprint in chunks).
 Why validate up front: a NaN in row 40,000 must fail in the first second with the file, row and column, not as a
 NaN loss hours later.  Every user-caused problem raises :class:`DataValidationError` (or :class:`ConfigError` for a
 bad option) with a message that names the file and location and says how to fix it.

@@ -531,7 +531,9 @@ class LoadedRun:
             label = None  # new data without the label column: nothing to take out
         ds = bdata.load_dataset(source, data_dir=data_dir, valid_fraction=0.0, test_fraction=0.0, standardize=False,
                                 label_column=label)
-        x = torch.cat([as_tensor(t) for t in (ds.train, ds.valid, ds.test)])  # new data are read whole
+        if isinstance(ds.train, Rows):  # a large file stays on disk: prepared a batch at a time as it is scored
+            return self._new_rows(source, ds), ds.rows("train")
+        x = torch.cat([as_tensor(t) for t in (ds.train, ds.valid, ds.test)])
         rows = np.concatenate([ds.rows("train"), ds.rows("valid"), ds.rows("test")])
         data = self.state["data"]
         _check_columns(source, ds.feature_names, (data.get("description") or {}).get("feature_names"))
@@ -560,6 +562,26 @@ class LoadedRun:
                 "to other values, but these data hold values strictly between 0 and 1. Binarise them first (e.g. "
                 "x > 0.5, or numpy's random draw x > rand for the dynamic-binarisation protocol), then score them")
         return x, rows
+
+    def _new_rows(self, source: str, ds: bdata.Dataset):
+        """``new_data`` for a file that stays on disk: the same checks, made in chunks; the preparation lazy."""
+        if tuple(ds.event_shape) != self.model_config.data_shape:
+            raise bdata.DataValidationError(f"{source}: examples have shape {tuple(ds.event_shape)}, but the model "
+                                            f"was trained on shape {self.model_config.data_shape}")
+        data = self.state["data"]
+        how = data.get("preparation", "none")
+        bdata.check_likelihood_support(ds, self.model_config.likelihood)
+        if how == "dequantize" and not bdata.on_level_grid(ds.train, data["levels"]):
+            raise bdata.DataValidationError(
+                f"{source}: the run dequantises data on a grid of {data['levels']} levels, but these values are not "
+                "on it. Give data with the same levels as the training data (e.g. 8-bit images as uint8 or k/255)")
+        if how in ("binarize", "dequantize"):
+            return PreparedRows(ds.train, how, TEST_SEED, data.get("levels"))
+        if self.model_config.likelihood == "bernoulli" and ds.kind != "binary":
+            raise bdata.DataValidationError(
+                f"{source}: the run was trained on 0/1 data with a Bernoulli likelihood, but these data hold values "
+                "strictly between 0 and 1. Binarise them first, then score them")
+        return ds.train
 
 
 def _csv_header(source: str) -> tuple[str, ...]:

@@ -4,14 +4,14 @@ It maximises an *objective*: a callable ``objective(model, batch, progress) -> d
 ``"objective"`` holds the per-example values to maximise; every other entry is a per-example metric that is
 averaged and logged. The loss is ``-objective.mean()``, negated here and nowhere else.
 
-Exactness of resume: the data are in-memory tensors and the order of epoch e is a permutation drawn from a
+Exactness of resume: the data are indexable (tensors, or splits on disk) and the order of epoch e is a permutation drawn from a
 generator seeded by (seed, e), so any step can be reproduced from the step counter alone; the global torch RNG
 (latent samples, dynamic binarisation) is saved in every checkpoint; the learning rate is a function of the step.
 A resumed run therefore ends bit-for-bit where the uninterrupted run ends (on CPU).
 
 Devices and ranks come from :mod:`bayesvae.distributed`. The model's device is where batches go: the training split
 stays there when it fits a quarter of the free device memory (:data:`DEVICE_DATA_FRACTION`), otherwise each batch is
-gathered on the CPU, pinned and copied with ``non_blocking``; 8-bit data stay uint8 until a batch is drawn. Under
+gathered on the CPU (read from disk for a split that stays there), pinned and copied with ``non_blocking``. Under
 torchrun every rank takes its contiguous share of every global batch of the same epoch order, DistributedDataParallel
 averages the gradients, one all-reduce per step agrees on "a loss is non-finite" and "stop was requested" before
 ``backward`` (and carries the logged sums), and rank 0 alone writes checkpoints while the others wait at a barrier.
