@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.bayesvae-installed
 
-.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory gpu-check bench-vmf-bn pictures pictures-vmf clean
+.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory gpu-check bench-vmf-bn pictures pictures-vmf clean campaign-figures
 
 env: $(STAMP)
 
@@ -75,3 +75,11 @@ pictures-vmf: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# The fault campaign's figures for the README's Guarantees table: the default suite, then its counts gathered into
+# benchmarks/results/campaign.json (BAYESVAE_CAMPAIGN_SCALE=5 with test-all multiplies the campaign).
+campaign-figures: $(STAMP)
+	mkdir -p test-artifacts
+	BAYESVAE_CAMPAIGN_DIR=test-artifacts/campaign $(PY) -m pytest -q -m "not slow" --durations=0 > test-artifacts/suite.log; \
+		status=$$?; tail -3 test-artifacts/suite.log; test $$status -eq 0
+	$(PY) benchmarks/campaign_figures.py --dir test-artifacts/campaign --suite-log test-artifacts/suite.log

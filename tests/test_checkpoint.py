@@ -609,7 +609,7 @@ def test_resolve_missing_empty_and_garbage_dirs(tmp_path):
         resolve_checkpoint(tmp_path / "nope")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(CheckpointNotFoundError, match="no valid checkpoint found in"):
+    with pytest.raises(CheckpointNotFoundError, match="is not a run directory"):  # issue 12: says what it is
         resolve_checkpoint(empty)
     garbage = tmp_path / "garbage"
     (garbage / "checkpoints" / "step-xyz").mkdir(parents=True)

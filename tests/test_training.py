@@ -41,9 +41,9 @@ CFG = TrainConfig(epochs=3, batch_size=64, lr_schedule="cosine", kl_warmup_epoch
 
 
 def _tree(root: Path) -> dict[str, tuple[str, int]]:
-    """relative path -> (SHA-256, mtime_ns) of every file under root."""
+    """relative path -> (SHA-256, mtime_ns) of every file under root (but the writer's lock, held while training)."""
     return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def _logged(history):

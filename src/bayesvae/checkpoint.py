@@ -544,6 +544,9 @@ def resolve_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Path:
         raise CheckpointNotFoundError(f"no run directory at {run}")
     if (run / MANIFEST_FILE).is_file():
         return run
+    if not (run / CHECKPOINTS).is_dir() and not (run / "run.json").is_file():
+        raise CheckpointNotFoundError(f"{run} is not a run directory (it has no checkpoints/ and no run.json); give a "
+                                      "directory written by `bayesvae train` or `bayesvae export`")
     if which not in POINTERS:  # an explicit step: "step-00000123" or a path; the loader verifies it
         for cand in (run / CHECKPOINTS / str(which), Path(which)):
             if (cand / MANIFEST_FILE).is_file():
@@ -556,7 +559,11 @@ def resolve_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Path:
         return target
     except CheckpointError as exc:
         if which != "last" and isinstance(exc, CheckpointNotFoundError):
-            raise CheckpointNotFoundError(f"no {which!r} checkpoint in {run}: {exc}") from exc
+            hint = ""
+            if list_checkpoints(run):
+                hint = ("; the run has no best checkpoint yet (it is written at the end of an epoch with a "
+                        "validation loss, e.g. the run stopped during its first epoch): use --checkpoint last")
+            raise CheckpointNotFoundError(f"no {which!r} checkpoint in {run}: {exc}{hint}") from exc
         if which != "last" or isinstance(exc, IncompatibleCheckpointError):
             raise  # a newer format is not damage: resuming from an older step instead would silently lose work
         reason = exc

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -23,11 +24,12 @@ import torch
 from . import data as bdata
 from . import distributed as ranks
 from .checkpoint import atomic_write_bytes, atomic_write_text
+from .checkpoint import list_checkpoints as ckpt_list
 from .config import TrainConfig
 from .errors import BayesVAEError, ConfigError
 from .training import Callback, TrainingInterrupted
 
-EXIT_USAGE, EXIT_SIGTERM, EXIT_SIGINT = 2, 143, 130
+EXIT_PARTIAL, EXIT_USAGE, EXIT_IO, EXIT_SIGTERM, EXIT_SIGINT, EXIT_PIPE = 1, 2, 1, 143, 130, 141
 #: ``evaluate --precision bf16``: the mean log-likelihood differs from float32 by at most this (per example, on
 #: average; measured in the README's "Scaling out" table and held by tests/test_distributed.py on CPU).
 BF16_EVAL_TOLERANCE_NATS = 0.1
@@ -140,12 +142,52 @@ def _check_out(path: Path, overwrite: bool, suffixes: tuple[str, ...]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- subcommands
+def _load_run(args, **kw):
+    """The run of a subcommand, pointed at moved data by --data/--data-dir where the subcommand has them."""
+    from . import runs
+
+    return runs.load_run(args.run_dir, args.checkpoint, data_dir=getattr(args, "data_dir", None),
+                         data=getattr(args, "run_data", None), say=_print, **kw)
+
+
+#: CLI flag of each TrainConfig field, so that a refused value is named as the user typed it.
+_FLAG_OF_FIELD = {"epochs": "--epochs", "batch_size": "--batch-size", "learning_rate": "--lr",
+                  "lr_schedule": "--lr-schedule", "lr_decay": "--lr-decay", "objective": "--objective",
+                  "samples": "--samples", "kl_warmup_epochs": "--kl-warmup", "early_stopping_patience": "--patience",
+                  "seed": "--seed", "checkpoint_every_steps": "--checkpoint-every", "nonfinite_policy": "--on-nonfinite",
+                  "max_seconds": "--max-minutes", "precision": "--precision", "free_bits": "--free-bits"}
+
+
+def _check_max_minutes(value) -> None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"--max-minutes must be a non-negative number of minutes (0: no limit), got {value:g}")
+
+
 def _train_config(args) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                       lr_schedule=args.lr_schedule, objective=args.objective, samples=args.samples,
-                       kl_warmup_epochs=args.kl_warmup, early_stopping_patience=args.patience, seed=args.seed,
-                       checkpoint_every_steps=args.checkpoint_every, nonfinite_policy=args.on_nonfinite,
-                       max_seconds=60.0 * args.max_minutes, precision=args.precision, free_bits=args.free_bits)
+    _check_max_minutes(args.max_minutes)
+    if args.lr_schedule == "exponential" and args.lr_decay is None:
+        raise ConfigError("--lr-schedule exponential needs --lr-decay, the factor applied to the learning rate "
+                          "after each epoch (e.g. --lr-decay 0.95)")
+    if args.lr_decay is not None and args.lr_schedule != "exponential":
+        raise ConfigError(f"--lr-decay applies to --lr-schedule exponential; the schedule here is {args.lr_schedule}")
+    if args.lr_decay is not None and not 0 < args.lr_decay <= 1:
+        raise ConfigError(f"--lr-decay must be in (0, 1] (the factor per epoch), got {args.lr_decay:g}")
+    try:
+        return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                           lr_schedule=args.lr_schedule, lr_decay=1.0 if args.lr_decay is None else args.lr_decay,
+                           objective=args.objective, samples=args.samples, kl_warmup_epochs=args.kl_warmup,
+                           early_stopping_patience=args.patience, seed=args.seed,
+                           checkpoint_every_steps=args.checkpoint_every, nonfinite_policy=args.on_nonfinite,
+                           max_seconds=60.0 * args.max_minutes, precision=args.precision,
+                           free_bits=args.free_bits)
+    except ConfigError as err:
+        raise ConfigError(_flag_names(str(err))) from None
+
+
+def _flag_names(message: str) -> str:
+    for field_name, flag in _FLAG_OF_FIELD.items():
+        message = message.replace(f"option {field_name!r}", flag)
+    return message
 
 
 def _posterior_choice(args) -> tuple[str, dict]:
@@ -194,6 +236,13 @@ def _on_ready(trainer, dataset, likelihood) -> None:
     how = trainer.run_state["data"]["preparation"]
     note = {"binarize": " (dynamic binarisation: a fresh draw each minibatch; valid/test binarised once, fixed seed)",
             "dequantize": " (uniform dequantisation of the pixel levels)"}.get(how, "")
+    options = trainer.run_state.get("model_config", {}).get("likelihood_options") or {}
+    if likelihood == "gaussian-fixed":
+        from .likelihoods import GaussianFixedVariance
+        import inspect
+        default = inspect.signature(GaussianFixedVariance.__init__).parameters["sigma"].default
+        note = (f" with σ = {options['sigma']:g}" if "sigma" in options else
+                f" with σ = {default:g} (the default; set it with --sigma)") + note
     _print(f"likelihood: {likelihood}{note}; latent dim {trainer.model.latent_dim}; "
            f"{num_parameters(trainer.model):,} parameters")
     if info["kind"] == "binary" and likelihood.startswith("gaussian"):
@@ -226,6 +275,58 @@ def _on_ready(trainer, dataset, likelihood) -> None:
     _install_signal_handlers(trainer)
 
 
+#: train flags that ``--resume`` applies; any other flag given explicitly with ``--resume`` is refused.
+RESUME_FLAGS = ("epochs", "max_minutes", "patience", "checkpoint_every", "report_samples", "precision", "device",
+                "deterministic", "data", "data_dir")
+
+
+def _likelihood_options(args) -> dict:
+    if args.likelihood_options:
+        try:
+            options = json.loads(args.likelihood_options)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--likelihood-options is not valid JSON ({err.msg} at character {err.pos}): give an "
+                              "object like '{\"sigma\": 0.1}'") from None
+    else:
+        options = {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"--likelihood-options must be a JSON object like '{{\"sigma\": 0.1}}', "
+                          f"got {args.likelihood_options!r}")
+    if args.sigma is not None:
+        if args.likelihood != "gaussian-fixed":
+            what = (f"--likelihood {args.likelihood}" if args.likelihood else
+                    "the default likelihood (chosen from the data: bernoulli for binary or grey-level images)")
+            raise ConfigError(f"--sigma is the σ of --likelihood gaussian-fixed; it has no effect with {what}: "
+                              "add --likelihood gaussian-fixed, or drop --sigma")
+        options["sigma"] = args.sigma
+    try:
+        from .runs import check_likelihood_options
+        check_likelihood_options(args.likelihood, options) if args.likelihood else None
+    except ConfigError as err:
+        raise ConfigError(f"--likelihood-options: {err}") from None
+    return options
+
+
+def _resume(args, callbacks, device):
+    from . import runs
+
+    given = getattr(args, "explicit", set())
+    refused = sorted(given - set(RESUME_FLAGS) - {"resume"})
+    if refused:
+        names = ", ".join(_FLAG_OF_DEST.get(d, "--" + d.replace("_", "-")) for d in refused)
+        allowed = ", ".join(_FLAG_OF_DEST.get(d, d) for d in RESUME_FLAGS)
+        raise ConfigError(f"with --resume, {names} cannot be applied: a resumed run keeps its data split, model and "
+                          f"optimiser settings. Only {allowed} may be given; start a new run (--out) to change "
+                          "the others")
+    if "max_minutes" in given:
+        _check_max_minutes(args.max_minutes)
+    pick = {d: getattr(args, d) if d in given else None for d in RESUME_FLAGS}
+    return runs.resume(args.resume, epochs=pick["epochs"], max_minutes=pick["max_minutes"], patience=pick["patience"],
+                       checkpoint_every=pick["checkpoint_every"], precision=pick["precision"], data=pick["data"],
+                       data_dir=pick["data_dir"], callbacks=callbacks, on_ready=_on_ready, say=_print, device=device,
+                       on_warning=_warn)
+
+
 def cmd_train(args) -> int:
     from . import runs
 
@@ -235,31 +336,25 @@ def cmd_train(args) -> int:
         ranks.set_deterministic(device)
     try:
         if args.resume:
-            fixed = [flag for flag, given in (("--posterior", args.posterior != "diagonal-gaussian"),
-                                              ("--kappa", args.kappa is not None),
-                                              ("--posterior-bn", args.posterior_bn is not None),
-                                              ("--free-bits", args.free_bits != 0.0)) if given]
-            if fixed:
-                raise ConfigError(f"{', '.join(fixed)} cannot change when resuming: a resumed run keeps the model "
-                                  "and objective it was started with; start a new run instead")
-            trainer = runs.resume(args.resume, epochs=args.epochs_override, callbacks=callbacks, on_ready=_on_ready,
-                                  on_warning=_warn, device=device)
+            trainer = _resume(args, callbacks, device)
         else:
             posterior, posterior_options = _posterior_choice(args)
-            spec = runs.DataSpec(args.data, args.data_dir, args.seed, args.valid_fraction, args.test_fraction, args.limit,
-                                 args.label_column)
-            options = json.loads(args.likelihood_options) if args.likelihood_options else {}
-            if not isinstance(options, dict):
-                raise ConfigError(f"--likelihood-options must be a JSON object like '{{\"sigma\": 0.1}}', "
-                                  f"got {args.likelihood_options!r}")
-            if args.sigma is not None:
-                options["sigma"] = args.sigma
-            trainer = runs.train(spec, out=args.out, train_config=_train_config(args), likelihood=args.likelihood,
+            spec = runs.DataSpec(args.data, args.data_dir, args.split_seed, args.valid_fraction, args.test_fraction,
+                                 args.limit, args.label_column)
+            config = _train_config(args)
+            options = _likelihood_options(args)
+            trainer = runs.train(spec, out=args.out, train_config=config, likelihood=args.likelihood,
                                  likelihood_options=options, latent_dim=args.latent_dim,
                                  architecture=args.architecture, hidden=args.hidden, activation=args.activation,
                                  overwrite=args.overwrite, callbacks=callbacks, tensorboard=args.tensorboard,
                                  on_ready=_on_ready, posterior=posterior, posterior_options=posterior_options,
                                  on_warning=_warn, device=device)
+    except (KeyboardInterrupt, Terminated):
+        out = Path(args.resume or args.out)
+        if not args.resume and (out / "run.json").is_file() and not ckpt_list(out):
+            _print(f"stopped before the first step was committed: {out} holds no checkpoint, so there is nothing to "
+                   f"resume; start again with `bayesvae train ... --out {out} --overwrite`")
+        raise
     except TrainingInterrupted as stop:
         signum = stop.signum
         code = EXIT_SIGTERM if signum == signal.SIGTERM or (signum is None and ranks.world_size() > 1) else EXIT_SIGINT
@@ -268,12 +363,18 @@ def cmd_train(args) -> int:
         _print(f"stopped: checkpoint committed at {stop.checkpoint_path}; continue with "
                f"`bayesvae train --resume {args.resume or args.out}`")
         return code
+    finally:
+        _exit_on_signals()  # after training, Ctrl-C and SIGTERM end the command at once (e.g. during the report)
     if trainer.run_dir is not None and args.report_samples > 0 and ranks.is_main():
         from .report import write_report
+        from .rundir import RunLock
 
         try:
-            path = write_report(trainer.run_dir, num_samples=args.report_samples, device=device)
-            _print(f"report: {path}")
+            with RunLock(trainer.run_dir, "train (report)"):
+                path = write_report(trainer.run_dir, num_samples=args.report_samples, device=device)
+            _print(_report_line(path, f"`bayesvae report {trainer.run_dir}`", prefix="report: "))
+        except (KeyboardInterrupt, SystemExit):
+            raise
         except Exception as err:  # the trained model is safe; a report failure must not fail the run
             _print(f"warning: could not write the report ({err}); try `bayesvae report {trainer.run_dir}`")
     st = trainer.state
@@ -300,7 +401,7 @@ def cmd_evaluate(args) -> int:
     if args.limit is not None and args.limit <= 0:
         raise bdata.DataValidationError(f"--limit must be a positive integer, got {args.limit}")
     device = _device(args)
-    run = runs.load_run(args.run_dir, args.checkpoint, data_dir=args.data_dir, device=device)
+    run = _load_run(args, device=device)
     x, _, prepared = _split_data(run, args.split)
     if args.limit is not None:
         x = x[: args.limit]
@@ -353,7 +454,7 @@ def cmd_sample(args) -> int:
     _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     if args.n <= 0:
         raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
-    run = runs.load_run(args.run_dir, args.checkpoint, data_dir=args.data_dir, device=_device(args))
+    run = _load_run(args, device=_device(args))
     torch.manual_seed(args.seed)
     x = run.model.sample(args.n, mean=not args.draw).cpu()
     _save_examples(out, x, run, args.overwrite, save_grid_png)
@@ -389,7 +490,7 @@ def cmd_reconstruct(args) -> int:
     _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     if args.n <= 0:
         raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
-    run = runs.load_run(args.run_dir, args.checkpoint, data_dir=args.data_dir, device=_device(args))
+    run = _load_run(args, device=_device(args))
     from .estimators import _on, model_device
 
     x, _, _ = _split_data(run, args.split)
@@ -411,7 +512,7 @@ def cmd_encode(args) -> int:
 
     out = Path(args.out)
     _check_out(out, args.overwrite, (".npy", ".csv"))
-    run = runs.load_run(args.run_dir, args.checkpoint, data_dir=args.data_dir, device=_device(args))
+    run = _load_run(args, device=_device(args))
     from .estimators import _batches, model_device
 
     x, labels, _ = _split_data(run, args.split)
@@ -436,10 +537,13 @@ def cmd_score(args) -> int:
 
     out = Path(args.out)
     _check_out(out, args.overwrite, (".csv", ".npy"))
-    run = runs.load_run(args.run_dir, args.checkpoint, data_dir=args.data_dir, device=_device(args))
-    if args.data:
+    if args.data:  # new data to score: --data-dir, if given, is where those (MNIST) files are
+        if args.data_dir is not None and args.data != "mnist":
+            raise ConfigError(f"--data-dir is the directory of the MNIST files; it has no effect with --data {args.data}")
+        run = runs.load_run(args.run_dir, args.checkpoint, device=_device(args), say=_print)
         x, rows = run.new_data(args.data, data_dir=args.data_dir)
     else:
+        run = _load_run(args, device=_device(args))
         dataset = run.dataset()
         x = run.prepared(dataset).scored(args.split)
         rows = dataset.rows(args.split)
@@ -473,6 +577,8 @@ def cmd_data_fetch(args) -> int:
 
 
 def cmd_data_info(args) -> int:
+    if args.data_dir is not None and args.source != "mnist":
+        raise ConfigError(f"--data-dir is the directory of the MNIST files; it has no effect for {args.source!r}")
     info = bdata.dataset_info(args.source, data_dir=args.data_dir)
     print(json.dumps(info, indent=2))
     return 0
@@ -487,7 +593,7 @@ def cmd_plot(args) -> int:
     if args.out is None and run_dir.is_dir():
         out.parent.mkdir(exist_ok=True)
     _check_out(out, args.overwrite, (".png",))
-    run = runs.load_run(run_dir, args.checkpoint, data_dir=args.data_dir, device=_device(args))
+    run = _load_run(args, device=_device(args))
     options = {"split": args.split, "seed": args.seed}
     if args.dims is not None:
         if args.kind not in ("latent", "manifold"):
@@ -501,17 +607,39 @@ def cmd_plot(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .report import report_failures, write_report
 
     if args.samples <= 0:
         raise bdata.DataValidationError(f"--samples must be a positive integer, got {args.samples}")
     if args.max_examples <= 0:
         raise bdata.DataValidationError(f"--max-examples must be a positive integer, got {args.max_examples}")
-    path = write_report(args.run_dir, num_samples=args.samples, max_examples=args.max_examples,
-                        checkpoint=args.checkpoint, seed=args.seed, device=_device(args))
+    from .rundir import RunLock
+
+    if not Path(args.run_dir).is_dir():
+        from .errors import CheckpointNotFoundError
+        raise CheckpointNotFoundError(f"no run directory at {args.run_dir}")
+    with RunLock(args.run_dir, "report"):
+        path = write_report(args.run_dir, num_samples=args.samples, max_examples=args.max_examples,
+                            checkpoint=args.checkpoint, seed=args.seed, device=_device(args), data=args.run_data,
+                            data_dir=args.data_dir, say=_print)
     _say_device()
-    _print(f"wrote {path} (self-contained; open it in a browser)")
-    return 0
+    _print(_report_line(path, f"`bayesvae report {args.run_dir}`", prefix="wrote "))
+    return EXIT_PARTIAL if report_failures(path) else 0
+
+
+def _report_line(path: Path, hint: str, prefix: str) -> str:
+    """What was written, and how many sections failed (a failed report never silently replaces a better one)."""
+    from .report import REPORT_NAME, report_failures
+
+    failed = report_failures(path) or []
+    if not failed:
+        return f"{prefix}{path} (self-contained; open it in a browser)"
+    text = f"{prefix}{path} with {len(failed)} failed section(s): {', '.join(failed)}"
+    if path.name != REPORT_NAME:
+        kept = report_failures(path.with_name(REPORT_NAME)) or []
+        text += (f"; the existing {REPORT_NAME} ({len(kept)} failed section(s)) was kept, not replaced by "
+                 "this worse one")
+    return text + f"; see the page for each error, fix the cause and rerun {hint}"
 
 
 def _add_picture_commands(sub) -> None:
@@ -555,10 +683,16 @@ def _device_arg(p) -> None:
                    help=f"{ranks.DEVICE_CHOICES} (default: auto: CUDA, then MPS, then CPU; the choice is printed)")
 
 
-def _run_dir_args(p, checkpoint_default: str = "best") -> None:
+def _run_dir_args(p, checkpoint_default: str = "best", *, reads_data: bool = True, run_data: bool = True) -> None:
     p.add_argument("run_dir", help="a run directory written by `bayesvae train`")
     p.add_argument("--checkpoint", default=checkpoint_default, help="best, last, or a step directory (default: %(default)s)")
-    p.add_argument("--data-dir", help="where the run's MNIST files are now (default: where they were in training)")
+    if not reads_data:  # sample and export never read data: a --data-dir there would be ignored, so it is refused
+        return
+    p.add_argument("--data-dir", help="where the run's MNIST files are now (default: where they were in training); "
+                   "checked against the run's data fingerprint")
+    if run_data:
+        p.add_argument("--data", dest="run_data", metavar="PATH", help="where the run's data file or folder is now "
+                       "(default: where it was in training); checked against the run's data fingerprint")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -567,16 +701,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a VAE on a data source (or --resume a run)")
-    p.add_argument("--data", default="digits", help="digits (default, embedded), mnist, or a .npy/.npz/.csv file or image folder")
-    p.add_argument("--data-dir", help="directory holding the MNIST IDX files")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--data", default="digits", help="digits (default, embedded), mnist, or a .npy/.npz/.csv file or "
+                   "image folder (with --resume: where the run's data file is now)")
+    p.add_argument("--data-dir", help="directory holding the MNIST IDX files (mnist only)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint; only "
+                   "--epochs, --max-minutes, --patience, --checkpoint-every, --report-samples, --precision, --device, "
+                   "--deterministic and "
+                   "--data/--data-dir (moved data, same fingerprint) may be given with it")
     p.add_argument("--preset", help="named settings (e.g. mnist-iwae-vae, mnist-best); explicit flags still win")
-    p.add_argument("--epochs-override", type=int, help="with --resume: train to this many epochs in total")
     p.add_argument("--out", default="runs/latest", help="run directory (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--likelihood", choices=["bernoulli", "gaussian-fixed", "gaussian-learned", "gaussian-shared"],
                    help="q(x|z); default follows the data (printed)")
-    p.add_argument("--sigma", type=float, help="σ of the gaussian-fixed likelihood")
+    p.add_argument("--sigma", type=float, help="σ of the gaussian-fixed likelihood (default 1, printed)")
     p.add_argument("--likelihood-options", help="JSON object of likelihood options, e.g. '{\"optimal\": true}'")
     p.add_argument("--latent-dim", type=int, default=20)
     p.add_argument("--posterior", choices=["diagonal-gaussian", "vmf"], default="diagonal-gaussian",
@@ -590,12 +727,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--free-bits", type=float, default=0.0,
                    help="free bits λ in nats per latent dimension (0: off); the reported loss stays the -ELBO")
     p.add_argument("--architecture", choices=["mlp", "conv"], default="mlp")
-    p.add_argument("--hidden", type=int, nargs="+", default=[400], help="hidden widths (default: 400)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[400],
+                   help="hidden widths (default: 400); mlp: one per layer, conv: one width (the dense layer)")
     p.add_argument("--activation", default="relu")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", "--epochs-override", type=int, default=10,
+                   help="epochs in total (default: %(default)s); with --resume, the new total (--epochs-override is "
+                        "an old name of this flag)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-schedule", choices=["constant", "cosine", "exponential"], default="constant")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine", "exponential"], default="constant",
+                   help="constant, cosine (to 0 at the last epoch), or exponential (needs --lr-decay)")
+    p.add_argument("--lr-decay", type=float, help="exponential schedule: multiply the learning rate by this factor "
+                   "after each epoch (e.g. 0.95); required with --lr-schedule exponential")
     p.add_argument("--objective", choices=["elbo", "iwae"], default="elbo")
     p.add_argument("--samples", type=int, default=1, help="K samples of z per example (eq. 23)")
     p.add_argument("--kl-warmup", type=float, default=0.0, help="epochs of linear KL warm-up (0: off)")
@@ -616,7 +759,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard (extra: tensorboard)")
     p.add_argument("--report-samples", type=int, default=1000,
                    help="K importance samples for report.html at the end (0: no report)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="training seed: initial weights, minibatch order, latent draws (not the data split)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the train/valid/test split of files and digits (default: %(default)s, fixed, so "
+                        "runs with different --seed are tested on the same test set; MNIST has a fixed split)")
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--limit", type=int, help="keep only the first N examples of each split (quick trials)")
@@ -640,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sample", help="draw from the model: PNG grid for images, .npy/.csv otherwise")
-    _run_dir_args(p)
+    _run_dir_args(p, reads_data=False)
     p.add_argument("-n", type=int, default=64)
     p.add_argument("--out", required=True)
     p.add_argument("--draw", action="store_true", help="draw x ~ q(x|z) instead of showing E[x|z]")
@@ -655,7 +802,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("score", cmd_score, "per-example -log p(x) in nats (anomaly scores)", ".csv/.npy"),
     ):
         p = sub.add_parser(name, help=helptext)
-        _run_dir_args(p)
+        _run_dir_args(p, run_data=name != "score")
         p.add_argument("--split", choices=["train", "valid", "test"], default="test")
         p.add_argument("--out", required=True, help=f"output file ({suffixes})")
         p.add_argument("--overwrite", action="store_true")
@@ -672,7 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     p = sub.add_parser("export", help="write a run's model without optimiser state, for publishing")
-    _run_dir_args(p)
+    _run_dir_args(p, reads_data=False)
     p.add_argument("--out", required=True, help="a new directory")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
@@ -719,17 +866,69 @@ def _apply_preset(parser: argparse.ArgumentParser, argv: list[str] | None) -> No
     train_parser.set_defaults(**defaults)
 
 
+class Terminated(BaseException):
+    """SIGTERM outside training: unwinds like KeyboardInterrupt (atomic writes clean up), then exit 143."""
+
+
+def _exit_on_signals() -> None:
+    """SIGINT and SIGTERM end the command at once (training replaces them with a checkpointing stop)."""
+    def on_term(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _explicit_dests(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The train options the user typed (not defaults, not preset values): parse again with every default
+    suppressed, so that only given options appear in the namespace (abbreviations and aliases included)."""
+    train = _subparser(parser, "train")
+    saved = [(a, a.default) for a in train._actions]  # noqa: SLF001 - argparse has no API for this
+    saved_defaults = dict(train._defaults)  # noqa: SLF001
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        train._defaults.clear()  # noqa: SLF001
+        namespace = parser.parse_args(argv)
+    finally:
+        for action, default in saved:
+            action.default = default
+        train._defaults.update(saved_defaults)  # noqa: SLF001
+    return set(vars(namespace)) - {"command", "debug"}
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    return parser._subparsers._group_actions[0].choices[name]  # noqa: SLF001 - argparse has no API
+
+
+def _version() -> str:
+    from . import __version__
+    return f"bayesvae {__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})"
+
+
+_FLAG_OF_DEST: dict[str, str] = {}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    parser.add_argument("--version", action="version", version=_version())
+    _FLAG_OF_DEST.update({a.dest: a.option_strings[0] for a in _subparser(parser, "train")._actions  # noqa: SLF001
+                          if a.option_strings})
     try:
         _apply_preset(parser, argv)
     except BayesVAEError as err:
         _print(f"error: {err}")
         return EXIT_USAGE
     args = parser.parse_args(argv)
+    if args.command == "train":
+        args.explicit = _explicit_dests(parser, argv)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        _exit_on_signals()
         return args.func(args)
-    except (BayesVAEError, ValueError, FileNotFoundError, PermissionError) as err:
+    except (BayesVAEError, ValueError, FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError,
+            IsADirectoryError) as err:
         if args.debug:
             raise
         if ranks.world_size_from_env() > 1:  # every rank says why it exits 2 (rank 0's reason is the first line)
@@ -738,8 +937,34 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _print(f"error: {err}")
         return EXIT_USAGE
+    except OSError as err:  # a full disk, an I/O error: the message names the path; nothing half-written stays
+        if isinstance(err, BrokenPipeError):
+            return _quiet_broken_pipe()
+        if args.debug:
+            raise
+        text = err.strerror or str(err)
+        _print(f"error: {text}" + (f": {err.filename}" if err.filename else ""))
+        return EXIT_IO
+    except KeyboardInterrupt:
+        _print("interrupted: stopped before finishing; no partial output was left")
+        return EXIT_SIGINT
+    except Terminated:
+        _print("terminated: stopped before finishing; no partial output was left")
+        return EXIT_SIGTERM
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         ranks.shutdown()
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of stdout went away (`evaluate --json | head`): end quietly, as `cat` or `seq` do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

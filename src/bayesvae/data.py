@@ -19,6 +19,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -262,10 +263,67 @@ def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------------ file readers
+#: Bounds on what an input file may claim, checked before anything is allocated or decompressed.
+MAX_INPUT_BYTES = 8 << 30  # one array (declared size, after decompression)
+MAX_IMAGE_PIXELS = 1 << 26  # one image: 67 M pixels (8192 x 8192)
+MAX_CSV_LINE_BYTES = 16 << 20
+
+
+def _check_declared_array(fp, where: str, total: int | None) -> None:
+    """Read a .npy header from ``fp`` (``total`` bytes long) and refuse an array whose declared size exceeds the
+    bytes that hold it or the input limit (a header may claim 10^12 elements: nothing is allocated for it)."""
+    from numpy.lib import format as npformat
+
+    try:
+        version = npformat.read_magic(fp)
+        read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        shape, fortran, dtype = read(fp)
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises tokenize/syntax/value errors alike
+        if isinstance(exc, MemoryError):
+            raise
+        raise _fail(where, f"has no valid .npy header ({exc})", "Save it with numpy.save") from None
+    if dtype.hasobject:
+        raise _fail(where, f"holds Python objects (dtype {dtype}), which need pickle to load",
+                    "Save a numeric array; pickled data are never loaded, for safety")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > MAX_INPUT_BYTES:
+        raise _fail(where, f"declares an array of shape {shape} ({nbytes:,} bytes), over the {MAX_INPUT_BYTES:,}-"
+                    "byte input limit", "Use a smaller array")
+    available = None if total is None else total - fp.tell()
+    if available is not None and nbytes > available:
+        raise _fail(where, f"declares shape {shape} ({nbytes:,} bytes) but holds only {available:,} bytes "
+                    "(truncated or corrupt)", "Save the array again with numpy.save")
+
+
+def _check_csv_lines(path: Path) -> None:
+    """Refuse a CSV line over MAX_CSV_LINE_BYTES before parsing (a 100 MB line would cost gigabytes)."""
+    try:
+        with open(path, "rb") as fh:
+            line, run = 1, 0
+            while chunk := fh.read(1 << 20):
+                start = 0
+                while (nl := chunk.find(b"\n", start)) >= 0:
+                    if run + nl - start > MAX_CSV_LINE_BYTES:
+                        break
+                    line, run, start = line + 1, 0, nl + 1
+                else:
+                    run += len(chunk) - start
+                    if run <= MAX_CSV_LINE_BYTES:
+                        continue
+                raise _fail(f"{path}, line {line}", f"is longer than {MAX_CSV_LINE_BYTES:,} bytes",
+                            "Check the file is a CSV with one example per line")
+    except OSError as exc:
+        raise _fail(str(path), f"cannot be read ({exc.strerror or exc})", "Check the path and permissions") from None
+
+
 def _open_npy(path: Path) -> np.ndarray:
     """The array of a .npy file, memory-mapped (read-only): nothing is read until it is used."""
     try:
+        with open(path, "rb") as fh:  # the header is checked first: a claimed size never reaches an allocation
+            _check_declared_array(fh, str(path), os.fstat(fh.fileno()).st_size)
         a = np.load(path, allow_pickle=False, mmap_mode="r")
+    except DataValidationError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise _fail(str(path), f"cannot read .npy file ({exc})",
                     "Save it with numpy.save from a numeric array (object arrays are refused)") from None
@@ -319,8 +377,17 @@ def _lazy_npy(path: Path, a: np.ndarray, *, seed: int, valid_fraction: float, te
 
 def _npz_array(z, key: str, path: Path) -> np.ndarray:
     try:
+        info = z.zip.getinfo(key if key in z.zip.namelist() else f"{key}.npy")
+        if info.file_size > MAX_INPUT_BYTES:  # a decompression bomb: refused before inflating
+            raise _fail(f"{path} [array '{key}']", f"inflates to {info.file_size:,} bytes, over the "
+                        f"{MAX_INPUT_BYTES:,}-byte input limit", "Use a smaller array")
+        with z.zip.open(info) as member:
+            _check_declared_array(member, f"{path} [array '{key}']", info.file_size)
+    except (KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError) as exc:
+        raise _fail(f"{path} [array '{key}']", f"cannot be read ({exc})", "Save it with numpy.savez") from None
+    try:
         return z[key]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
         raise _fail(f"{path} [array '{key}']", f"cannot be read ({exc})", "Store plain numeric arrays with "
                     "numpy.savez; object arrays need pickle, which is refused for safety") from None
 
@@ -329,7 +396,7 @@ def _read_npz(path: Path) -> dict:
     """Arrays 'train'/'valid'/'test' are used as given splits; otherwise 'x'/'X'/'data' (or the only array)."""
     try:
         z = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
         raise _fail(str(path), f"cannot read .npz archive ({exc})", "Save it with numpy.savez") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise _fail(str(path), "is a single array, not an .npz archive", "Rename it to .npy")
@@ -383,6 +450,7 @@ def _is_number(text: str) -> bool:
 
 def _read_csv(path: Path) -> tuple[np.ndarray, tuple[str, ...] | None]:
     """Parse a numeric CSV by hand so every error can name the line (1-based, as an editor shows it) and column."""
+    _check_csv_lines(path)
     rows: list[list[float]] = []
     header: tuple[str, ...] | None = None
     width = 0
@@ -417,7 +485,13 @@ def _read_image(path: Path):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # PIL warns about big images; the size is checked here instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise _fail(str(path), f"is {img.width}x{img.height} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel "
+                            "limit (a decompression bomb, or far too large for a VAE)", "Resize the images")
             img.load()
             mode = img.mode
             if mode in ("I", "I;16", "I;16B", "I;16L", "F"):

@@ -278,7 +278,8 @@ def _figure(width: float, height: float):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("bayesvae plots need matplotlib: pip install 'bayesvae[plots]' (or matplotlib)") from None
+        raise ImportError("bayesvae plots need matplotlib, a dependency of bayesvae that is missing here: "
+                          "pip install matplotlib") from None
 
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -356,6 +357,9 @@ def latent(run, *, dims: Sequence[int] | None = None, split: str = "test", data=
     two principal components, with the share of variance each explains in the axis labels; one is plotted against
     the label (or a jitter)."""
     ctx = context(run, data=data, labels=labels, split=split)
+    if ctx.x_display.shape[0] < 2:
+        raise DataValidationError(f"the latent picture needs at least 2 {ctx.split} examples, this split has "
+                                  f"{ctx.x_display.shape[0]}; choose another split (--split train)")
     z = ctx.encode(ctx.x_display).double().numpy()
     y = ctx.labels.numpy() if ctx.labels is not None and len(ctx.labels) == len(z) else None
     keep = _subsample(len(z), max_points, seed)

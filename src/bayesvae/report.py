@@ -22,8 +22,8 @@ import io
 import json
 import math
 import platform
+import re
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,9 +34,10 @@ from . import plots
 from .checkpoint import atomic_write_text
 from .errors import CheckpointNotFoundError, ConfigError
 
-__all__ = ["write_report", "render_report", "REPORT_NAME"]
+__all__ = ["write_report", "render_report", "report_failures", "REPORT_NAME", "FAILED_REPORT_NAME"]
 
 REPORT_NAME = "report.html"
+FAILED_REPORT_NAME = "report.failed.html"
 #: Explorer lattice: GRID x GRID decoded points over [-SPAN, SPAN]^2.
 GRID, SPAN = 32, 3.0
 _MAX_SPRITE_SIDE = 2048
@@ -85,10 +86,14 @@ def _table(rows: list[tuple[str, str]], cls: str = "kv") -> str:
     return f'<table class="{cls}">{body}</table>'
 
 
+def _error_line(err: BaseException) -> str:
+    """One line saying what went wrong (no traceback)."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
 def _error_box(err: BaseException) -> str:
-    tb = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
-    return (f'<div class="error"><b>This section failed:</b> {_esc(type(err).__name__)}: {_esc(err)}'
-            f'<details><summary>traceback</summary><pre>{_esc(tb)}</pre></details></div>')
+    return f'<div class="error"><b>This section failed:</b> {_esc(_error_line(err))}</div>'
 
 
 def _json_script(element_id: str, data) -> str:
@@ -391,7 +396,8 @@ _SPHERE_CAPTIONS = {
 # ------------------------------------------------------------------------------------------------------- report
 def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: int = 2000,
                   checkpoint: str = "best", seed: int = 0, explorer_grid: int = GRID,
-                  device: str | torch.device = "cpu") -> str:
+                  device: str | torch.device = "cpu", data: str | None = None, data_dir: str | None = None,
+                  say=None) -> str:
     """The report's HTML text (see :func:`write_report`)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
         raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -401,12 +407,13 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
 
     run_dir = Path(run_dir)
     started = time.perf_counter()
+    where = dict(data=data, data_dir=data_dir, say=say, device=device)
     try:
-        run = load_run(run_dir, checkpoint, device=device)
+        run = load_run(run_dir, checkpoint, **where)
     except CheckpointNotFoundError:
         if checkpoint != "best":
             raise
-        run = load_run(run_dir, "last", device=device)  # a run without validation data has no "best" pointer
+        run = load_run(run_dir, "last", **where)  # a run without validation data has no "best" pointer
         checkpoint = "last (no best checkpoint)"
     ctx = plots.PlotContext(run.model, run=run, run_dir=run_dir)
     state = run.state
@@ -469,8 +476,10 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
         summary = _summary_html(evaluation, metrics_records, desc, mc, num_samples)
     except Exception as err:  # noqa: BLE001
         summary = _error_box(err)
+        sections.failures.append("Summary")
     nav = "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t, _ in sections.items)
     body = "".join(f'<section id="{a}"><h2>{_esc(t)}</h2>{h}</section>' for a, t, h in sections.items)
+    notes_html = "".join(f'<div class="error">{_esc(n)}</div>' for n in run.notes)
     failed = (f'<div class="error">{len(sections.failures)} section(s) failed: {_esc(", ".join(sections.failures))}'
               "</div>") if sections.failures else ""
     from . import __version__
@@ -479,6 +488,7 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{_CSP}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="bayesvae-failed-sections" content="{len(sections.failures)}">
 <title>{_esc(title)}</title>
 <style>{_asset('report.css')}</style></head>
 <body>
@@ -488,7 +498,7 @@ torch {_esc(torch.__version__)} · Python {_esc(platform.python_version())} ·
 built in {time.perf_counter() - started:.1f} s</p></header>
 <nav>{nav}</nav>
 <main>
-{failed}
+{failed}{notes_html}
 <section id="summary"><h2>Summary</h2>{summary}</section>
 {body}
 </main>
@@ -522,8 +532,29 @@ def _summary_html(ev: dict, records: list[dict], desc: dict, mc: dict, num_sampl
                                                     for v, k in cards) + "</div>"
 
 
+def report_failures(path: str | Path) -> list[str] | None:
+    """The titles of the sections that failed in the report at ``path`` ([] when none did; None when there is no
+    readable bayesvae report there)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return _failures_in(text)
+
+
+def _failures_in(text: str) -> list[str] | None:
+    m = re.search(r'<meta name="bayesvae-failed-sections" content="(\d+)">', text[:4096])
+    listed = re.search(r'<div class="error">(\d+) section\(s\) failed: ([^<]*)</div>', text)
+    if listed:
+        return html.unescape(listed.group(2)).split(", ")
+    if m or "<title>bayesvae report" in text[:4096]:
+        return []
+    return None
+
+
 def write_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: int = 2000,
-                 checkpoint: str = "best", seed: int = 0, device: str | torch.device = "cpu") -> Path:
+                 checkpoint: str = "best", seed: int = 0, device: str | torch.device = "cpu",
+                 data: str | None = None, data_dir: str | None = None, say=None) -> Path:
     """Write ``RUN_DIR/report.html`` (atomically, replacing an older report) and return its path.
 
     Args:
@@ -532,11 +563,20 @@ def write_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: 
         checkpoint: ``best`` (default), ``last`` or a step directory.
         seed: seed of the evaluation's sampling (the global random state is left as it was).
         device: where the model computes (the evaluation and every plot).
+        data, data_dir: where the run's data file / MNIST directory are now, if they moved (fingerprint checked).
+        say: called with warnings (e.g. data whose fingerprint differs); they are also shown on the page.
 
-    A section that fails shows its error and the rest is still written; only an unloadable run raises.
+    A section that fails shows its error in one line and the rest is still written; only an unloadable run
+    raises.  The page records how many sections failed (:func:`report_failures` reads it).  A report with more
+    failed sections than the existing ``report.html`` never replaces it: it goes to ``report.failed.html``
+    (the returned path) instead.
     """
     path = Path(run_dir) / REPORT_NAME
     text = render_report(run_dir, num_samples=num_samples, max_examples=max_examples, checkpoint=checkpoint,
-                         seed=seed, device=device)
+                         seed=seed, device=device, data=data, data_dir=data_dir, say=say)
+    failed = _failures_in(text) or []
+    previous = report_failures(path) if path.exists() else None
+    if failed and previous is not None and len(previous) < len(failed):
+        path = path.with_name(FAILED_REPORT_NAME)
     atomic_write_text(path, text)
     return path

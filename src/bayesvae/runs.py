@@ -6,8 +6,11 @@ carries the model and data configuration, so ``load`` needs nothing else) and ``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import data as bdata
+from . import rundir
 from . import distributed as ranks
 from .arrays import PreparedRows, Rows, as_tensor
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
@@ -44,6 +48,8 @@ class DataSpec:
     source: str = "digits"
     data_dir: str | None = None
     seed: int = 0
+    """The split seed (``--split-seed``): which examples go to train/valid/test. Separate from the training seed
+    since runs made by this version; older runs stored their training seed here, and keep using it."""
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     limit: int | None = None
@@ -152,35 +158,57 @@ def load_preset(name: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- run dirs
-def _prepare_run_dir(out: Path, overwrite: bool) -> None:
-    """Refuse an existing non-empty directory unless ``overwrite``; check it is writable before the first step."""
+def _prepare_run_dir(out: Path, overwrite: bool) -> rundir.RunLock:
+    """Refuse an existing non-empty directory unless ``overwrite``, a file, or a directory inside a run; lock the
+    run directory (a second writer fails), then clear it when overwriting; all before the first step.
+
+    Returns the held lock (the caller releases it)."""
+    rundir.check_directory_output(out, replacing_allowed="run")
     if out.exists() and any(out.iterdir()):
+        holder = rundir.is_locked_by_other(out)
+        if holder is not None:
+            raise rundir.RunLockedError(f"{out} is being written by another process (pid {holder.get('pid')} on "
+                                        f"{holder.get('host')}); choose another --out or wait for it to finish")
         if not overwrite:
             raise OutputExistsError(f"output directory {out} already exists and is not empty; pass --overwrite "
                                     "to replace it, --resume to continue it, or choose another --out")
-        if not (out / "run.json").exists():
+        if not rundir.is_run_dir(out):
             raise OutputExistsError(f"{out} is not a bayesvae run directory; refusing to delete it with --overwrite")
-        shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot write to output directory {out}: {err.strerror or err}; choose a writable --out") from None
+    lock = rundir.RunLock(out).acquire()  # the atomic point: from here on, this process owns the directory
+    try:
+        if overwrite:
+            for entry in out.iterdir():
+                if entry.name != rundir.LOCK_NAME:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         probe = out / ".write-test"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
+        lock.release()
         raise ConfigError(f"cannot write to output directory {out}: {err.strerror or err}; choose a writable --out") from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 class _MetricsLog(Callback):
     """metrics.jsonl and metrics.csv, rewritten atomically from the history at the end of every epoch."""
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        if trainer.run_dir is None or not ranks.is_main():
-            return
-        history = trainer.state.history
-        ckpt.atomic_write_text(trainer.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-        keys = list(dict.fromkeys(k for r in history for k in r))
-        rows = [",".join(keys)] + [",".join(_csv(r.get(k)) for k in keys) for r in history]
-        ckpt.atomic_write_text(trainer.run_dir / "metrics.csv", "\n".join(rows) + "\n")
+        if trainer.run_dir is not None and ranks.is_main():
+            _write_metrics(trainer.run_dir, trainer.state.history)
+
+
+def _write_metrics(run_dir: Path, history: list[dict]) -> None:
+    ckpt.atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    keys = list(dict.fromkeys(k for r in history for k in r))
+    rows = [",".join(keys)] + [",".join(_csv(r.get(k)) for k in keys) for r in history]
+    ckpt.atomic_write_text(run_dir / "metrics.csv", "\n".join(rows) + "\n")
 
 
 class TensorBoardLog(Callback):
@@ -215,7 +243,7 @@ def _run_state(model_config: ModelConfig, spec: DataSpec, dataset: bdata.Dataset
     return {
         "run_format": RUN_FORMAT,
         "model_config": to_dict(model_config),
-        "data": {**spec.__dict__, "fingerprint": dataset.fingerprint(), "kind": dataset.kind,
+        "data": {**spec.__dict__, "split_seed": spec.seed, "fingerprint": dataset.fingerprint(), "kind": dataset.kind,
                  "preparation": prepared.preparation, "levels": prepared.levels,
                  "standardization": None if std is None else [std[0].tolist(), std[1].tolist()],
                  "description": dataset.describe()},
@@ -339,9 +367,21 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
         if out is None:
             raise ConfigError("TensorBoard logging needs a run directory (--out)")
         TensorBoardLog.writer_class()
+    if spec.data_dir is not None and spec.source != "mnist":
+        raise ConfigError(f"--data-dir has no effect for {spec.source!r}: it is the directory of the MNIST files")
+    if out is not None:
+        rundir.check_directory_output(out, replacing_allowed="run")
+    if architecture == "conv" and len(tuple(hidden)) > 1:
+        raise ConfigError(f"--hidden {' '.join(map(str, hidden))}: the conv architecture has one fully connected "
+                          "layer between the convolutions and the latent code, so it takes one width (e.g. "
+                          "--hidden 256); several widths are for --architecture mlp")
+    spec = rundir.absolute_spec(spec)
     dataset = spec.load()
+    if architecture == "conv":
+        _check_conv_fits(dataset.event_shape)
     _refuse_constant_columns(dataset)
     likelihood = likelihood or bdata.default_likelihood(dataset)
+    check_likelihood_options(likelihood, likelihood_options or {})
     prepared = prepare_data(dataset, likelihood)
     model_config = ModelConfig(data_shape=dataset.event_shape, latent_dim=latent_dim, architecture=architecture,
                                hidden=tuple(hidden), activation=activation, likelihood=likelihood,
@@ -368,18 +408,28 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
         chosen, state["precision_choice"] = choose_precision(model, objective, prepared.train, train_config,
                                                              batch_transform=prepared.batch_transform)
         train_config = dataclasses.replace(train_config, precision=chosen)
+    held: list[rundir.RunLock] = []
     if run_dir is not None:
         def prepare():
-            _prepare_run_dir(run_dir, overwrite)
-            ckpt.atomic_write_text(run_dir / "run.json", json.dumps(
-                {**state, "train_config": to_dict(train_config)}, indent=2))
+            lock = _prepare_run_dir(run_dir, overwrite)  # held by rank 0 (the writer) until training ends
+            try:
+                ckpt.atomic_write_text(run_dir / "run.json", json.dumps(
+                    {**state, "train_config": to_dict(train_config)}, indent=2))
+            except BaseException:
+                lock.release()
+                raise
+            held.append(lock)
         ranks.run_on_main(prepare)
-    if tensorboard and ranks.is_main():
-        callbacks = [*callbacks, TensorBoardLog(run_dir)]
-    trainer = _make_trainer(model, train_config, prepared, run_dir, state, callbacks, on_warning)
-    if on_ready is not None:
-        on_ready(trainer, dataset, likelihood)
-    trainer.fit()
+    try:
+        if tensorboard and ranks.is_main():
+            callbacks = [*callbacks, TensorBoardLog(run_dir)]
+        trainer = _make_trainer(model, train_config, prepared, run_dir, state, callbacks, on_warning)
+        if on_ready is not None:
+            on_ready(trainer, dataset, likelihood)
+        trainer.fit()
+    finally:
+        for lock in held:
+            lock.release()
     return trainer
 
 
@@ -402,6 +452,45 @@ def _check_world(config: TrainConfig) -> None:
                           f"processes; use a multiple of {w} (e.g. {config.batch_size - config.batch_size % w or w})")
 
 
+def _check_conv_fits(shape: tuple[int, ...]) -> None:
+    """The conv stack halves each side twice (kernel 4, stride 2, padding 1): images need 4 px a side."""
+    channels = len(ModelConfig(data_shape=(1, 4, 4)).conv_channels)
+    need = 2 ** channels
+    if len(shape) != 3 or min(shape[1:]) < need:
+        what = "x".join(map(str, shape[1:])) + " px images" if len(shape) == 3 else f"vectors of shape {shape}"
+        raise ConfigError(f"--architecture conv needs images of at least {need}x{need} px ({channels} stride-2 "
+                          f"convolutions); these data are {what}: use --architecture mlp")
+
+
+def check_likelihood_options(likelihood: str, options: dict) -> None:
+    """Each option is a keyword of the likelihood and has the type of its default (``{"optimal": "yes"}`` is
+    refused, not taken as true)."""
+    import inspect
+
+    from .likelihoods import LIKELIHOODS
+
+    if likelihood not in LIKELIHOODS:
+        raise ConfigError(f"unknown likelihood {likelihood!r}; choose one of {sorted(LIKELIHOODS)}")
+    params = {n: p.default for n, p in inspect.signature(LIKELIHOODS[likelihood].__init__).parameters.items()
+              if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for key, value in options.items():
+        if key not in params:
+            others = sorted(n for n, c in LIKELIHOODS.items() if key in inspect.signature(c.__init__).parameters)
+            hint = f"; {key!r} is an option of {', '.join(others)} (--likelihood)" if others else ""
+            raise ConfigError(f"likelihood option {key!r}: the {likelihood} likelihood takes "
+                              f"{sorted(params) or 'no options'}{hint}")
+        default = params[key]
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a finite number"
+        else:
+            ok, want = True, ""
+        if not ok:
+            raise ConfigError(f"likelihood option {key!r} must be {want}, got {json.dumps(value)}")
+
+
 # ------------------------------------------------------------------------------------------------------- loading
 @dataclass
 class LoadedRun:
@@ -412,9 +501,21 @@ class LoadedRun:
     state: dict
     tensors: dict
     checkpoint: Path
+    notes: list = dataclasses.field(default_factory=list)
+    """Warnings found while loading (e.g. data that differ from the training data); the CLI prints them."""
+    say: Callable[[str], None] | None = None
 
     def dataset(self) -> bdata.Dataset:
-        return self.spec.load()
+        """The run's data, reloaded (from where ``--data``/``--data-dir`` point, if given); a fingerprint that
+        differs from the stored one gives a warning (in ``notes``, and through ``say``)."""
+        ds = _load_moved(self.spec)
+        where = self.spec.data_dir if self.spec.source == "mnist" and self.spec.data_dir else self.spec.source
+        note = rundir.compare_fingerprint(self.state.get("data", {}).get("fingerprint"), ds.fingerprint(), where)
+        if note and note not in self.notes:
+            self.notes.append(note)
+            if self.say is not None:
+                self.say(note)
+        return ds
 
     def prepared(self, dataset: bdata.Dataset | None = None) -> PreparedData:
         return prepare_data(dataset or self.dataset(), self.model_config.likelihood)
@@ -522,9 +623,38 @@ def _check_columns(source: str, found, expected) -> None:
         "exactly these columns (a label column must be removed)")
 
 
+def _load_moved(spec: DataSpec) -> bdata.Dataset:
+    """Load a run's data; a missing file or MNIST directory says how to point the run at where they are now."""
+    if spec.source not in ("digits", "mnist") and not Path(spec.source).exists():
+        raise bdata.DataValidationError(f"the run's data {spec.source} no longer exist; if they moved, point the "
+                                        "run at them with --data NEW_PATH")
+    try:
+        return spec.load()
+    except (FileNotFoundError, bdata.DataValidationError) as err:
+        if spec.source != "mnist":
+            raise
+        raise bdata.DataValidationError(f"{err}; if the MNIST files moved, point the run at them with --data-dir "
+                                        "NEW_DIR") from None
+
+
 def _spec_from_state(data: dict) -> DataSpec:
     keys = {f for f in DataSpec.__dataclass_fields__}
     return DataSpec(**{k: v for k, v in data.items() if k in keys})
+
+
+def _load_committed(run_dir: str | Path, which: str, allow_nonfinite: bool) -> tuple[Path, dict, dict]:
+    """Resolve and load a checkpoint; when a running training moved the pointer and rotated the step away
+    between the two (a reader racing a writer), resolve again: a reader never fails because a writer committed."""
+    for attempt in range(5):
+        before = ckpt.list_checkpoints(run_dir) if Path(run_dir).is_dir() else []
+        path = ckpt.resolve_checkpoint(run_dir, which)
+        try:
+            tensors, state = ckpt.load_checkpoint(path, allow_nonfinite=allow_nonfinite)
+            return path, tensors, state
+        except ckpt.CheckpointError:
+            if attempt == 4 or path.exists() and ckpt.list_checkpoints(run_dir) == before:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _with_data_scale(config: ModelConfig, data: dict, model_sd: dict) -> ModelConfig:
@@ -541,53 +671,74 @@ def _with_data_scale(config: ModelConfig, data: dict, model_sd: dict) -> ModelCo
 
 
 def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool = False,
-             data_dir: str | None = None, device: str | torch.device = "cpu") -> LoadedRun:
+             data_dir: str | None = None, device: str | torch.device = "cpu", data: str | None = None,
+             say: Callable[[str], None] | None = None) -> LoadedRun:
     """Rebuild the model and configuration from a checkpoint alone (``which``: best, last, or a step dir).
 
-    ``data_dir`` replaces the stored MNIST directory (a run or exported model evaluated on another machine).
+    ``data`` replaces the stored data file and ``data_dir`` the stored MNIST directory (a run or exported model
+    evaluated after its data moved, or on another machine); each is refused where it has no effect. The data
+    are checked against the stored fingerprint when loaded (:meth:`LoadedRun.dataset`).
     Checkpoints hold CPU tensors whatever device trained them; the model is moved to ``device`` after loading.
     """
-    path = ckpt.resolve_checkpoint(run_dir, which)
-    tensors, state = ckpt.load_checkpoint(path, allow_nonfinite=allow_nonfinite)
+    path, tensors, state = _load_committed(run_dir, which, allow_nonfinite)
     for key in ("model_config", "train_config", "data"):
         if key not in state:
             raise ckpt.CheckpointCorruptError(f"{path}: state.json lacks {key!r}; not a bayesvae training checkpoint")
-    model_config = from_dict(ModelConfig, state["model_config"])
-    train_config = from_dict(TrainConfig, state["train_config"])
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    model_config = _with_data_scale(model_config, state["data"], model_sd)
-    model = build_model(model_config)
+    try:
+        model_config = from_dict(ModelConfig, state["model_config"])
+        train_config = from_dict(TrainConfig, state["train_config"])
+        model_config = _with_data_scale(model_config, state["data"], model_sd)
+        model = build_model(model_config)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:  # a tampered configuration
+        raise IncompatibleCheckpointError(f"{path}: the stored configuration cannot be built: {err}") from None
     try:
         model.load_state_dict(model_sd, strict=True)
     except RuntimeError as err:
         raise IncompatibleCheckpointError(f"{path}: weights do not fit the stored model configuration: "
                                           f"{str(err).splitlines()[0]}") from None
     model.to(ranks.resolve_device(device)).eval()
-    spec = _spec_from_state(state["data"])
-    if data_dir is not None:
-        spec = dataclasses.replace(spec, data_dir=str(data_dir))
-    return LoadedRun(model, model_config, train_config, spec, state, tensors, path)
+    spec = rundir.relocated_spec(_spec_from_state(state["data"]), data, data_dir)
+    return LoadedRun(model, model_config, train_config, spec, state, tensors, path, say=say)
 
 
 def export_model(run_dir: str | Path, out: str | Path, which: str = "best", *, overwrite: bool = False) -> Path:
     """Write the model of a run's checkpoint, without optimiser or trainer state, as a small run directory that
     ``load``, ``evaluate`` and the other subcommands accept (for publishing a model)."""
-    run = load_run(run_dir, which)
     out = Path(out)
+    rundir.check_directory_output(out, replacing_allowed="export")
+    run = load_run(run_dir, which)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise OutputExistsError(f"{out} already exists and is not empty; pass --overwrite or choose another --out")
         if not (out / "run.json").exists():
             raise OutputExistsError(f"{out} is not a bayesvae run directory; refusing to replace it")
-        shutil.rmtree(out)
     tensors = {k: v for k, v in run.tensors.items() if k.startswith("model.")}
     state = {k: run.state[k] for k in ("run_format", "model_config", "train_config", "data") if k in run.state}
     state["exported_from"] = {"checkpoint": run.checkpoint.name,
                               "epoch": run.state.get("trainer", {}).get("epoch")}
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_text(out / "run.json", json.dumps(state, indent=2))
     step = int(run.checkpoint.name.split("-")[-1]) if run.checkpoint.name.startswith("step-") else 0
-    return ckpt.save_checkpoint(out, step, tensors, state, tags=("last", "best"))
+    # built complete in a temporary sibling, then swapped in: a kill or a full disk never leaves half an export
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = ckpt._tmp_name(out.parent, out.name), None
+    try:
+        tmp.mkdir()
+        ckpt.atomic_write_text(tmp / "run.json", json.dumps(state, indent=2))
+        ckpt.save_checkpoint(tmp, step, tensors, state, tags=("last", "best"))
+        if out.exists():
+            old = ckpt._tmp_name(out.parent, f"old-{out.name}")
+            os.rename(out, old)
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.rename(old, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return ckpt.resolve_checkpoint(out, "last")
 
 
 def load(run_dir: str | Path, which: str = "best", *, device: str | torch.device = "cpu") -> VAE:
@@ -596,31 +747,110 @@ def load(run_dir: str | Path, which: str = "best", *, device: str | torch.device
     return load_run(run_dir, which, device=device).model
 
 
-def resume(run_dir: str | Path, *, epochs: int | None = None, callbacks: Sequence[Callback] = (),
-           on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None,
-           device: str | torch.device = "cpu", on_warning: Callable[[str], None] | None = None) -> Trainer:
-    """Continue a stopped run from its last complete checkpoint; only ``epochs`` may change, and the device.
+#: TrainConfig fields ``resume`` may change: they extend or steer a run without changing its arithmetic so far.
+RESUMABLE = ("epochs", "max_seconds", "early_stopping_patience", "checkpoint_every_steps", "precision")
 
-    Refuses when the data changed since the run started (the fingerprint differs).
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, max_minutes: float | None = None,
+           patience: int | None = None, checkpoint_every: int | None = None, precision: str | None = None,
+           data: str | None = None, data_dir: str | None = None, callbacks: Sequence[Callback] = (),
+           on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None,
+           say: Callable[[str], None] | None = None, device: str | torch.device = "cpu",
+           on_warning: Callable[[str], None] | None = None) -> Trainer:
+    """Continue a stopped run from its last complete checkpoint (on ``device``; ``on_warning``: see ``train``).
+
+    Only what extends or steers the run may change: ``epochs`` (the new total; a schedule that depends on it, such
+    as cosine, is stretched and ``say`` tells how), ``max_minutes`` (a budget for this session, added to the time
+    already trained), ``patience``, ``checkpoint_every`` and ``precision``. ``data``/``data_dir`` point the run at
+    moved data, which must have the stored fingerprint. A run stopped early (time budget, patience) continues
+    when the new setting allows it.
     """
-    run = load_run(run_dir, "last", device=device)
-    dataset = run.dataset()
-    fingerprint = run.state["data"].get("fingerprint")
-    if dataset.fingerprint() != fingerprint:
-        raise IncompatibleCheckpointError(
-            f"the data of {run.spec.source!r} changed since this run started (fingerprint {fingerprint[:12]}... vs "
-            f"{dataset.fingerprint()[:12]}...); resume needs the same data: restore them or start a new run")
-    config = run.train_config
-    if epochs is not None and epochs != config.epochs:
-        config = from_dict(TrainConfig, {**to_dict(config), "epochs": epochs})
-    _check_world(config)
-    prepared = run.prepared(dataset)
-    state = {k: v for k, v in run.state.items() if k in ("run_format", "model_config", "data", "kl_bound",
-                                                          "collapse_warned")}
-    run.model.train()
-    trainer = _make_trainer(run.model, config, prepared, Path(run_dir), state, callbacks, on_warning)
-    trainer.load_state(run.tensors, run.state)
-    if on_ready is not None:
-        on_ready(trainer, dataset, run.model_config.likelihood)
-    trainer.fit()
+    say = say or (lambda msg: None)
+    run_path = Path(run_dir)
+    if rundir.is_run_dir(run_path) and not ckpt.list_checkpoints(run_path):
+        raise ckpt.CheckpointNotFoundError(
+            f"{run_path} has no checkpoint: training stopped before its first step was committed, so there is "
+            f"nothing to resume; start it again with `bayesvae train ... --out {run_path} --overwrite`")
+    lock = rundir.RunLock(run_path, "train --resume") if ranks.is_main() else contextlib.nullcontext()
+    with lock:
+        run = load_run(run_path, "last", data=data, data_dir=data_dir, device=device)
+        dataset = _load_moved(run.spec)
+        fingerprint = run.state["data"].get("fingerprint")
+        if dataset.fingerprint() != fingerprint:
+            raise IncompatibleCheckpointError(
+                f"the data of {run.spec.source!r} differ from those this run was trained on (fingerprint "
+                f"{dataset.fingerprint()[:12]}... vs {fingerprint[:12]}...); resume needs the same data: restore "
+                "them, point --data/--data-dir at them, or start a new run")
+        config, trainer_state = run.train_config, run.state.get("trainer", {})
+        done = trainer_state.get("epoch", 0)
+        changes: dict[str, Any] = {}
+        if epochs is not None:
+            if epochs < done or (epochs == done and trainer_state.get("step_in_epoch", 0)):
+                raise ConfigError(f"--epochs {epochs}: this run has already trained {done} epochs; --epochs is the "
+                                  f"new total, so give more than {done}")
+            changes["epochs"] = epochs
+        if max_minutes is not None:
+            spent = float(trainer_state.get("train_seconds", 0.0))
+            changes["max_seconds"] = spent + 60.0 * max_minutes if max_minutes > 0 else 0.0
+            if max_minutes > 0:
+                say(f"time budget: {max_minutes:g} more minutes of training (after {spent / 60:.1f} already)")
+        if patience is not None:
+            changes["early_stopping_patience"] = patience
+        if checkpoint_every is not None:
+            changes["checkpoint_every_steps"] = checkpoint_every
+        if precision is not None and precision != config.precision:
+            if "fp16" in (precision, config.precision) or precision == "auto":
+                raise ConfigError(f"--precision {precision}: with --resume, precision may change between float32 "
+                                  f"and bf16 only (this run trains in {config.precision}; fp16 keeps a gradient "
+                                  "scaler and auto chooses at the start of a run)")
+            changes["precision"] = precision
+        new = from_dict(TrainConfig, {**to_dict(config), **changes})
+        _check_world(new)
+        if new.epochs != config.epochs:
+            _say_schedule_change(config, new, run, say)
+        prepared = run.prepared(dataset)
+        state = {k: v for k, v in run.state.items() if k in ("run_format", "model_config", "data", "kl_bound",
+                                                              "collapse_warned")}
+        run.model.train()
+        trainer = _make_trainer(run.model, new, prepared, run_path, state, callbacks, on_warning)
+        trainer.load_state(run.tensors, run.state)
+        st = trainer.state
+        if st.history and ranks.is_main():  # metrics follow the checkpoint (a failed metrics write is repaired)
+            _write_metrics(run_path, st.history)
+        if max_minutes is not None:
+            st.planned_steps = 0  # a new budget: the trainer plans the steps that fit again
+        if st.stopped_early and (max_minutes is not None or patience is not None):  # may let it go on
+            patience_stop = new.early_stopping_patience and st.epochs_without_improvement >= new.early_stopping_patience
+            time_stop = new.max_seconds and st.train_seconds >= new.max_seconds
+            st.stopped_early = bool(patience_stop or time_stop)
+            if not st.stopped_early:
+                say("continuing a run that had stopped early (the new settings allow more training)")
+        if st.stopped_early:
+            say(f"nothing to do: this run stopped early after {st.epoch} epochs; pass a larger --patience (0: off) "
+                "or --max-minutes to let it go on")
+        elif st.epoch >= new.epochs:
+            say(f"nothing to do: this run has trained all {new.epochs} epochs; pass --epochs N (N > {new.epochs}) "
+                "to train longer")
+        if on_ready is not None:
+            on_ready(trainer, dataset, run.model_config.likelihood)
+        trainer.fit()
     return trainer
+
+
+def _say_schedule_change(old: TrainConfig, new: TrainConfig, run: LoadedRun, say: Callable[[str], None]) -> None:
+    from .training import learning_rate_at
+
+    say(f"epochs: {old.epochs} -> {new.epochs} in total")
+    if old.lr_schedule != "cosine":
+        return
+    st = run.state.get("trainer", {})
+    steps, per_epoch = st.get("global_step", 0), None
+    n = (run.state.get("data", {}).get("description", {}).get("splits", {}) or {}).get("train")
+    if n:
+        per_epoch = math.ceil(n / old.batch_size)
+    progress = steps / per_epoch if per_epoch else float(st.get("epoch", 0))
+    say(f"note: the cosine learning-rate schedule depends on the total number of epochs, so it is stretched: it "
+        f"now decays to {new.learning_rate * new.lr_min_factor:.3g} at epoch {new.epochs} instead of {old.epochs}; "
+        f"the learning rate at this point moves from {learning_rate_at(old, progress):.3g} to "
+        f"{learning_rate_at(new, progress):.3g}, so the result differs from a run trained for {new.epochs} epochs "
+        "from the start")
