@@ -289,11 +289,14 @@ class PreciseBatchNorm(Callback):
 
 #: Training warns once when fewer than this share of the latent units are active after the KL warm-up.
 ACTIVE_SHARE_WARNING = 0.5
+#: ... and after this many epochs (or the run's last epoch, if it is shorter): units wake up in the first epochs
+#: (the demo: 1 of 8 active after epoch 1, 5 after epoch 2, all 8 from epoch 5), so epoch 1 would cry wolf.
+COLLAPSE_SETTLE_EPOCHS = 5
 
 
 class CollapseMonitor(Callback):
     """Counts active units (Var_x E[z_u|x] > 0.01) on up to 1000 validation examples at the end of each epoch
-    once the KL warm-up is over, records ``active_units`` in the epoch record, and warns ONCE per run (through
+    once the KL warm-up is over and the first ``COLLAPSE_SETTLE_EPOCHS`` epochs are done, records ``active_units`` in the epoch record, and warns ONCE per run (through
     ``warn``) when fewer than ``share`` of the units are active: a sign of posterior collapse."""
 
     def __init__(self, warn: Callable[[str], None] | None, share: float = ACTIVE_SHARE_WARNING):
@@ -303,7 +306,8 @@ class CollapseMonitor(Callback):
         from .estimators import active_units
 
         valid = trainer.valid_data
-        if valid is None or valid.shape[0] < 2 or record["epoch"] < max(1.0, trainer.config.kl_warmup_epochs):
+        settle = max(1.0, trainer.config.kl_warmup_epochs, min(COLLAPSE_SETTLE_EPOCHS, trainer.config.epochs))
+        if valid is None or valid.shape[0] < 2 or record["epoch"] < settle:
             return
         count, variances = active_units(trainer.model, trainer._to_device(valid[:1000]))  # float, on the device
         record["active_units"] = count
