@@ -38,7 +38,8 @@ def train_preset(preset_name: str, minutes: float, out: str, data_dir: str, limi
     print(f"trained {preset_name} in {(time.perf_counter() - start) / 60:.1f} min (budget {minutes} min)", flush=True)
 
 
-def evaluate_run(run_dir: str, num_samples: int, limit: int | None = None) -> dict:
+def evaluate_test_split(run_dir: str, num_samples: int, limit: int | None = None) -> tuple[runs.LoadedRun, dict]:
+    """The protocol's test figures of a run's ``best`` checkpoint (seed 0, timed), and the loaded run."""
     run = runs.load_run(run_dir, "best")
     x = run.prepared().test
     if limit:
@@ -47,6 +48,11 @@ def evaluate_run(run_dir: str, num_samples: int, limit: int | None = None) -> di
     start = time.perf_counter()
     result = bv.estimators.evaluate(run.model, x, num_samples)
     result["eval_seconds"] = time.perf_counter() - start
+    return run, result
+
+
+def evaluate_run(run_dir: str, num_samples: int, limit: int | None = None) -> dict:
+    run, result = evaluate_test_split(run_dir, num_samples, limit)
     history = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     result.update({
         "run_dir": str(run_dir), "checkpoint": str(run.checkpoint), "model_config": to_dict(run.model_config),

@@ -28,10 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (benchmarks/machine.py)
+from mnist_likelihood import evaluate_test_split  # noqa: E402  (the table's protocol, shared)
 
 import bayesvae as bv  # noqa: E402
 from bayesvae import runs  # noqa: E402
@@ -61,14 +60,7 @@ def _validation_ll(run_dir: str, num_samples: int) -> float:
 
 
 def _evaluate(info: dict, num_samples: int, limit: int | None) -> dict:
-    run = runs.load_run(info["run_dir"], "best")
-    x = run.prepared().test
-    if limit:
-        x = x[:limit]
-    torch.manual_seed(0)
-    start = time.perf_counter()
-    result = bv.estimators.evaluate(run.model, x, num_samples)
-    result["eval_seconds"] = time.perf_counter() - start
+    run, result = evaluate_test_split(info["run_dir"], num_samples, limit)
     for key in ("active_unit_variances",):
         result.pop(key)
     result.update(info, model_config=to_dict(run.model_config), train_config=to_dict(run.train_config))
