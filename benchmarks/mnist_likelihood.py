@@ -16,18 +16,24 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 import bayesvae as bv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402  (benchmarks/machine.py)
 from bayesvae import runs
 from bayesvae.config import from_dict, TrainConfig, to_dict
 
 
 def train_preset(preset_name: str, minutes: float, out: str, data_dir: str, limit: int | None = None,
-                 epochs: int | None = None) -> None:
+                 epochs: int | None = None) -> float:
+    """Train the preset with a budget of ``minutes``; returns the wall-clock minutes of the whole training call
+    (validation and checkpoints included, which the budget does not count)."""
     preset = runs.load_preset(preset_name)
     train = {**preset["train"], "max_seconds": 60.0 * minutes}
     if epochs is not None:
@@ -35,7 +41,9 @@ def train_preset(preset_name: str, minutes: float, out: str, data_dir: str, limi
     start = time.perf_counter()
     runs.train(runs.DataSpec("mnist", data_dir=data_dir, limit=limit), out=out, overwrite=True,
                train_config=from_dict(TrainConfig, train), **preset["model"])
-    print(f"trained {preset_name} in {(time.perf_counter() - start) / 60:.1f} min (budget {minutes} min)", flush=True)
+    wall = (time.perf_counter() - start) / 60
+    print(f"trained {preset_name} in {wall:.1f} min (budget {minutes} min)", flush=True)
+    return wall
 
 
 def evaluate_test_split(run_dir: str, num_samples: int, limit: int | None = None) -> tuple[runs.LoadedRun, dict]:
@@ -63,6 +71,8 @@ def evaluate_run(run_dir: str, num_samples: int, limit: int | None = None) -> di
     })
     for key in ("active_unit_variances", "kl_per_dimension_nats"):
         result.pop(key)
+    if "precision_choice" in run.state:  # precision auto: what was measured and chosen at the start of training
+        result["precision_choice"] = run.state["precision_choice"]
     print(f"{run_dir}: {len(history)} epochs in {result['train_minutes']:.1f} min; test NLL {result['nll_nats']:.2f} "
           f"± {result['nll_nats_stderr']:.2f} nats (IS, K = {num_samples}, {result['num_examples']} images), "
           f"ELBO {result['elbo_nats']:.2f}, active units {result['active_units']}/{result['latent_dim']}; "
@@ -81,16 +91,23 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    info = machine.describe()
+    print(machine.line(info), flush=True)
     limit = None
     if args.smoke:
         args.preset, args.samples, limit = args.preset or "mnist-iwae-vae", 20, 300
-    targets = list(args.evaluate)
+    targets, wall = list(args.evaluate), {}
     if args.preset:
-        train_preset(args.preset, args.minutes, args.out, args.data_dir, limit=limit, epochs=1 if args.smoke else None)
+        wall[args.out] = train_preset(args.preset, args.minutes, args.out, args.data_dir, limit=limit,
+                                      epochs=1 if args.smoke else None)
         targets.append(args.out)
     results = [evaluate_run(t, args.samples, limit) for t in targets]
+    for result in results:
+        if result["run_dir"] in wall:
+            result["train_command_minutes"] = wall[result["run_dir"]]
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "date": time.strftime("%Y-%m-%d"), "protocol": "dynamic binarisation, 59600/400/10000, IS K samples"}
+            "cpu": info, "date": time.strftime("%Y-%m-%d"),
+            "protocol": "dynamic binarisation, 59600/400/10000, IS K samples"}
     if args.json:
         Path(args.json).write_text(json.dumps({"benchmark": "mnist_likelihood", **meta, "results": results}, indent=2))
     return results

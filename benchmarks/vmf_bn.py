@@ -47,7 +47,8 @@ def _train(name: str, out: Path, spec: runs.DataSpec, config: TrainConfig, poste
     history = trainer.state.history
     info = {"name": name, "run_dir": str(out), "posterior": posterior, "posterior_options": options,
             "epochs_trained": len(history), "train_minutes": sum(r["epoch_seconds"] for r in history) / 60.0,
-            "best_valid_loss": min(r["valid_loss"] for r in history), "kl_bound": trainer.run_state.get("kl_bound")}
+            "best_valid_loss": min(r["valid_loss"] for r in history), "kl_bound": trainer.run_state.get("kl_bound"),
+            "precision_choice": trainer.run_state.get("precision_choice")}
     print(f"{name}: {info['epochs_trained']} epochs in {info['train_minutes']:.1f} min, best validation loss "
           f"{info['best_valid_loss']:.2f} nats ({time.perf_counter() - start:.0f} s)", flush=True)
     return info
@@ -79,6 +80,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--minutes", type=float, default=8.0, help="training-time cap of every model (the same for all)")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                    help="the learning-rate schedule of every model (cosine: to 0 at the end of the budget)")
+    ap.add_argument("--precision", default="float32", choices=["float32", "bf16", "auto"],
+                    help="training precision of every model (auto: measured per run; evaluation is float32)")
     ap.add_argument("--kappas", default="25,50,100", help="the κ grid of the vmf model (comma-separated)")
     ap.add_argument("--bn", default="tau=0.5", help="the Gaussian + BN form: tau=T or gamma=G")
     ap.add_argument("--samples", type=int, default=5000, help="K for the test NLL")
@@ -98,7 +103,8 @@ def main(argv=None) -> dict:
     bn_options = {f"bn_{key}": float(value)}
     spec = runs.DataSpec("mnist", data_dir=args.data_dir, limit=limit)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                         max_seconds=60.0 * args.minutes, seed=0)
+                         lr_schedule=args.lr_schedule, precision=args.precision, max_seconds=60.0 * args.minutes,
+                         seed=0)
     out = Path(args.out)
     trained = [_train("gaussian", out / "gaussian", spec, config, "diagonal-gaussian", {})]
     candidates = []
@@ -128,7 +134,7 @@ def main(argv=None) -> dict:
     result = {"benchmark": "vmf_bn", "date": time.strftime("%Y-%m-%d"), "machine": info, "smoke": args.smoke,
               "protocol": "dynamically binarised MNIST, 59600/400/10000, IS with K samples on the test set",
               "budget": {"epochs": args.epochs, "minutes": args.minutes, "batch_size": args.batch_size,
-                         "learning_rate": args.lr},
+                         "learning_rate": args.lr, "lr_schedule": args.lr_schedule, "precision": args.precision},
               "anchors_davidson_2018": ANCHORS, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -92,3 +92,34 @@ def test_vmf_bn_smoke(monkeypatch, tmp_path):
     assert rows["vmf"]["kappa"] in (20.0, 50.0) and len(rows["vmf"]["kappa_validation"]) == 2
     assert rows["gaussian-bn"]["kl_nats"] >= rows["gaussian-bn"]["kl_bound"]["nats"] * 0.9
     assert json.loads((tmp_path / "v.json").read_text())["rows"]
+
+
+@needs_mnist
+def test_recipe_speed_smoke(monkeypatch, tmp_path):
+    """The recipe-speed table end to end: both precisions per candidate, a floor below the step, the reference 1.0."""
+    result = _run("recipe_speed.py", "--smoke", "--data-dir", str(MNIST), "--json", str(tmp_path / "r.json"),
+                  monkeypatch=monkeypatch)
+    rows = result["rows"]
+    assert [r["precision"] for r in rows] == ["float32", "bf16"] * 2 and rows[0]["speed_vs_reference"] == 1.0
+    assert all(0 < r["floor_ms_per_step"] and 0 < r["ms_per_step"] for r in rows)
+    assert json.loads((tmp_path / "r.json").read_text())["rows"]
+
+
+def test_recipe_search_records_every_trial_and_the_preset_is_the_kept_one():
+    """Every trial of the table's recipe search carries its command and figures; the kept trial is the best one, its
+    result file holds its figure, and the shipped preset `mnist-best` is its recipe."""
+    search = json.loads((ROOT / "benchmarks" / "results" / "recipe_search.json").read_text())
+    trials = search["trials"]
+    assert len(trials) >= 3 and all(t["command"] and t["recipe"] and t["finding"] for t in trials)
+    kept = [t for t in trials if t["kept"]]
+    assert len(kept) == 1 and kept[0]["test_nll_nats"] == min(t["test_nll_nats"] for t in trials)
+    best = json.loads((ROOT / "benchmarks" / "results" / "mnist_best.json").read_text())["results"][0]
+    assert best["nll_nats"] == kept[0]["test_nll_nats"] and best["num_samples"] == 5000
+    assert best["num_examples"] == 10000 and best["train_minutes"] <= 60.0
+    preset = json.loads((ROOT / "src" / "bayesvae" / "presets" / "mnist-best.json").read_text())
+    recipe = kept[0]["recipe"]
+    assert preset["model"]["hidden"] == recipe["hidden"] and preset["model"]["latent_dim"] == recipe["latent_dim"]
+    assert (preset["train"]["samples"], preset["train"]["objective"]) == (recipe["k"], recipe["objective"])
+    assert preset["train"]["max_seconds"] == 60.0 * recipe["budget_minutes"]
+    run = json.loads((ROOT / "models" / "mnist-best" / "run.json").read_text())
+    assert run["train_config"]["samples"] == recipe["k"] and run["model_config"]["hidden"] == recipe["hidden"]

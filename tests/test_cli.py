@@ -662,3 +662,27 @@ def test_train_warns_about_a_gaussian_on_binary_data(tmp_path, capsys):
     assert "note: a Gaussian density on 0/1 data is fitted to them dequantised over 2 levels" in err
     _train(tmp_path / "run2", epochs=1, data=str(tmp_path / "bits.npy"))  # the default (bernoulli): no warning
     assert "a Gaussian density on binary data" not in capsys.readouterr().err  # (coin flips may warn of collapse)
+
+
+def _train_args(argv):
+    """The train options ``bayesvae train ARGV`` would run with (presets applied, nothing trained)."""
+    from bayesvae import cli as cli_module
+    parser = cli_module.build_parser()
+    cli_module._apply_preset(parser, ["train", *argv])  # noqa: SLF001
+    return parser.parse_args(["train", *argv])
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "src" / "bayesvae" /
+                                                         "presets").glob("*.json")))
+def test_every_shipped_preset_is_accepted_by_the_cli(name):
+    """A preset key the CLI cannot take made `train --preset` exit 2; each shipped preset must parse."""
+    args = _train_args(["--preset", name])
+    assert args.epochs >= 1 and args.objective in ("elbo", "iwae")
+
+
+def test_mnist_best_preset_is_the_60_minute_recipe_and_explicit_flags_win():
+    args = _train_args(["--preset", "mnist-best"])
+    assert (args.objective, args.samples, args.precision, args.lr_schedule) == ("iwae", 10, "auto", "cosine")
+    assert args.max_minutes == 60.0  # the preset's max_seconds 3600, in the CLI's unit
+    args = _train_args(["--preset", "mnist-best", "--max-minutes", "5", "--samples", "5", "--precision", "float32"])
+    assert (args.max_minutes, args.samples, args.precision) == (5.0, 5, "float32")

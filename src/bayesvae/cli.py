@@ -842,7 +842,9 @@ def build_parser() -> argparse.ArgumentParser:
 _PRESET_TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "learning_rate": "lr",
                          "lr_schedule": "lr_schedule", "objective": "objective", "samples": "samples",
                          "kl_warmup_epochs": "kl_warmup", "early_stopping_patience": "patience", "seed": "seed",
-                         "precision": "precision"}
+                         "precision": "precision", "max_seconds": "max_minutes"}
+#: Presets store TrainConfig's units; the CLI option's unit differs for these (value -> option value).
+_PRESET_UNITS = {"max_seconds": lambda seconds: seconds / 60.0}
 
 
 def _apply_preset(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
@@ -860,7 +862,8 @@ def _apply_preset(parser: argparse.ArgumentParser, argv: list[str] | None) -> No
     unsupported = sorted(set(preset.get("train", {})) - set(_PRESET_TRAIN_OPTIONS))
     if unsupported:
         raise BayesVAEError(f"preset {known.preset!r} sets {unsupported}, which the CLI cannot take")
-    defaults.update({_PRESET_TRAIN_OPTIONS[k]: v for k, v in preset.get("train", {}).items()})
+    defaults.update({_PRESET_TRAIN_OPTIONS[k]: _PRESET_UNITS.get(k, lambda v: v)(v)
+                     for k, v in preset.get("train", {}).items()})
     if "likelihood_options" in defaults:
         defaults["likelihood_options"] = json.dumps(defaults["likelihood_options"])
     train_parser.set_defaults(**defaults)
