@@ -686,3 +686,11 @@ def test_mnist_best_preset_is_the_60_minute_recipe_and_explicit_flags_win():
     assert args.max_minutes == 60.0  # the preset's max_seconds 3600, in the CLI's unit
     args = _train_args(["--preset", "mnist-best", "--max-minutes", "5", "--samples", "5", "--precision", "float32"])
     assert (args.max_minutes, args.samples, args.precision) == (5.0, 5, "float32")
+
+
+def test_the_last_line_says_which_rule_ended_a_run_before_its_epochs(tmp_path, capsys):
+    """A run ended by its time budget said "(stopped early)", the words of early stopping on patience."""
+    assert main(["train", "--data", "digits", "--epochs", "1000", "--max-minutes", "0.01", "--hidden", "16",
+                 "--latent-dim", "2", "--report-samples", "0", "--out", str(tmp_path / "budget")]) == 0
+    out = "".join(capsys.readouterr())
+    assert "(time budget of 0.01 min used)" in out and "stopped early" not in out

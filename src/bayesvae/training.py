@@ -275,6 +275,12 @@ class Trainer:
         return bool(self.config.max_seconds and self.state.planned_steps
                     and self.state.global_step >= self.state.planned_steps)
 
+    @property
+    def budget_spent(self) -> bool:
+        """The time budget is used up: its plan's steps are done, or its seconds are spent."""
+        return bool(self.config.max_seconds
+                    and (self._budget_reached() or self.state.train_seconds >= self.config.max_seconds))
+
     def _time_step(self, seconds: float, elapsed: float) -> None:
         """Account one step's time and, with a budget, re-estimate how many steps fit: after the warm-up, then every
         ``BUDGET_REPLAN_STEPS`` steps. ``elapsed``: training seconds of the whole run so far."""
@@ -529,7 +535,7 @@ class Trainer:
             record["global_step"] = st.global_step
             st.epoch, st.step_in_epoch = st.epoch + 1, 0
             improved = self._update_best(record)
-            if cfg.max_seconds and (self._budget_reached() or st.train_seconds >= cfg.max_seconds):
+            if self.budget_spent:
                 st.stopped_early = True  # the budget's plan is done (or the budget is spent)
             stop = False
             if self.world_size > 1:  # wall-clock decisions and late signals: every rank follows the same verdict
