@@ -9,8 +9,8 @@ same optimiser and the same training budget (epochs and minutes) each:
 
 - ``gaussian``: diagonal Gaussian posterior, standard-normal prior;
 - ``vmf``: von Mises-Fisher posterior of FIXED κ, uniform prior on S^9; κ is chosen from ``--kappas`` (default
-  200, 400, 800; a 30-epoch run found 25 < 50 < 100) by the importance-sampled log-likelihood (K = 1000) of the 400 validation images, each candidate
-  trained with the same budget as the others;
+  200, 400, 800; a 30-epoch run found 25 < 50 < 100) by the importance-sampled log-likelihood (K = 1000) of the
+  400 validation images, each candidate trained with the same budget as the others;
 - ``gaussian-bn``: the Gaussian with VAE + BN (``--bn``, default ``tau=0.5``: μ and σ batch-normalised).
 
 Anchors (Davidson et al. 2018, Table 1, d = 10, same MLP; their training budget was far longer): 93.84 nats for
