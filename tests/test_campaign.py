@@ -294,3 +294,24 @@ def test_readme_guarantees_quote_the_campaign_results():
         for number in re.findall(r"(?<![\w.^])\d+(?:\.\d+)?(?![\w^])", re.sub(r"`[^`]*`", "", figures)):
             decimals = len(number.split(".")[1]) if "." in number else 0
             assert any(round(v, decimals) == float(number) for v in values), (number, row[:80])
+
+
+def test_overwrite_tolerates_an_entry_that_vanishes_while_it_clears(tmp_path, monkeypatch):
+    """The race behind a flaky two-writers run: the losing writer's temporary lock file is listed by the
+    overwriting writer and then deleted by its owner; clearing must not fail with "No such file or directory"."""
+    from bayesvae import runs as runs_module
+    run = tmp_path / "run"
+    assert main(["train", "--epochs", "1", *SMALL, "--out", str(run)]) == 0
+    real_iterdir = Path.iterdir
+
+    def iterdir_with_a_ghost(self):
+        entries = list(real_iterdir(self))
+        if self == run:
+            entries.append(run / ".tmp-lock-999999-1")  # listed, but already gone when it is unlinked
+        return iter(entries)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir_with_a_ghost)
+    lock = runs_module._prepare_run_dir(run, overwrite=True)  # noqa: SLF001
+    lock.release()
+    monkeypatch.undo()
+    assert [p.name for p in run.iterdir()] == []

@@ -182,8 +182,12 @@ def _prepare_run_dir(out: Path, overwrite: bool) -> rundir.RunLock:
     try:
         if overwrite:
             for entry in out.iterdir():
-                if entry.name != rundir.LOCK_NAME:
+                if entry.name == rundir.LOCK_NAME:
+                    continue
+                try:
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                except FileNotFoundError:
+                    pass  # gone already: e.g. the temporary file of a writer that just lost the race for the lock
         probe = out / ".write-test"
         probe.write_bytes(b"ok")
         probe.unlink()
