@@ -746,3 +746,9 @@ def test_fit_flushes_denormals_on_the_cpu_and_switches_it_off_afterwards():
     trainer.fit()
     assert seen and all(v == 0.0 for v in seen)  # flushed during every step
     assert float(tiny * 1.0) > 0  # and not after
+    assert torch.set_flush_denormal(True)  # a process that flushes already keeps flushing after fit()
+    try:
+        training.Trainer(model, TrainingObjective("elbo", 1), data, TrainConfig(epochs=2, batch_size=32)).fit()
+        assert float(tiny * 1.0) == 0.0
+    finally:
+        torch.set_flush_denormal(False)
