@@ -214,7 +214,7 @@ def test_json_options_are_type_checked(tmp_path, capsys, options, fragments):
 
 def test_flag_messages_say_what_to_do(tmp_path, capsys):
     _exit2(["train", *SMALL, "--sigma", "0.1", "--out", str(tmp_path / "r")], capsys,
-           "--sigma is the σ of --likelihood gaussian-fixed", "default likelihood")
+           "--sigma has no effect with the default likelihood", "σ of --likelihood gaussian-fixed")
     err = _exit2(["train", *SMALL, "--max-minutes", "-1", "--out", str(tmp_path / "r")], capsys, "--max-minutes")
     assert "max_seconds" not in err and "-60" not in err
     _exit2(["train", *SMALL, "--lr", "-1", "--out", str(tmp_path / "r")], capsys, "--lr must be")

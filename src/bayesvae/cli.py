@@ -23,6 +23,7 @@ import torch
 
 from . import data as bdata
 from . import distributed as ranks
+from . import flags
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .checkpoint import list_checkpoints as ckpt_list
 from .config import TrainConfig
@@ -275,9 +276,27 @@ def _on_ready(trainer, dataset, likelihood) -> None:
     _install_signal_handlers(trainer)
 
 
-#: train flags that ``--resume`` applies; any other flag given explicitly with ``--resume`` is refused.
-RESUME_FLAGS = ("epochs", "max_minutes", "patience", "checkpoint_every", "report_samples", "precision", "device",
-                "deterministic", "data", "data_dir")
+#: train flags that ``--resume`` applies (declared in :mod:`bayesvae.flags`); any other is refused with ``--resume``.
+RESUME_FLAGS = tuple(d for d in flags.RESUME_OPTIONS if d not in ("debug", "resume"))
+
+
+def _refuse(args, **context) -> None:
+    """Refuse (exit 2) an option the user typed where :mod:`bayesvae.flags` says it has no effect."""
+    flags.refuse_inapplicable(args.leaf, args.explicit, context, args.flag_of)
+
+
+def _refuse_for_run(args, run, **context) -> None:
+    """The same, once the run is loaded: its data kind is known."""
+    _refuse(args, data=bdata.source_kind(run.spec.source), **context)
+
+
+def _train_context(args) -> dict:
+    if args.resume:  # the run's stored data decide what --data/--data-dir may point at
+        kind = bdata.source_kind(_stored_source(args.resume, None) or "")
+        kind = kind or ("npy" if _stored_source(args.resume, None) else None)  # a moved file: still a file
+        return {"mode": "resume", "data": kind, "resumed": kind}
+    return {"mode": "new", "data": bdata.source_kind(args.data), "posterior": args.posterior,
+            "likelihood": args.likelihood or "default", "lr_schedule": args.lr_schedule}
 
 
 def _likelihood_options(args) -> dict:
@@ -298,6 +317,9 @@ def _likelihood_options(args) -> dict:
                     "the default likelihood (chosen from the data: bernoulli for binary or grey-level images)")
             raise ConfigError(f"--sigma is the σ of --likelihood gaussian-fixed; it has no effect with {what}: "
                               "add --likelihood gaussian-fixed, or drop --sigma")
+        if "sigma" in options and options["sigma"] != args.sigma:
+            raise ConfigError(f"--sigma {args.sigma:g} and --likelihood-options sigma {options['sigma']!r} set the "
+                              "same σ to two values; give it once")
         options["sigma"] = args.sigma
     try:
         from .runs import check_likelihood_options
@@ -310,14 +332,7 @@ def _likelihood_options(args) -> dict:
 def _resume(args, callbacks, device):
     from . import runs
 
-    given = getattr(args, "explicit", set())
-    refused = sorted(given - set(RESUME_FLAGS) - {"resume"})
-    if refused:
-        names = ", ".join(_FLAG_OF_DEST.get(d, "--" + d.replace("_", "-")) for d in refused)
-        allowed = ", ".join(_FLAG_OF_DEST.get(d, d) for d in RESUME_FLAGS)
-        raise ConfigError(f"with --resume, {names} cannot be applied: a resumed run keeps its data split, model and "
-                          f"optimiser settings. Only {allowed} may be given; start a new run (--out) to change "
-                          "the others")
+    given = args.explicit
     if "max_minutes" in given:
         _check_max_minutes(args.max_minutes)
     pick = {d: getattr(args, d) if d in given else None for d in RESUME_FLAGS}
@@ -328,6 +343,18 @@ def _resume(args, callbacks, device):
 
 
 def cmd_train(args) -> int:
+    from . import runs
+
+    _refuse(args, **_train_context(args))
+    try:
+        return _train(args)
+    except BayesVAEError as err:
+        if not args.preset:
+            raise
+        raise type(err)(f"{err} (with the settings of --preset {args.preset}; explicit flags override them)") from None
+
+
+def _train(args) -> int:
     from . import runs
 
     callbacks = [Progress()]
@@ -371,7 +398,8 @@ def cmd_train(args) -> int:
 
         try:
             with RunLock(trainer.run_dir, "train (report)"):
-                path = write_report(trainer.run_dir, num_samples=args.report_samples, device=device)
+                moved = {k: getattr(args, k) for k in ("data", "data_dir") if args.resume and k in args.explicit}
+                path = write_report(trainer.run_dir, num_samples=args.report_samples, device=device, **moved)
             _print(_report_line(path, f"`bayesvae report {trainer.run_dir}`", prefix="report: "))
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -405,6 +433,7 @@ def cmd_evaluate(args) -> int:
         raise bdata.DataValidationError(f"--limit must be a positive integer, got {args.limit}")
     device = _device(args)
     run = _load_run(args, device=device)
+    _refuse_for_run(args, run)
     x, _, prepared = _split_data(run, args.split)
     if args.limit is not None:
         x = x[: args.limit]
@@ -458,6 +487,7 @@ def cmd_sample(args) -> int:
     if args.n <= 0:
         raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
     run = _load_run(args, device=_device(args))
+    _refuse_for_run(args, run)
     torch.manual_seed(args.seed)
     x = run.model.sample(args.n, mean=not args.draw).cpu()
     _save_examples(out, x, run, args.overwrite, save_grid_png)
@@ -494,6 +524,7 @@ def cmd_reconstruct(args) -> int:
     if args.n <= 0:
         raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
     run = _load_run(args, device=_device(args))
+    _refuse_for_run(args, run)
     from .estimators import _on, model_device
 
     x, _, _ = _split_data(run, args.split)
@@ -516,6 +547,7 @@ def cmd_encode(args) -> int:
     out = Path(args.out)
     _check_out(out, args.overwrite, (".npy", ".csv"))
     run = _load_run(args, device=_device(args))
+    _refuse_for_run(args, run)
     from .estimators import _batches, model_device
 
     x, labels, _ = _split_data(run, args.split)
@@ -540,6 +572,7 @@ def cmd_score(args) -> int:
 
     out = Path(args.out)
     _check_out(out, args.overwrite, (".csv", ".npy"))
+    _refuse(args, source="data" if args.data else "split", data=bdata.source_kind(args.data) if args.data else None)
     if args.data:  # new data to score: --data-dir, if given, is where those (MNIST) files are
         if args.data_dir is not None and args.data != "mnist":
             raise ConfigError(f"--data-dir is the directory of the MNIST files; it has no effect with --data {args.data}")
@@ -547,6 +580,7 @@ def cmd_score(args) -> int:
         x, rows = run.new_data(args.data, data_dir=args.data_dir)
     else:
         run = _load_run(args, device=_device(args))
+        _refuse_for_run(args, run, source="split")
         dataset = run.dataset()
         x = run.prepared(dataset).scored(args.split)
         rows = dataset.rows(args.split)
@@ -580,8 +614,7 @@ def cmd_data_fetch(args) -> int:
 
 
 def cmd_data_info(args) -> int:
-    if args.data_dir is not None and args.source != "mnist":
-        raise ConfigError(f"--data-dir is the directory of the MNIST files; it has no effect for {args.source!r}")
+    _refuse(args, data=bdata.source_kind(args.source))
     info = bdata.dataset_info(args.source, data_dir=args.data_dir)
     print(json.dumps(info, indent=2))
     return 0
@@ -596,7 +629,9 @@ def cmd_plot(args) -> int:
     if args.out is None and run_dir.is_dir():
         out.parent.mkdir(exist_ok=True)
     _check_out(out, args.overwrite, (".png",))
+    _refuse(args, kind=args.kind)
     run = _load_run(args, device=_device(args))
+    _refuse_for_run(args, run, kind=args.kind)
     options = {"split": args.split, "seed": args.seed}
     if args.dims is not None:
         if args.kind not in ("latent", "manifold"):
@@ -621,6 +656,7 @@ def cmd_report(args) -> int:
     if not Path(args.run_dir).is_dir():
         from .errors import CheckpointNotFoundError
         raise CheckpointNotFoundError(f"no run directory at {args.run_dir}")
+    _refuse(args, data=bdata.source_kind(_stored_source(args.run_dir, args.run_data)))
     with RunLock(args.run_dir, "report"):
         path = write_report(args.run_dir, num_samples=args.samples, max_examples=args.max_examples,
                             checkpoint=args.checkpoint, seed=args.seed, device=_device(args), data=args.run_data,
@@ -628,6 +664,15 @@ def cmd_report(args) -> int:
     _say_device()
     _print(_report_line(path, f"`bayesvae report {args.run_dir}`", prefix="wrote "))
     return EXIT_PARTIAL if report_failures(path) else 0
+
+
+def _stored_source(run_dir: str, moved: str | None) -> str | None:
+    """The data source a run was trained on (from run.json), or where --data says it is now."""
+    try:
+        source = json.loads((Path(run_dir) / "run.json").read_text())["data"]["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return moved if moved is not None and source not in ("digits", "mnist") else source
 
 
 def _report_line(path: Path, hint: str, prefix: str) -> str:
@@ -661,9 +706,10 @@ def _add_picture_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--dims", type=int, nargs=2, metavar=("I", "J"),
                    help="latent dimensions to show (latent, manifold; default: the two with the largest KL)")
-    p.add_argument("--split", choices=["train", "valid", "test"], default="test")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dpi", type=int, default=100)
+    p.add_argument("--split", choices=["train", "valid", "test"], default="test",
+                   help="the split a picture draws its examples from (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of a picture's random draws (default: %(default)s)")
+    p.add_argument("--dpi", type=int, default=100, help="resolution of the PNG (default: %(default)s)")
     _device_arg(p)
     p.set_defaults(func=cmd_plot)
 
@@ -675,7 +721,8 @@ def _add_picture_commands(sub) -> None:
     p.add_argument("--samples", type=int, default=1000, help="K importance samples (default: %(default)s)")
     p.add_argument("--max-examples", type=int, default=2000,
                    help="evaluate at most this many test examples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the importance samples and pictures "
+                   "(default: %(default)s)")
     _device_arg(p)
     p.set_defaults(func=cmd_report)
 
@@ -698,6 +745,17 @@ def _run_dir_args(p, checkpoint_default: str = "best", *, reads_data: bool = Tru
                        "(default: where it was in training); checked against the run's data fingerprint")
 
 
+def _seed(text: str) -> int:
+    """A seed: an integer in [0, 2**63) (argparse names the flag in its refusal, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, got {text!r}") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer below 2**63, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayesvae", description="Variational autoencoders, exactly as derived.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -718,7 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="q(x|z); default follows the data (printed)")
     p.add_argument("--sigma", type=float, help="σ of the gaussian-fixed likelihood (default 1, printed)")
     p.add_argument("--likelihood-options", help="JSON object of likelihood options, e.g. '{\"optimal\": true}'")
-    p.add_argument("--latent-dim", type=int, default=20)
+    p.add_argument("--latent-dim", type=int, default=20, help="dimension d of the latent z (default: %(default)s)")
     p.add_argument("--posterior", choices=["diagonal-gaussian", "vmf"], default="diagonal-gaussian",
                    help="p(z|x): diagonal Gaussian with a standard-normal prior (default), or vmf: von Mises-Fisher "
                         "of fixed concentration --kappa on the unit sphere with a uniform prior (constant KL)")
@@ -729,25 +787,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "γ_μ² + γ_σ² = 1 (E[KL] >= -d/2 ln(1-T))")
     p.add_argument("--free-bits", type=float, default=0.0,
                    help="free bits λ in nats per latent dimension (0: off); the reported loss stays the -ELBO")
-    p.add_argument("--architecture", choices=["mlp", "conv"], default="mlp")
+    p.add_argument("--architecture", choices=["mlp", "conv"], default="mlp",
+                   help="encoder and decoder networks: mlp (default) or conv (images)")
     p.add_argument("--hidden", type=int, nargs="+", default=[400],
                    help="hidden widths (default: 400); mlp: one per layer, conv: one width (the dense layer)")
-    p.add_argument("--activation", default="relu")
+    p.add_argument("--activation", default="relu", help="hidden-layer activation (default: %(default)s), e.g. tanh")
     p.add_argument("--epochs", "--epochs-override", type=int, default=10,
                    help="epochs in total (default: %(default)s); with --resume, the new total (--epochs-override is "
                         "an old name of this flag)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="examples per step (default: %(default)s; the global batch under torchrun)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default: %(default)s)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine", "exponential"], default="constant",
                    help="constant, cosine (to 0 at the last epoch), or exponential (needs --lr-decay)")
     p.add_argument("--lr-decay", type=float, help="exponential schedule: multiply the learning rate by this factor "
                    "after each epoch (e.g. 0.95); required with --lr-schedule exponential")
-    p.add_argument("--objective", choices=["elbo", "iwae"], default="elbo")
+    p.add_argument("--objective", choices=["elbo", "iwae"], default="elbo",
+                   help="elbo (eq. 24, default) or iwae (the importance-weighted bound with --samples K)")
     p.add_argument("--samples", type=int, default=1, help="K samples of z per example (eq. 23)")
     p.add_argument("--kl-warmup", type=float, default=0.0, help="epochs of linear KL warm-up (0: off)")
     p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
-    p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop")
+    p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
+                   help="a NaN/inf loss: stop with the last good checkpoint (default), or skip the step")
     p.add_argument("--max-minutes", type=float, default=0.0, help="training time budget in minutes (0: none): the steps that fit are estimated from the measured "
                         "step time and the run ends there, with a cosine schedule laid over them; --epochs stays a "
                         "cap")
@@ -762,13 +824,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard (extra: tensorboard)")
     p.add_argument("--report-samples", type=int, default=1000,
                    help="K importance samples for report.html at the end (0: no report)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=_seed, default=0,
                    help="training seed: initial weights, minibatch order, latent draws (not the data split)")
-    p.add_argument("--split-seed", type=int, default=0,
+    p.add_argument("--split-seed", type=_seed, default=0,
                    help="seed of the train/valid/test split of files and digits (default: %(default)s, fixed, so "
                         "runs with different --seed are tested on the same test set; MNIST has a fixed split)")
-    p.add_argument("--valid-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--valid-fraction", type=float, default=0.1,
+                   help="share of the examples held out for validation (default: %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="share of the examples held out for testing (default: %(default)s)")
     p.add_argument("--limit", type=int, help="keep only the first N examples of each split (quick trials)")
     p.add_argument("--label-column", metavar="NAME",
                    help="a CSV column of integer class labels: taken out of the features (a label left in would be "
@@ -777,11 +841,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, active units, KL per dimension")
     _run_dir_args(p)
-    p.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    p.add_argument("--split", choices=["train", "valid", "test"], default="test",
+                   help="the split to evaluate (default: %(default)s)")
     p.add_argument("--samples", type=int, default=5000, help="K importance samples (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=500,
+                   help="examples evaluated together (default: %(default)s; the figures do not depend on it)")
     p.add_argument("--limit", type=int, help="evaluate only the first N examples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the importance samples (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                    help="bf16: the networks in bfloat16 (faster on GPUs); the mean log-likelihood then differs from "
@@ -791,12 +857,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw from the model: PNG grid for images, .npy/.csv otherwise")
     _run_dir_args(p, reads_data=False)
-    p.add_argument("-n", type=int, default=64)
-    p.add_argument("--out", required=True)
+    p.add_argument("-n", type=int, default=64, help="number of samples (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output file: .png (images), .npy or .csv")
     p.add_argument("--draw", action="store_true", help="draw x ~ q(x|z) instead of showing E[x|z]")
     _device_arg(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the prior draws (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_sample)
 
     for name, func, helptext, suffixes in (
@@ -806,25 +872,26 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=helptext)
         _run_dir_args(p, run_data=name != "score")
-        p.add_argument("--split", choices=["train", "valid", "test"], default="test")
+        p.add_argument("--split", choices=["train", "valid", "test"], default="test",
+                       help="the split of the run's data to use (default: %(default)s)")
         p.add_argument("--out", required=True, help=f"output file ({suffixes})")
-        p.add_argument("--overwrite", action="store_true")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
         _device_arg(p)
         if name == "reconstruct":
-            p.add_argument("-n", type=int, default=16)
+            p.add_argument("-n", type=int, default=16, help="number of examples (default: %(default)s)")
         if name == "score":
             p.add_argument("--data", help="score this data source (prepared like the run's test split; columns "
                                            "matched by header; refused if the run's preparation cannot apply) "
                                            "instead of a split. The output's index is each example's 0-based row "
                                            "in its file")
-            p.add_argument("--samples", type=int, default=1000)
-            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--samples", type=int, default=1000, help="K importance samples (default: %(default)s)")
+            p.add_argument("--seed", type=_seed, default=0, help="seed of the importance samples (default: %(default)s)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("export", help="write a run's model without optimiser state, for publishing")
     _run_dir_args(p, reads_data=False)
     p.add_argument("--out", required=True, help="a new directory")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("data", help="data sources: fetch, info")
@@ -834,10 +901,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache-dir", help="target directory (default: $BAYESVAE_DATA/mnist or ~/.cache/bayesvae/mnist)")
     q.set_defaults(func=cmd_data_fetch)
     q = dsub.add_parser("info", help="load and validate a data source and describe it")
-    q.add_argument("source")
-    q.add_argument("--data-dir")
+    q.add_argument("source", help="digits, mnist, or a path to a .npy, .npz, .csv file or a folder of images")
+    q.add_argument("--data-dir", help="directory holding the MNIST IDX files")
     q.set_defaults(func=cmd_data_info)
     _add_picture_commands(sub)
+    for command, leaf in flags._commands(parser):  # noqa: SLF001 - each option's help says where it applies
+        for action in leaf._actions:  # noqa: SLF001
+            note = flags.scope_note(command, action.dest) if action.option_strings else ""
+            if note and action.help != argparse.SUPPRESS:
+                action.help = f"{action.help} {note}" if action.help else note
     return parser
 
 
@@ -886,21 +958,24 @@ def _exit_on_signals() -> None:
 
 
 def _explicit_dests(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
-    """The train options the user typed (not defaults, not preset values): parse again with every default
-    suppressed, so that only given options appear in the namespace (abbreviations and aliases included)."""
-    train = _subparser(parser, "train")
-    saved = [(a, a.default) for a in train._actions]  # noqa: SLF001 - argparse has no API for this
-    saved_defaults = dict(train._defaults)  # noqa: SLF001
+    """The options the user typed (not defaults, not preset values): parse again with every default of every
+    subcommand suppressed, so that only given options appear in the namespace (abbreviations and aliases included)."""
+    subs = [p for _, p in flags._commands(parser)]  # noqa: SLF001 - the leaf subparsers
+    saved = [(a, a.default) for p in subs for a in p._actions]  # noqa: SLF001 - argparse has no API for this
+    saved_defaults = [(p, dict(p._defaults)) for p in subs]  # noqa: SLF001
     try:
         for action, _ in saved:
-            action.default = argparse.SUPPRESS
-        train._defaults.clear()  # noqa: SLF001
+            if action.option_strings:
+                action.default = argparse.SUPPRESS
+        for p, _ in saved_defaults:
+            p._defaults.clear()  # noqa: SLF001
         namespace = parser.parse_args(argv)
     finally:
         for action, default in saved:
             action.default = default
-        train._defaults.update(saved_defaults)  # noqa: SLF001
-    return set(vars(namespace)) - {"command", "debug"}
+        for p, defaults in saved_defaults:
+            p._defaults.update(defaults)  # noqa: SLF001
+    return set(vars(namespace)) - {"command", "debug", "data_command"}
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -912,23 +987,26 @@ def _version() -> str:
     return f"bayesvae {__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})"
 
 
-_FLAG_OF_DEST: dict[str, str] = {}
+def _typed_flag(action: argparse.Action, argv: list[str]) -> str:
+    """The name of an option as the user typed it (one of its aliases), else its first name."""
+    typed = {word.split("=", 1)[0] for word in argv}
+    return next((o for o in action.option_strings if o in typed), action.option_strings[0])
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     parser.add_argument("--version", action="version", version=_version())
-    _FLAG_OF_DEST.update({a.dest: a.option_strings[0] for a in _subparser(parser, "train")._actions  # noqa: SLF001
-                          if a.option_strings})
     try:
         _apply_preset(parser, argv)
     except BayesVAEError as err:
         _print(f"error: {err}")
         return EXIT_USAGE
     args = parser.parse_args(argv)
-    if args.command == "train":
-        args.explicit = _explicit_dests(parser, argv)
+    args.explicit = _explicit_dests(parser, argv)
+    args.leaf = f"{args.command} {args.data_command}" if args.command == "data" else args.command
+    leaf = dict(flags._commands(parser))[args.leaf]  # noqa: SLF001
+    args.flag_of = {a.dest: _typed_flag(a, argv) for a in leaf._actions if a.option_strings}  # noqa: SLF001
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         _exit_on_signals()

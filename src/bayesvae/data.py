@@ -717,6 +717,9 @@ def _load_path(source: str, label_column: str | None = None, **opts) -> Dataset:
         raise _fail(source, "no such file or directory", "Use 'digits', 'mnist', or a path to a .npy, .npz, .csv "
                     "file or a folder of images")
     where = str(path)
+    if label_column is not None and (path.is_dir() or path.suffix.lower() != ".csv"):
+        raise ConfigError(f"--label-column names a column of a CSV file, but {where} is not one (an .npz file "
+                          "carries labels in an array named 'y'; a folder of images in its subfolders)")
     if path.is_dir():
         x, y, classes = _read_image_dir(path)
         return _assemble(where, where, {"x": x}, {"x": y} if y is not None else {}, True, class_names=classes, **opts)
@@ -734,9 +737,6 @@ def _load_path(source: str, label_column: str | None = None, **opts) -> Dataset:
         x, y, header = _take_label_column(x, header, label_column, where)
         return _assemble(where, where, {"x": x}, {"x": y} if y is not None else {}, False, feature_names=header,
                          **opts)
-    if label_column is not None:
-        raise ConfigError(f"--label-column names a column of a CSV file, but {where} is not one (an .npz file "
-                          "carries labels in an array named 'y'; a folder of images in its subfolders)")
     if suffix == ".npz":
         return _from_npz(path, **opts)
     raise _fail(where, f"unsupported file type {suffix or '(none)'}",
@@ -782,6 +782,28 @@ def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, val
     if source == "digits":
         return _load_digits(**opts)
     return _load_path(source, label_column=label_column, **opts)
+
+
+def source_kind(source: str) -> str | None:
+    """The kind of a data source, found without reading its data: ``digits``, ``mnist``, ``npy``, ``npz`` (one
+    array), ``npz-split`` (its own train/valid/test arrays), ``csv`` or ``image-folder``; None for a path that does
+    not exist or a file type that is not data (the loader says why when it reads it)."""
+    if source in ("digits", "mnist"):
+        return source
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return "image-folder"
+    suffix = path.suffix.lower()
+    if not path.is_file() or suffix not in (".npy", ".npz", ".csv"):
+        return None
+    if suffix == ".npz":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = {n[:-4] if n.endswith(".npy") else n for n in z.namelist()}
+        except (OSError, zipfile.BadZipFile):
+            return "npz"
+        return "npz-split" if "train" in names else "npz"
+    return suffix[1:]
 
 
 def dataset_info(source: str, **kw) -> dict:

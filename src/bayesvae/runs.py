@@ -224,7 +224,7 @@ class TensorBoardLog(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ConfigError("TensorBoard logging needs the tensorboard package: "
+            raise ConfigError("--tensorboard (TensorBoard logging) needs the tensorboard package: "
                               "pip install 'bayesvae[tensorboard]'") from None
         return SummaryWriter
 
