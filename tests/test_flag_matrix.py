@@ -315,6 +315,19 @@ class Tally:
 REPORT: dict[str, Tally] = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _counts():
+    """The matrix's size: printed at the end (pytest -s), and written to $BAYESVAE_FLAG_MATRIX_JSON if set."""
+    yield
+    counts = {k: {"refused": t.refused, "applied": t.applied, "failures": len(t.failures)} for k, t in REPORT.items()}
+    total = {n: sum(c[n] for c in counts.values()) for n in ("refused", "applied", "failures")}
+    print(f"\nflag matrix: {total['refused'] + total['applied']} combinations, {total['refused']} refused, "
+          f"{total['applied']} applied, {total['failures']} failures")
+    if os.environ.get("BAYESVAE_FLAG_MATRIX_JSON"):
+        Path(os.environ["BAYESVAE_FLAG_MATRIX_JSON"]).write_text(json.dumps({"total": total, "by_group": counts},
+                                                                             indent=2))
+
+
 def _declared(command: str, dest: str, argv: list[str], kind: str | None) -> bool | None:
     """What bayesvae.flags says of the option in the context this argv sets (None: the context is not derived)."""
     if command != "train":
@@ -414,3 +427,171 @@ def test_train_options_with_resume(kind, sources, mnist_link, tmp_path):
             declared = _declared("train", action.dest, _argv(["train"], var_opts, subs), kind)
             tally.check(f"train --resume {flag} on {kind}", flag, ref, observed, err, declared)
     assert not tally.failures, "\n".join(tally.failures)
+
+
+# ------------------------------------------------------------------------------------ commands that read a run
+RUN_COMMANDS = ["evaluate", "sample", "reconstruct", "encode", "score", "export", "report"]
+#: Options that read the data, tried on every kind; the others on an image kind and a table (what they do does
+#: not depend on the data kind, and a report costs seconds).
+_DATA_OPTIONS = {"run_data", "data_dir", "split", "data"}
+_FEW_KINDS = ("digits", "csv")
+
+
+@pytest.fixture(scope="module")
+def trained(sources, tmp_path_factory) -> dict[str, dict]:
+    """kind -> {"run": a 2-epoch run trained on a private copy of the data, "data": that copy, "flag": the option
+    that points the run at moved data}."""
+    root = tmp_path_factory.mktemp("trained")
+    runs = {}
+    for kind, opts in sources.items():
+        opts = dict(opts)
+        private = root / f"data-{kind}"
+        if kind == "mnist":
+            shutil.copytree(opts["--data-dir"], private, symlinks=True)
+            opts["--data-dir"], flag = str(private), "--data-dir"
+        elif kind == "digits":
+            private, flag = None, None
+        else:
+            private.mkdir()
+            src = Path(opts["--data"])
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, private / src.name)
+            private = private / src.name
+            opts["--data"], flag = str(private), "--data"
+        run = root / f"run-{kind}"
+        argv = _argv(["train"], {**BASE_TRAIN, **opts, "--out": str(run)}, {})
+        assert _call(argv)[0] == 0, argv
+        first = ckpt.list_checkpoints(run)[0]
+        shutil.copytree(first, root / "first")
+        assert _call(["train", "--resume", str(run), "--epochs", "2"])[0] == 0
+        if not first.exists():  # keep the epoch-1 checkpoint beside best and last: --checkpoint has a choice
+            shutil.move(root / "first", first)
+        shutil.rmtree(root / "first", ignore_errors=True)
+        runs[kind] = {"run": run, "data": private, "flag": flag, "source": opts["--data"]}
+    return runs
+
+
+def _away(tmp_path: Path, kind: str, t: dict) -> Path:
+    """Where a run's data are moved to (same name, another folder)."""
+    return tmp_path / "moved" / kind / (Path(t["data"]).name if t["data"] is not None else "none")
+
+
+def _other_checkpoint(run: Path) -> str:
+    best = ckpt.resolve_checkpoint(run, "best").resolve()
+    return next(str(p) for p in ckpt.list_checkpoints(run) if p.resolve() != best)
+
+
+def _command_cases(command: str, kinds):
+    for action in _actions(command):
+        if _invisible(command, action.dest):
+            continue
+        for kind in kinds:
+            if action.dest in _DATA_OPTIONS or kind in _FEW_KINDS:
+                yield action, kind
+
+
+def _check_run_command(command: str, extra_head: list[str], trained, tmp_path, kinds, label: str) -> Tally:
+    tally = REPORT.setdefault(label, Tally())
+    ws = tmp_path / "ws"
+    (ws / "inputs").mkdir(parents=True)
+    references: dict[str, dict] = {}
+    for action, kind in _command_cases(command, kinds):
+        if kind not in trained:
+            continue
+        t = trained[kind]
+        image = kind not in ("csv",)
+        subs = {"ws": str(ws), "suffix": ".png" if image and command in ("sample", "reconstruct") else ".npy",
+                "other_checkpoint": _other_checkpoint(t["run"]), "moved": str(_away(tmp_path, kind, t)),
+                "source": t["source"]}
+        head = [command, "{ws}/run", *extra_head]
+
+        def fresh(moved: bool = False, t=t):
+            shutil.copytree(t["run"], ws / "run")
+            if t["data"] is not None:  # put the data back, or move them away
+                here, away = Path(t["data"]), _away(tmp_path, kind, t)
+                if moved and here.exists():
+                    away.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(here, away)
+                elif not moved and away.exists():
+                    shutil.move(away, here)
+        base = {k: v for k, v in RUN_BASE.get(command, {}).items()}
+        tried = _cases(command, action)[0][1]
+        if action.dest == "data" and kind == "mnist":  # new MNIST data to score: where its files are
+            tried = {**tried, "--data-dir": str(t["data"])}
+        flag = next(iter(tried))
+        moved_case = action.dest in ("run_data", "data_dir") and not (command == "score" and action.dest == "data_dir")
+        key = f"{kind}/{moved_case}"
+        if key not in references:
+            references[key] = _run(ws, [_fill(h, subs) for h in head], base, subs, lambda: fresh(moved_case))[0]
+        reference = references[key]
+        if reference["exit"] != 0 and not moved_case:
+            tally.failures.append(f"{command} {' '.join(extra_head)} on {kind}: the reference command failed: "
+                                  f"{reference['stderr'][-300:]}")
+            continue
+        observed, err = _run(ws, [_fill(h, subs) for h in head], {**base, **tried}, subs, lambda: fresh(moved_case))
+        tally.check(f"{command} {' '.join(extra_head)} {flag} on {kind}", flag, reference, observed, err, None)
+    for kind, t in trained.items():  # the data back where the runs expect them
+        away = _away(tmp_path, kind, t)
+        if t["data"] is not None and away.exists():
+            shutil.move(away, t["data"])
+    return tally
+
+
+@pytest.mark.parametrize("command", RUN_COMMANDS)
+def test_run_command_options_are_applied_or_refused(command, trained, tmp_path):
+    tally = _check_run_command(command, [], trained, tmp_path, TRAIN_KINDS, command)
+    assert not tally.failures, "\n".join(tally.failures)
+
+
+PLOT_KINDS_OF = {"digits": None, "csv": None}  # every plot kind the run can draw (None: all of plots.KINDS)
+
+
+@pytest.mark.parametrize("kind", list(PLOT_KINDS_OF))
+def test_plot_options_are_applied_or_refused(kind, trained, tmp_path):
+    """Every plot kind the run can draw, every plot option; the data options on every data kind are in
+    test_plot_data_options_on_every_data_kind."""
+    from bayesvae.plots import KINDS
+
+    failures = []
+    for plot_kind in KINDS:
+        ws_root = tmp_path / plot_kind
+        probe = _call(["plot", str(trained[kind]["run"]), plot_kind, "--out", str(tmp_path / f"{plot_kind}.png")])
+        if probe[0] != 0:  # a kind this run cannot draw (refused with the reason, tested in test_plots.py)
+            assert probe[0] == 2 and plot_kind in probe[2], probe
+            continue
+        tally = _check_run_command("plot", [plot_kind], {kind: trained[kind]}, ws_root, [kind], f"plot/{kind}")
+        failures += tally.failures
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("plot_kind", ["latent", "curves"])
+def test_plot_data_options_on_every_data_kind(plot_kind, trained, tmp_path):
+    tally = _check_run_command("plot", [plot_kind], trained, tmp_path, TRAIN_KINDS, f"plot {plot_kind}/data kinds")
+    assert not tally.failures, "\n".join(tally.failures)
+
+
+@pytest.mark.parametrize("kind", TRAIN_KINDS)
+def test_data_info_options(kind, sources, mnist_link, tmp_path, monkeypatch):
+    if kind not in sources:
+        pytest.skip("MNIST files not found (tests/mnist_path.py)")
+    monkeypatch.setenv("BAYESVAE_DATA", str(tmp_path))  # no MNIST in the default cache: --data-dir must find it
+    source = sources[kind]["--data"]
+    reference = _call(["data", "info", source])
+    variant = _call(["data", "info", source, "--data-dir", mnist_link])
+    if kind == "mnist":
+        assert reference[0] == 2 and variant[0] == 0 and '"name": "mnist"' in variant[1]
+    else:
+        assert variant[0] == 2 and "--data-dir" in variant[2]
+
+
+def test_data_fetch_cache_dir(tmp_path, monkeypatch):
+    """--cache-dir is where the files go (here already present and valid, so nothing is downloaded)."""
+    if not MNIST_DIR.exists():
+        pytest.skip("MNIST files not found (tests/mnist_path.py)")
+    default, chosen = tmp_path / "default", tmp_path / "chosen"
+    for d in (default / "mnist", chosen):
+        d.mkdir(parents=True)
+        for f in MNIST_DIR.glob("*-ubyte.gz"):
+            shutil.copy(f, d / f.name)
+    monkeypatch.setenv("BAYESVAE_DATA", str(default))
+    a, b = _call(["data", "fetch", "mnist"]), _call(["data", "fetch", "mnist", "--cache-dir", str(chosen)])
+    assert a[0] == b[0] == 0 and str(chosen) in b[2] and str(chosen) not in a[2]

@@ -32,7 +32,8 @@ def test_gamma_form_batch_kl_is_at_least_d_gamma_squared_over_two(gamma):
     head = bv.DiagonalGaussian(6, bn_gamma=gamma).train()
     with torch.no_grad():
         head.shift.copy_(torch.linspace(-1, 1, 6))
-    q = head(_raw())
+    with head.fitting():  # what the training objective does: batch statistics
+        q = head(_raw())
     # In a training batch: mean of μ_j² = γ² Var/(Var + ε) + β_j² (BatchNorm's biased batch variance).
     var = _raw()[:, :6].var(0, unbiased=False)
     expected = gamma ** 2 * var / (var + bv.posteriors.BN_EPS) + head.shift.detach() ** 2
@@ -47,7 +48,8 @@ def test_tau_form_keeps_the_second_moment_and_its_kl_floor(tau):
     head = bv.DiagonalGaussian(6, bn_tau=tau).train()
     with torch.no_grad():
         head.theta.fill_(0.7)
-    q = head(_raw(seed=1))
+    with head.fitting():
+        q = head(_raw(seed=1))
     s = 1 / (1 + math.exp(-0.7))
     g_mu, g_sigma = tau + (1 - tau) * s, (1 - tau) * (1 - s)
     assert head.scales() == pytest.approx((g_mu, g_sigma))

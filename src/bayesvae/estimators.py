@@ -20,7 +20,7 @@ import torch
 
 from . import distributed as ranks
 from .arrays import as_tensor
-from .objectives import _check_event, check_num_samples, elbo_terms
+from .objectives import _check_event, check_num_samples
 from .objectives import _check_x as _check_tensor
 from .posteriors import kl_per_dimension
 
@@ -110,6 +110,25 @@ def _estimate_batch(model, x: torch.Tensor, num_samples: int, chunk_size: int, s
         log_w = p_x.log_prob(x) + prior.log_prob(zc) - log_q[start : start + chunk_size]
         torch.logsumexp(log_w.double(), dim=0, out=lse_per_chunk[j])
     return torch.logsumexp(lse_per_chunk, dim=0) - math.log(num_samples)
+
+
+@torch.no_grad()
+def _elbo_terms_per_example(model, x: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one-sample ELBO's terms (reconstruction log q(x|z), KL in closed form where the pair has one), each
+    example's z drawn from its own seed like :func:`estimate_log_likelihood`'s: the figures do not depend on the
+    batch size, nor on which examples share a batch."""
+    from torch.distributions import kl_divergence
+
+    z = torch.cat([example_latents(model, x[i : i + 1], 1, seeds[i])[0] for i in range(x.shape[0])], dim=1)
+    q = model.posterior(x)
+    p_x = model.likelihood(z)
+    _check_event(p_x, x)
+    reconstruction = p_x.log_prob(x)[0]
+    try:
+        kl = kl_divergence(q, model.prior)
+    except NotImplementedError:
+        kl = (q.log_prob(z) - model.prior.log_prob(z))[0]
+    return reconstruction, kl
 
 
 @torch.no_grad()
@@ -246,14 +265,18 @@ def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | N
     """
     ll = estimate_log_likelihood(model, x, num_samples, chunk_size=chunk_size, batch_size=min(batch_size, 100),
                                  distributed=distributed)
+    elbo_seed = ranks.broadcast_int(int(torch.randint(0, 2**62, ()))) if distributed else \
+        int(torch.randint(0, 2**62, ()))
     if distributed and not ranks.is_main():
         return None
     recon, kl = [], []
     with eval_mode(model):
+        offset = 0
         for xb in _batches(x, batch_size, model_device(model)):
-            terms = elbo_terms(model, xb, 1)
-            recon.append(-terms.reconstruction.double().cpu())
-            kl.append(terms.kl.double().cpu())
+            r, k = _elbo_terms_per_example(model, xb, [elbo_seed + offset + i for i in range(xb.shape[0])])
+            recon.append(-r.double().cpu())
+            kl.append(k.double().cpu())
+            offset += xb.shape[0]
     recon_nll, kl_all = torch.cat(recon), torch.cat(kl)
     count, variances = active_units(model, x, batch_size=batch_size)
     nll, num_dims = -float(ll.mean()), x[0].numel()

@@ -7,7 +7,9 @@ objectives call ``kl_divergence(q, prior)`` and never branch on the kind of post
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -171,8 +173,12 @@ class DiagonalGaussian(Posterior):
       s = sigmoid(θ) learned. Then E[μ² + σ²] = 1 per dimension (the prior's second moment) and, by Jensen,
       E[KL] = -½ E[ln σ²] ≥ -½ ln γ_σ² ≥ -½ ln(1-τ) per dimension.
 
-    Training uses batch statistics; evaluation uses the running statistics (so an estimate for one example does
-    not depend on which others share its batch).
+    Only the training objective (:class:`bayesvae.objectives.TrainingObjective`, which enters :meth:`fitting` on a
+    model in training mode) normalises with the batch's statistics and updates the running ones; everything else,
+    ``elbo``, ``iwae_bound`` and the estimators included, uses the running statistics in either mode, so a bound
+    changes no buffer, gives the same value in training and eval mode, does not depend on which other examples
+    share its batch, and works on a batch of one. A training loop of one's own calls the objective (or enters
+    ``fitting``), as the trainer does.
     """
 
     name = "diagonal-gaussian"
@@ -184,6 +190,7 @@ class DiagonalGaussian(Posterior):
         self.bn_gamma = None if bn_gamma is None else float(bn_gamma)
         self.bn_tau = None if bn_tau is None else float(bn_tau)
         self.latent_dim = latent_dim
+        self.fit_to_batch = False
         if bn_gamma is not None or bn_tau is not None:
             self.mean_norm = nn.BatchNorm1d(latent_dim, eps=BN_EPS, affine=False)
         if bn_gamma is not None:
@@ -208,6 +215,24 @@ class DiagonalGaussian(Posterior):
 
     def num_params(self, latent_dim: int) -> int:
         return 2 * latent_dim
+
+    @contextlib.contextmanager
+    def fitting(self, enabled: bool = True) -> Iterator[None]:
+        """Within (in training mode): batch statistics, and the running statistics follow them."""
+        saved, self.fit_to_batch = self.fit_to_batch, bool(enabled)
+        try:
+            yield
+        finally:
+            self.fit_to_batch = saved
+
+    def _normalise(self, norm: nn.BatchNorm1d, v: torch.Tensor) -> torch.Tensor:
+        if self.fit_to_batch or not norm.training:
+            return norm(v)
+        norm.train(False)  # a bound on a model in training mode: the running statistics, no update
+        try:
+            return norm(v)
+        finally:
+            norm.train(True)
 
     def config(self) -> dict:
         out = {"name": self.name}
@@ -238,14 +263,14 @@ class DiagonalGaussian(Posterior):
     def forward(self, params: torch.Tensor) -> DiagonalNormal:
         loc, raw = params.chunk(2, dim=-1)
         if self.bn_gamma is not None:
-            loc = self.bn_gamma * self.mean_norm(loc) + self.shift
+            loc = self.bn_gamma * self._normalise(self.mean_norm, loc) + self.shift
         elif self.bn_tau is not None:
             s = torch.sigmoid(self.theta)
             var_mu = self.bn_tau + (1.0 - self.bn_tau) * s
             var_sigma = (1.0 - self.bn_tau) * (1.0 - s)
-            loc = var_mu.sqrt() * self.mean_norm(loc)
+            loc = var_mu.sqrt() * self._normalise(self.mean_norm, loc)
             # ln σ² = ln γ_σ² + 2 ln |BN(raw)|; the floor keeps ln finite (and its gradient) at an exact zero.
-            logvar = var_sigma.log() + 2.0 * self.scale_norm(raw).abs().clamp_min(1e-15).log()
+            logvar = var_sigma.log() + 2.0 * self._normalise(self.scale_norm, raw).abs().clamp_min(1e-15).log()
             return DiagonalNormal(loc, soft_clamp(logvar))
         return DiagonalNormal(loc, soft_clamp(raw))
 
