@@ -321,11 +321,14 @@ def _counts():
     yield
     counts = {k: {"refused": t.refused, "applied": t.applied, "failures": len(t.failures)} for k, t in REPORT.items()}
     total = {n: sum(c[n] for c in counts.values()) for n in ("refused", "applied", "failures")}
+    total["combinations"] = total["refused"] + total["applied"]
     print(f"\nflag matrix: {total['refused'] + total['applied']} combinations, {total['refused']} refused, "
           f"{total['applied']} applied, {total['failures']} failures")
     if os.environ.get("BAYESVAE_FLAG_MATRIX_JSON"):
-        Path(os.environ["BAYESVAE_FLAG_MATRIX_JSON"]).write_text(json.dumps({"total": total, "by_group": counts},
-                                                                             indent=2))
+        command = ("BAYESVAE_FLAG_MATRIX_JSON=benchmarks/results/flag_matrix.json .venv/bin/python -m pytest -q -s "
+                   "tests/test_flag_matrix.py")
+        Path(os.environ["BAYESVAE_FLAG_MATRIX_JSON"]).write_text(json.dumps(
+            {"command": command, "total": total, "by_group": counts}, indent=2))
 
 
 def _declared(command: str, dest: str, argv: list[str], kind: str | None) -> bool | None:

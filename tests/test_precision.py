@@ -34,7 +34,7 @@ def test_fp16_overflow_skips_the_step_and_lowers_the_scale():
     halves the scale until the gradients fit, then training proceeds with finite parameters."""
     from sklearn.datasets import load_digits
 
-    x = torch.tensor(load_digits().images[:256] / 16.0, dtype=torch.float32)[:, None]
+    x = (torch.tensor(load_digits().images[:256] / 16.0, dtype=torch.float32)[:, None] > 0.5).float()  # 0/1 data
     torch.manual_seed(0)
     model = bv.build_model(bv.ModelConfig(data_shape=(1, 8, 8), latent_dim=2, hidden=(16,)))
     trainer = Trainer(model, TrainingObjective(), x, bv.TrainConfig(epochs=4, batch_size=16, precision="fp16"))

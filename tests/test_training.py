@@ -354,6 +354,8 @@ def test_skip_policy_stops_on_persistent_nan(tmp_path):
     # max_skipped_steps = 3 bad steps in a row are skipped; the fourth raises and nothing after it runs
     assert fired == [K_BAD, K_BAD + 1, K_BAD + 2, K_BAD + 3]
     assert trainer.state.skipped_steps == 3
+    # the message says the skip limit ended the run (not the words of --on-nonfinite stop)
+    assert "4 non-finite steps in a row with --on-nonfinite skip" in str(err) and "at most 3" in str(err)
     for n, p in trainer.model.named_parameters():
         assert torch.equal(p, snap.params[n]), n
     assert _tree(run_dir) == snap.tree

@@ -10,6 +10,7 @@ from .errors import (
     CheckpointCorruptError,
     CheckpointError,
     CheckpointNotFoundError,
+    InputTypeError,
     ConfigError,
     DataValidationError,
     IncompatibleCheckpointError,
@@ -39,7 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ModelConfig", "TrainConfig",
     "BayesVAEError", "CheckpointCorruptError", "CheckpointError", "CheckpointNotFoundError", "ConfigError",
-    "DataValidationError", "IncompatibleCheckpointError", "NonFiniteError", "OutputExistsError",
+    "DataValidationError", "IncompatibleCheckpointError", "InputTypeError", "NonFiniteError", "OutputExistsError",
     "UnsafeCheckpointError",
     "active_units", "bits_per_dim", "estimate_log_likelihood", "mutual_information", "per_dimension_kl",
     "Bernoulli", "GaussianFixedVariance", "GaussianLearnedVariance", "GaussianSharedVariance", "Likelihood",

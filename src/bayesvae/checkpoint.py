@@ -532,6 +532,23 @@ def _read_pointer(ptr: Path) -> str:
     return name
 
 
+def _lowest_recorded_valid_loss(run: Path) -> tuple[Path, float] | None:
+    """Among the committed checkpoints that verify, the one whose own step recorded the lowest validation loss
+    (every checkpoint's state holds the epoch history up to it)."""
+    best = None
+    for cand in list_checkpoints(run):
+        try:
+            _, state = _read_verified(cand)
+        except CheckpointError:
+            continue
+        trainer = state.get("trainer", {}) if isinstance(state, dict) else {}
+        last = (trainer.get("history") or [{}])[-1]
+        loss = last.get("valid_loss") if last.get("global_step") == trainer.get("global_step") else None
+        if isinstance(loss, (int, float)) and math.isfinite(loss) and (best is None or loss < best[1]):
+            best = (cand, float(loss))
+    return best
+
+
 def resolve_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Path:
     """The step dir that pointer ``which`` ("last"/"best") names; ``which`` may also be a step-dir name or path,
     and ``run_dir`` may itself be a step dir.
@@ -558,11 +575,19 @@ def resolve_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Path:
         _read_verified(target)
         return target
     except CheckpointError as exc:
+        if which == "best" and isinstance(exc, CheckpointNotFoundError):
+            chosen = _lowest_recorded_valid_loss(run)
+            if chosen is not None:  # the run stopped between committing a checkpoint and moving the pointer
+                path, loss = chosen
+                warnings.warn(f"{run} has no 'best' pointer (the run stopped before writing it); using {path.name}, "
+                              f"the committed checkpoint with the lowest recorded validation loss ({loss:.3f} nats)",
+                              RuntimeWarning, stacklevel=2)
+                return path
         if which != "last" and isinstance(exc, CheckpointNotFoundError):
             hint = ""
             if list_checkpoints(run):
-                hint = ("; the run has no best checkpoint yet (it is written at the end of an epoch with a "
-                        "validation loss, e.g. the run stopped during its first epoch): use --checkpoint last")
+                hint = ("; no committed checkpoint records a validation loss yet (one is recorded at the end of an "
+                        "epoch; the run stopped during its first epoch): use --checkpoint last")
             raise CheckpointNotFoundError(f"no {which!r} checkpoint in {run}: {exc}{hint}") from exc
         if which != "last" or isinstance(exc, IncompatibleCheckpointError):
             raise  # a newer format is not damage: resuming from an older step instead would silently lose work

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -256,8 +257,10 @@ def _on_ready(trainer, dataset, likelihood) -> None:
             _print(f"posterior: {bound['form']}; KL(p(z|x) || uniform) = {bound['nats']:.4f} nats for every x "
                    "(a constant: it cannot vanish)")
         else:
-            _print(f"posterior: {bound['form']}; the expected KL is at least {bound['nats']:.4f} nats "
-                   f"({bound['nats_per_dim']:.4f} per dimension), so it cannot vanish")
+            _print(f"posterior: {bound['form']}; the mean KL of every training batch is at least "
+                   f"{bound['nats']:.4f} nats ({bound['nats_per_dim']:.4f} per dimension), so it cannot vanish in "
+                   "training; on other data (validation, test) the KL may be lower: evaluate shows it beside this "
+                   "floor")
     if trainer.config.free_bits > 0:
         _print(f"free bits: {trainer.config.free_bits:g} nats per dimension in the training objective; the loss "
                "shown is still the true negative ELBO")
@@ -463,6 +466,10 @@ def cmd_evaluate(args) -> int:
               f"± {result['nll_nats_stderr']:.3f} nats, {result['nll_bits_per_dim']:.4f} bits/dim)")
         print(f"  ELBO            {result['elbo_nats']:.3f} nats   (reconstruction NLL "
               f"{result['reconstruction_nll_nats']:.3f} + KL {result['kl_nats']:.3f})")
+        bound = run.state.get("kl_bound")
+        if bound and bound["kind"] != "constant":
+            print(f"  KL floor        {bound['nats']:.3f} nats on the mean of each training batch (batch statistics);"
+                  f" the {args.split} KL above is {result['kl_nats']:.3f} nats, under the running statistics")
         print(f"  active units    {result['active_units']} of {result['latent_dim']}")
         print(f"  I(x; z)         {result['mutual_information_nats']:.3f} nats   (minibatch estimate, N = "
               f"{result['mutual_information_batch_size']}: at most log N = {result['mutual_information_max_nats']:.2f}"
@@ -501,18 +508,29 @@ def _scale(images) -> int:
     return max(1, min(4, 32 // images.shape[-1]))
 
 
-def _save_examples(out: Path, x, run, overwrite: bool, save_grid_png) -> None:
+def _save_examples(out: Path, x, run, overwrite: bool, save_grid_png, index=None) -> None:
     if out.suffix == ".png":
         if len(run.model_config.data_shape) != 3:
             raise bdata.DataValidationError("PNG output needs image data; use .npy or .csv")
         save_grid_png(out, x, overwrite=overwrite, scale=_scale(x))
+    elif out.suffix == ".npy" and len(run.model_config.data_shape) == 3:  # images in their own layout [N, C, H, W]:
+        import io  # the file `score --data` and `train --data` take
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.save(buf, x.numpy().astype(np.float32), allow_pickle=False)
+        atomic_write_bytes(out, buf.getvalue(), overwrite=overwrite)
     else:
         std = run.state["data"].get("standardization")
         flat = x.reshape(x.shape[0], -1)
         if std is not None:  # back to the user's units
             flat = flat * torch.tensor(std[1]) + torch.tensor(std[0])
         names = run.state["data"]["description"].get("feature_names")
-        _write_table(out, _matrix_columns(flat.numpy(), names), overwrite)
+        columns = _matrix_columns(flat.numpy(), names)
+        if index is not None and out.suffix == ".csv":  # each row's 0-based row in its source file, as in `score`
+            columns = {"index": index, **columns}
+        _write_table(out, columns, overwrite)
 
 
 def cmd_reconstruct(args) -> int:
@@ -535,7 +553,8 @@ def cmd_reconstruct(args) -> int:
         save_grid_png(out, pairs, ncol=2 * min(8, x.shape[0]) if x.shape[0] > 1 else 2, overwrite=args.overwrite,
                       scale=_scale(x))
     else:
-        _save_examples(out, recon, run, args.overwrite, save_grid_png)
+        _save_examples(out, recon, run, args.overwrite, save_grid_png,
+                       index=run.dataset().rows(args.split)[: x.shape[0]])
     _say_device()
     _print(f"wrote {x.shape[0]} reconstructions (inputs beside them in PNG) to {out}")
     return 0
@@ -557,8 +576,10 @@ def cmd_encode(args) -> int:
     if not ranks.is_main():
         return 0
     columns = _matrix_columns(z.numpy(), prefix="z")
-    if labels is not None and out.suffix == ".csv":
-        columns["label"] = labels.numpy()
+    if out.suffix == ".csv":  # index: the example's 0-based row in its source file, as in `score`
+        columns = {"index": run.dataset().rows(args.split), **columns}
+        if labels is not None:
+            columns["label"] = labels.numpy()
     _write_table(out, columns, args.overwrite)
     _say_device()
     _print(f"wrote posterior means E[z|x] of {z.shape[0]} {args.split} examples to {out}")
@@ -1010,7 +1031,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         _exit_on_signals()
-        return args.func(args)
+        with warnings.catch_warnings():  # the library's warnings (a checkpoint chosen in place of a missing
+            warnings.simplefilter("always", RuntimeWarning)  # pointer, ...) as one line each, no source line
+            warnings.showwarning = _one_line_warning
+            return args.func(args)
     except (BayesVAEError, ValueError, FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError,
             IsADirectoryError) as err:
         if args.debug:
@@ -1039,6 +1063,10 @@ def main(argv: list[str] | None = None) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
         ranks.shutdown()
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    _print(f"warning: {message}")
 
 
 def _quiet_broken_pipe() -> int:

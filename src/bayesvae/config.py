@@ -88,9 +88,12 @@ class ModelConfig:
     and its densities are those of the data in the user's units (the Jacobian -Σ ln s included)."""
 
     def __post_init__(self):
-        object.__setattr__(self, "data_shape", tuple(self.data_shape))
-        object.__setattr__(self, "hidden", tuple(self.hidden))
-        object.__setattr__(self, "conv_channels", tuple(self.conv_channels))
+        for name in ("data_shape", "hidden", "conv_channels"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise ConfigError(f"option {name!r} must be a list of positive integers (e.g. {name}=(400,)), "
+                                  f"got {value!r}")
+            object.__setattr__(self, name, tuple(value))
         if not self.data_shape:
             raise ConfigError("option 'data_shape' must not be empty")
         for i, s in enumerate(self.data_shape):

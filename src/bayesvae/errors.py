@@ -11,6 +11,10 @@ class BayesVAEError(Exception):
     """Base class of every error the toolkit raises on purpose."""
 
 
+class InputTypeError(BayesVAEError, TypeError):
+    """An argument of a public function has the wrong type: the message names it, what was expected and found."""
+
+
 class DataValidationError(BayesVAEError, ValueError):
     """Input data are malformed: the message names the file, row and column and says how to fix it."""
 

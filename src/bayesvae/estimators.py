@@ -16,11 +16,13 @@ import contextlib
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from . import distributed as ranks
+from .errors import DataValidationError, InputTypeError
 from .arrays import as_tensor
-from .objectives import _check_event, check_num_samples
+from .objectives import _check_event, check_num_samples, checked_data
 from .objectives import _check_x as _check_tensor
 from .posteriors import kl_per_dimension
 
@@ -45,12 +47,19 @@ def eval_mode(model) -> Iterator[None]:
             model.train(True)
 
 
-def _check_x(x) -> None:
-    """A non-empty batch: a tensor, or a split that stays on disk (checked by its shape)."""
+def _check_x(x):
+    """A non-empty batch: a tensor, a numpy array (made a tensor), or a split that stays on disk (checked by its
+    shape); each batch is then checked by the model (:func:`checked_data`)."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
     if isinstance(x, torch.Tensor):
         _check_tensor(x)
-    elif not hasattr(x, "shape") or len(x.shape) < 2 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batch Tensor[B, *data_shape], got {getattr(x, 'shape', type(x))}")
+    elif not hasattr(x, "shape") or not hasattr(x, "__getitem__"):
+        raise InputTypeError(f"x must be a torch.Tensor or a numpy array of shape [B, *data_shape], got "
+                             f"{type(x).__name__}")
+    elif len(x.shape) < 2 or x.shape[0] == 0:
+        raise DataValidationError(f"x must be a non-empty batch [B, *data_shape], got shape {tuple(x.shape)}")
+    return x
 
 
 def model_device(model) -> torch.device:
@@ -66,11 +75,15 @@ def _on(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
 
 
-def _batches(x: torch.Tensor, batch_size: int | None, device: torch.device | None = None) -> Iterator[torch.Tensor]:
+def _batches(x: torch.Tensor, batch_size: int | None, device: torch.device | None = None,
+             model=None, values: bool = True) -> Iterator[torch.Tensor]:
+    """Batches of x on ``device``; with ``model``, each checked and converted by it (:func:`checked_data`; with
+    ``values`` False, for functions of the encoder alone, all but the values' support)."""
     step = x.shape[0] if batch_size is None else check_num_samples(batch_size, "batch_size")
     for i in range(0, x.shape[0], step):
         xb = as_tensor(x[i : i + step])  # a split on disk is read one batch at a time
-        yield xb if device is None else _on(xb, device)
+        xb = xb if device is None else _on(xb, device)
+        yield xb if model is None else checked_data(model, xb, values=values)
 
 
 def example_latents(model, x_i: torch.Tensor, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,11 +162,17 @@ def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chu
             rank must call it); a no-op for one process.
     """
     check_num_samples(num_samples)
-    _check_x(x)
+    x = _check_x(x)
     if chunk_size is not None:
         check_num_samples(chunk_size, "chunk_size")
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()))
+    from .resources import require_memory
+    d = getattr(model, "latent_dim", 1)
+    rows = min(x.shape[0], batch_size or x.shape[0])
+    require_memory(float(num_samples) * (rows * (4 * d + 8) + 12 * d), f"K = {num_samples} importance samples for "
+                   f"batches of {rows} examples", "use fewer samples (num_samples, --samples) or smaller batches "
+                   "(batch_size, --batch-size)")
     n, first = x.shape[0], 0
     if distributed:
         seed = ranks.broadcast_int(seed)
@@ -163,7 +182,7 @@ def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chu
     out = [torch.empty(0, dtype=torch.float64, device=device)]
     with eval_mode(model):
         offset = first
-        for xb in _batches(x, batch_size, device):
+        for xb in _batches(x, batch_size, device, model):
             c = chunk_size or max(1, min(num_samples, _CHUNK_ELEMENTS // max(1, xb[0].numel() * xb.shape[0])))
             out.append(_estimate_batch(model, xb, num_samples, c, [seed + offset + i for i in range(xb.shape[0])]))
             offset += xb.shape[0]
@@ -191,9 +210,10 @@ def active_units(model, x: torch.Tensor, threshold: float = 0.01, batch_size: in
 
     Returns (count, Tensor[d] of the variances).
     """
-    _check_x(x)
+    x = _check_x(x)
     with eval_mode(model):
-        means = torch.cat([model.posterior(xb).mean.cpu() for xb in _batches(x, batch_size, model_device(model))]).double()
+        means = torch.cat([model.posterior(xb).mean.cpu()
+                           for xb in _batches(x, batch_size, model_device(model), model, False)]).double()
     var = means.var(dim=0, unbiased=False) if means.shape[0] > 1 else torch.zeros_like(means[0])
     return int((var > threshold).sum()), var
 
@@ -201,10 +221,10 @@ def active_units(model, x: torch.Tensor, threshold: float = 0.01, batch_size: in
 @torch.no_grad()
 def per_dimension_kl(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Mean over x of KL(p(z_u|x) || q(z_u)) for each latent dimension u, Tensor[d] in nats (sums to the mean KL)."""
-    _check_x(x)
+    x = _check_x(x)
     total, n = None, 0
     with eval_mode(model):
-        for xb in _batches(x, batch_size, model_device(model)):
+        for xb in _batches(x, batch_size, model_device(model), model, False):
             kl = kl_per_dimension(model.posterior(xb), model.prior).double().sum(0).cpu()
             total, n = (kl if total is None else total + kl), n + xb.shape[0]
     return total / n
@@ -227,14 +247,14 @@ def mutual_information(model, x: torch.Tensor, batch_size: int = 1000, seed: int
     Returns the example-weighted mean over minibatches. Works for any posterior with ``sample`` and ``log_prob``
     (densities on one base measure, e.g. both on the sphere).
     """
-    _check_x(x)
+    x = _check_x(x)
     check_num_samples(batch_size, "batch_size")
     total, n = 0.0, 0
     device = model_device(model)
     with eval_mode(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         if seed is not None:
             torch.manual_seed(seed)
-        for xb in _batches(x, batch_size, device):
+        for xb in _batches(x, batch_size, device, model, False):
             q = model.posterior(xb)
             z = q.sample()  # [N, d]
             rows = []
@@ -263,6 +283,7 @@ def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | N
     ranks; rank 0 computes the cheap rest with the random state a single process would have, and returns the same
     dict as one process; the other ranks return None.
     """
+    x = _check_x(x)
     ll = estimate_log_likelihood(model, x, num_samples, chunk_size=chunk_size, batch_size=min(batch_size, 100),
                                  distributed=distributed)
     elbo_seed = ranks.broadcast_int(int(torch.randint(0, 2**62, ()))) if distributed else \
@@ -272,7 +293,7 @@ def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | N
     recon, kl = [], []
     with eval_mode(model):
         offset = 0
-        for xb in _batches(x, batch_size, model_device(model)):
+        for xb in _batches(x, batch_size, model_device(model), model):
             r, k = _elbo_terms_per_example(model, xb, [elbo_seed + offset + i for i in range(xb.shape[0])])
             recon.append(-r.double().cpu())
             kl.append(k.double().cpu())

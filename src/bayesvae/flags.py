@@ -128,7 +128,7 @@ SCOPES: dict[str, dict[str, Scope]] = {
                         "drop it: the vmf posterior's KL is a constant, so a warm-up changes no gradient",
                         posterior="diagonal-gaussian"),
         "free_bits": _s("gives each latent dimension a KL allowance",
-                        "drop it: the vmf posterior's KL is one constant, not a sum over dimensions",
+                        "drop it: the vmf posterior's KL is one constant, with no per-dimension terms",
                         posterior="diagonal-gaussian"),
         "lr_decay": _s("is the factor per epoch of --lr-schedule exponential",
                        "add --lr-schedule exponential, or drop --lr-decay", lr_schedule="exponential"),
@@ -193,7 +193,8 @@ def _allowed_text(key: str, allowed: Iterable[str]) -> str:
         return "plot kinds " + ", ".join(sorted(allowed))
     if key in ("data", "resumed"):
         names = [_SHORT[v] for v in DATA_KINDS if v in allowed]
-        return "--data " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1])
+        names_text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        return ("--data " if key == "data" else "with --resume, runs trained on ") + names_text
     return " or ".join(f"--{key.replace('_', '-')} {v}" for v in sorted(allowed))
 
 
@@ -228,7 +229,9 @@ def scope_note(command: str, dest: str) -> str:
     scope = SCOPES.get(command, {}).get(dest)
     parts = [] if scope is None else [_allowed_text(k, v) for k, v in scope.where.items()
                                       if not (k == "mode" and v == _BOTH)]
-    if command == "train" and dest in RESUME_OPTIONS and dest not in ("debug", "resume"):
+    if scope is not None and "resumed" in scope.where:
+        parts.insert(0, "every new run")
+    elif command == "train" and dest in RESUME_OPTIONS and dest not in ("debug", "resume"):
         parts.append("also with --resume")
     return f"[applies to: {'; '.join(parts)}]" if parts else ""
 
@@ -242,14 +245,14 @@ def reference_markdown(parser) -> str:
              "keeps this file equal to them). An option used where its *applies to* column says it has no effect "
              "is refused with exit 2 and the reason; it is never ignored.", ""]
     for command, sub in _commands(parser):
-        lines += [f"## bayesvae {command}", "", (sub.description or "").strip() or "", ""]
+        lines += [f"## bayesvae {command}", ""] + ([sub.description.strip(), ""] if sub.description else [])
         lines += ["| option | default | what it does | applies to |", "| --- | --- | --- | --- |"]
         for action in sub._actions:  # noqa: SLF001 - argparse has no public API for its actions
             if isinstance(action, argparse._HelpAction):  # noqa: SLF001
                 continue
             flag = ", ".join(action.option_strings) if action.option_strings else action.dest.upper()
-            default = "" if action.default in (None, False, argparse.SUPPRESS) or not action.option_strings \
-                else f"`{action.default}`"
+            default = "" if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or not action.option_strings else f"`{action.default}`"
             text = (action.help or "").replace("%(default)s", str(action.default)).replace("|", "\\|")
             text = text.split(" [applies to:")[0]
             note = scope_note(command, action.dest)

@@ -53,6 +53,12 @@ class Likelihood(nn.Module):
 
     num_params: int = 1
     name: str = "likelihood"
+    support: constraints.Constraint = constraints.real
+    """The values x may take (the support of the distributions ``forward`` returns; the public bounds refuse data
+    off it, as ``torch.distributions`` does with ``validate_args``)."""
+    support_text: str = "the real numbers"
+    support_hint: str = ""
+    """What to do with data off the support."""
 
     def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -77,6 +83,10 @@ class Bernoulli(Likelihood):
     """
 
     name = "bernoulli"
+    support = constraints.boolean
+    support_text = "{0, 1}"
+    support_hint = ("binarise grey levels first (bayesvae.data.binarize: a draw x ~ Bernoulli(pixel)), or use a "
+                    "Gaussian likelihood")
 
     def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:
         return Independent(_TorchBernoulli(logits=params, validate_args=False), event_ndim, validate_args=False)

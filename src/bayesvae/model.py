@@ -7,13 +7,17 @@ three distribution-valued methods are the whole interface the objectives and est
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, constraints
 
 from .config import ModelConfig
+from .errors import ConfigError, DataValidationError, InputTypeError
 from .likelihoods import Likelihood, ScaledDensity, make_likelihood
 from .networks import MLP, ConvDecoder, ConvEncoder
 from .posteriors import DiagonalGaussian, Posterior, make_posterior
@@ -58,22 +62,79 @@ class VAE(nn.Module):
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
         self.latent_dim = int(latent_dim)
         self.data_shape = tuple(data_shape) if data_shape is not None else None
+        self._trusted = False
         self.config = config
         if data_log_scale is not None:
             self.register_buffer("data_log_scale", torch.as_tensor(data_log_scale, dtype=torch.float32).clone())
         else:
             self.data_log_scale = None
 
+    def check_data(self, x, name: str = "x", *, values: bool = True) -> torch.Tensor:
+        """``x`` as the model takes it, or a typed error naming ``name``, what was expected and what was found.
+
+        A numpy array becomes a tensor; 8-bit data become k/255 and other dtypes the parameters' (float64 to
+        float32); the batch moves to the model's device. Refused: other types (:class:`InputTypeError`), an empty
+        batch or another data shape, non-finite values, and (``values``) values off the likelihood's support, such
+        as grey levels for a Bernoulli decoder (:class:`DataValidationError`). Within :meth:`trusted_inputs` (the
+        library's own training on data it prepared) only the shape is checked."""
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        if not isinstance(x, torch.Tensor):
+            raise InputTypeError(f"{name} must be a torch.Tensor (or a numpy array) of shape [B, "
+                                 f"{', '.join(map(str, self.data_shape or ('...',)))}], got {type(x).__name__}")
+        param = next(self.parameters(), None)
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        if x.dtype == torch.uint8:
+            x = x.to(dtype) / 255.0
+        elif x.dtype != dtype and not (self._trusted and x.dtype in (torch.float16, torch.bfloat16)):
+            x = x.to(dtype)
+        if param is not None and x.device != param.device:
+            x = x.to(param.device)
+        if x.dim() < 1 or x.shape[0] == 0 or (self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape):
+            want = f"[B, {', '.join(map(str, self.data_shape))}]" if self.data_shape is not None else "[B, ...]"
+            raise DataValidationError(f"{name} must be a non-empty batch of shape {want} (B examples of the model's "
+                                      f"data shape), got shape {tuple(x.shape)}; reshape it, e.g. "
+                                      f"x.reshape(-1, {', '.join(map(str, self.data_shape or ('...',)))})")
+        if self._trusted:
+            return x
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            raise DataValidationError(f"{name} holds {int(bad.sum())} non-finite value(s) (NaN or ±inf), the first "
+                                      f"at index {where}: {float(x[where])}; a density of such data is not defined")
+        support = self.likelihood_head.support
+        if values and support is not constraints.real:
+            off = ~support.check(x)
+            if bool(off.any()):
+                where = tuple(int(i) for i in off.nonzero()[0])
+                raise DataValidationError(
+                    f"{name} holds {int(off.sum())} value(s) off the support of the {self.likelihood_head.name} "
+                    f"likelihood ({self.likelihood_head.support_text}), the first at index {where}: {float(x[where]):g}; its log-likelihood "
+                    f"would be no density of these data. {self.likelihood_head.support_hint}".rstrip())
+        return x
+
+    @contextlib.contextmanager
+    def trusted_inputs(self) -> Iterator[None]:
+        """Within: data the library prepared itself (training); :meth:`check_data` checks only their shape."""
+        saved, self._trusted = self._trusted, True
+        try:
+            yield
+        finally:
+            self._trusted = saved
+
     def posterior(self, x: torch.Tensor) -> Distribution:
-        """p(z|x): batch_shape [B], event_shape [d]."""
-        if self.data_shape is not None and (x.dim() < 1 or tuple(x.shape[1:]) != self.data_shape):
-            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.data_shape))}], got data shape "
-                             f"{tuple(x.shape[1:])}; reshape the data to the model's data shape")
+        """p(z|x): batch_shape [B], event_shape [d]. ``x`` is checked by :meth:`check_data`, all but its values'
+        support: the encoder is a function of any finite x (pictures encode grey levels); the densities refuse
+        them."""
+        x = self.check_data(x, values=False)
         return self.posterior_head(_full_precision(self.encoder(x)))
 
     def _decode(self, z: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if not isinstance(z, torch.Tensor):
+            raise InputTypeError(f"z must be a torch.Tensor of shape [..., {self.latent_dim}], got {type(z).__name__}")
         if z.dim() < 1 or z.shape[-1] != self.latent_dim:
-            raise ValueError(f"z must have shape [..., {self.latent_dim}], got {tuple(z.shape)}")
+            raise DataValidationError(f"z must have shape [..., {self.latent_dim}] (the latent dimension), got "
+                                      f"{tuple(z.shape)}")
         lead = z.shape[:-1]
         params = _full_precision(self.decoder(z.reshape(-1, self.latent_dim)))
         return params.reshape(*lead, *params.shape[1:]), params.dim() - 1
@@ -106,7 +167,10 @@ class VAE(nn.Module):
     def sample(self, n: int, *, mean: bool = True) -> torch.Tensor:
         """n draws z ~ q(z), decoded: E[x|z] when ``mean`` (what pictures show), else x ~ q(x|z)."""
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+            raise ConfigError(f"n must be a positive integer (the number of samples), got {n!r}")
+        from .resources import require_memory
+        per_example = 4 * (self.latent_dim + 3 * self.likelihood_head.num_params * math.prod(self.data_shape or (1,)))
+        require_memory(n * per_example, f"drawing n = {n} samples", "draw fewer (-n) and run again for more")
         z = self.prior.sample((n,))
         return self.decode(z) if mean else self.likelihood(z).sample()
 

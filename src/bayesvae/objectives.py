@@ -10,16 +10,18 @@ any model offering ``posterior(x)``, ``likelihood(z)`` and ``prior`` (distributi
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 from torch.distributions import Distribution, kl_divergence
 
+from .errors import DataValidationError
 from .likelihoods import batch_fitting
 
 __all__ = ["ELBOTerms", "log_importance_weights", "elbo_terms", "elbo", "iwae_bound", "check_num_samples",
-           "TrainingObjective"]
+           "TrainingObjective", "checked_data"]
 
 KL_MODES = ("analytic", "sampled", "auto")
 
@@ -34,7 +36,17 @@ def check_num_samples(num_samples, name: str = "num_samples") -> int:
 def _check_x(x) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a non-empty batch Tensor[B, *data_shape], got {shape}")
+        raise DataValidationError(f"x must be a non-empty batch Tensor[B, *data_shape], got {shape}")
+
+
+def checked_data(model, x, name: str = "x", *, values: bool = True) -> torch.Tensor:
+    """``x`` converted and checked by the model (:meth:`bayesvae.VAE.check_data`: type, dtype, device, shape,
+    finite values on the likelihood's support); a model of one's own without ``check_data`` gets the basic check."""
+    check = getattr(model, "check_data", None)
+    if check is not None:
+        return check(x, name, values=values)
+    _check_x(x)
+    return x
 
 
 def _check_pair(q: Distribution, p_x: Distribution, x: torch.Tensor) -> None:
@@ -59,7 +71,7 @@ def _log_weight_parts(model, x: torch.Tensor, q: Distribution, z: torch.Tensor) 
 def log_importance_weights(model, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
     """log w = log q(x|z) + log q(z) - log p(z|x) with z ~ p(z|x) reparameterised; Tensor[K, B] in nats."""
     check_num_samples(num_samples)
-    _check_x(x)
+    x = checked_data(model, x)
     q = model.posterior(x)
     log_px, log_ratio = _log_weight_parts(model, x, q, q.rsample((num_samples,)))
     return log_px + log_ratio
@@ -88,7 +100,7 @@ def elbo_terms(model, x: torch.Tensor, num_samples: int = 1, kl: str = "auto") -
     check_num_samples(num_samples)
     if kl not in KL_MODES:
         raise ValueError(f"kl must be one of {KL_MODES}, got {kl!r}")
-    _check_x(x)
+    x = checked_data(model, x)
     q = model.posterior(x)
     log_px, log_ratio = _log_weight_parts(model, x, q, q.rsample((num_samples,)))
     kl_value = None
@@ -131,10 +143,11 @@ class TrainingObjective:
     """
 
     def __init__(self, kind: str = "elbo", num_samples: int = 1, kl_warmup_epochs: float = 0.0,
-                 free_bits: float = 0.0):
+                 free_bits: float = 0.0, *, check_inputs: bool = True):
         if kind not in ("elbo", "iwae"):
             raise ValueError(f"kind must be 'elbo' or 'iwae', got {kind!r}")
         self.kind, self.num_samples = kind, check_num_samples(num_samples)
+        self.check_inputs = check_inputs
         self.kl_warmup_epochs = float(kl_warmup_epochs)
         self.free_bits = float(free_bits)
         if not (math.isfinite(self.free_bits) and self.free_bits >= 0):
@@ -147,12 +160,14 @@ class TrainingObjective:
 
     def __call__(self, model, x: torch.Tensor, progress: float = math.inf) -> dict[str, torch.Tensor]:
         # Statistics fitted to the batch (the optimal shared σ) are fitted only when training, never in validation.
-        with batch_fitting(model, enabled=bool(getattr(model, "training", False))):
+        trusted = getattr(model, "trusted_inputs", None) if not self.check_inputs else None
+        with batch_fitting(model, enabled=bool(getattr(model, "training", False))), \
+                (trusted() if trusted is not None else contextlib.nullcontext()):
             return self._terms(model, x, progress)
 
     def _terms(self, model, x: torch.Tensor, progress: float) -> dict[str, torch.Tensor]:
+        x = checked_data(model, x)
         if self.kind == "iwae":
-            _check_x(x)
             q = model.posterior(x)
             log_px, log_ratio = _log_weight_parts(model, x, q, q.rsample((self.num_samples,)))
             beta = self.kl_weight(progress)
@@ -172,7 +187,6 @@ class TrainingObjective:
     def _free_bits(self, model, x: torch.Tensor, progress: float) -> dict[str, torch.Tensor]:
         from .posteriors import kl_per_dimension
 
-        _check_x(x)
         q = model.posterior(x)
         log_px, _ = _log_weight_parts(model, x, q, q.rsample((self.num_samples,)))
         kl_dims = kl_per_dimension(q, model.prior)  # [B, d]

@@ -400,7 +400,7 @@ def latent(run, *, dims: Sequence[int] | None = None, split: str = "test", data=
     ax.set_xlabel(labels_xy[0])
     ax.set_ylabel(labels_xy[1])
     what = "μ(x)" if ctx.is_sphere else "E[z|x]"
-    ax.set_title(f"Latent space: {what} of {len(xy)} {ctx.split} examples ({how})", fontsize=10)
+    ax.set_title(f"Latent space: {what} of {len(xy)} {ctx.split} examples\n({how})", fontsize=10)
     ax.grid(alpha=0.3)
     return fig
 

@@ -177,8 +177,10 @@ def _metrics_html(ev: dict, ctx: plots.PlotContext) -> str:
         rows.append(("KL per dimension", f'<span class="muted">{per_dim} nats</span>'))
     bound = (ctx.run.state.get("kl_bound") if ctx.run is not None else None) or None
     if bound:
+        note = ("" if bound["kind"] == "constant" else f'; it holds for the mean KL of a training batch, not for '
+                f'other data: the KL of the evaluated split is {ev["kl_nats"]:.3f} nats')
         rows.append(("KL floor of the posterior", f'{bound["nats"]:.3f} nats <span class="muted">({_esc(bound["kind"])}'
-                     f' of {_esc(bound["form"])})</span>'))
+                     f' of {_esc(bound["form"])}{note})</span>'))
     if "nll_standardized_nats" in ev:
         shift = ev["standardization_log_scale_sum_nats"]
         rows.append(("NLL of the standardised features", f'{ev["nll_standardized_nats"]:.3f} nats <span class="muted">'

@@ -26,7 +26,7 @@ from . import rundir
 from . import distributed as ranks
 from .arrays import PreparedRows, Rows, as_tensor
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
-from .errors import ConfigError, IncompatibleCheckpointError, OutputExistsError
+from .errors import ConfigError, IncompatibleCheckpointError, InputTypeError, OutputExistsError
 from .model import VAE, build_model
 from .objectives import TrainingObjective
 from .precision import choose_precision
@@ -260,8 +260,11 @@ def _make_trainer(model: VAE, config: TrainConfig, prepared: PreparedData, run_d
         raise ConfigError(f"free bits need a KL that splits into per-dimension terms; the "
                           f"{model.posterior_head.name} posterior's KL does not (for vmf it is a constant anyway): "
                           "drop --free-bits")
-    objective = TrainingObjective(config.objective, config.samples, config.kl_warmup_epochs, config.free_bits)
-    valid_objective = TrainingObjective(config.objective, config.samples)
+    # The library prepared these data itself: the objective checks their shape only (cost of the full check on a
+    # training step: README, Guarantees)
+    objective = TrainingObjective(config.objective, config.samples, config.kl_warmup_epochs, config.free_bits,
+                                  check_inputs=False)
+    valid_objective = TrainingObjective(config.objective, config.samples, check_inputs=False)
     return Trainer(model, objective, prepared.train, config, valid_data=prepared.valid, run_dir=run_dir,
                    batch_transform=prepared.batch_transform, valid_objective=valid_objective,
                    callbacks=[PreciseBatchNorm(), CollapseMonitor(on_warning), _MetricsLog(), *callbacks],
@@ -399,6 +402,7 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     run_dir = Path(out) if out is not None else None
     device = ranks.resolve_device(device)
     _check_world(train_config)
+    _check_model_fits(model_config, train_config)
     torch.manual_seed(train_config.seed)
     model = build_model(model_config).to(device)
     if dataset.standardization is not None:
@@ -448,8 +452,23 @@ def kl_bound_record(model: VAE) -> dict | None:
     bound = head.kl_bound() if hasattr(head, "kl_bound") else None
     if bound is None:
         return None
-    kind = "constant" if not getattr(head, "factorised", True) else "lower bound on the expected KL"
+    kind = "constant" if not getattr(head, "factorised", True) else "floor of the mean KL over training batches"
     return {"form": head.describe(), "kind": kind, "nats": bound, "nats_per_dim": bound / model.latent_dim}
+
+
+def _check_model_fits(config: ModelConfig, train_config: TrainConfig) -> None:
+    """Refuse a model whose weights, gradients and Adam moments cannot fit (counted on the meta device, which
+    allocates nothing), with the activations of a batch, before anything is allocated or written."""
+    from .resources import require_memory
+
+    with torch.device("meta"):
+        meta = build_model(config)
+    params = sum(p.numel() for p in meta.parameters())
+    widest = max((*config.hidden, math.prod(config.data_shape), config.latent_dim))
+    activations = 4 * 4 * train_config.batch_size * max(1, train_config.samples) * widest * (len(config.hidden) + 2)
+    require_memory(16 * params + activations, f"a model of {params:,} parameters (--hidden "
+                   f"{' '.join(map(str, config.hidden))}) with its gradients and optimiser state",
+                   "use smaller --hidden widths (or a smaller --batch-size)")
 
 
 def _check_world(config: TrainConfig) -> None:
@@ -612,6 +631,11 @@ def _check_columns(source: str, found, expected) -> None:
         return
     expected = [str(n) for n in expected]
     if found is None:
+        if not str(source).lower().endswith(".csv"):
+            raise bdata.DataValidationError(
+                f"{source}: the run was trained on a CSV file with the named columns {expected}, and this file "
+                "carries no column names, so its columns cannot be matched to them. Give a CSV file with that header "
+                "line and these columns")
         raise bdata.DataValidationError(
             f"{source}: the run was trained on named columns {expected}, but this file has no header line, so "
             "their order cannot be checked. Add the header line")
@@ -688,6 +712,11 @@ def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool 
     are checked against the stored fingerprint when loaded (:meth:`LoadedRun.dataset`).
     Checkpoints hold CPU tensors whatever device trained them; the model is moved to ``device`` after loading.
     """
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise InputTypeError(f"run_dir must be the path of a run directory (str or os.PathLike), got "
+                             f"{type(run_dir).__name__}")
+    if not isinstance(which, str):
+        raise InputTypeError(f"which must be 'best', 'last' or a step directory's name, got {type(which).__name__}")
     path, tensors, state = _load_committed(run_dir, which, allow_nonfinite)
     for key in ("model_config", "train_config", "data"):
         if key not in state:

@@ -401,13 +401,18 @@ class Trainer:
             if self.scaler is not None and self._fp16_overflow():
                 return {"skipped": 1.0}
             self._check_gradients()  # under DDP the gradients are already averaged: every rank sees the same
-        except NonFiniteError:
+        except NonFiniteError as err:
             self.optimizer.zero_grad(set_to_none=True)
             if buffers is not None:
                 with torch.no_grad():
                     torch._foreach_copy_(list(self.model.buffers()), buffers)
-            if self.config.nonfinite_policy == "stop" or self.state.consecutive_skips >= self.config.max_skipped_steps:
-                raise  # "skip" allows max_skipped_steps bad steps in a row; the next one stops
+            if self.config.nonfinite_policy == "stop":
+                raise
+            if self.state.consecutive_skips >= self.config.max_skipped_steps:  # "skip" allows max_skipped_steps
+                raise NonFiniteError(  # bad steps in a row; the next one stops, and says it was the limit
+                    f"{self.state.consecutive_skips + 1} non-finite steps in a row with --on-nonfinite skip, which "
+                    f"skips at most {self.config.max_skipped_steps} in a row; the last: {err}. The model diverged: "
+                    "resume from the last checkpoint with a lower learning rate, or check the data") from None
             self.state.skipped_steps += 1
             self.state.consecutive_skips += 1
             return {"skipped": 1.0}
