@@ -135,3 +135,8 @@ def test_committed_mnist_best_weights_reproduce_the_table_figure(tmp_path):
                          check=True).stdout
     table = json.loads((ROOT / "benchmarks" / "results" / "mnist_best.json").read_text())["results"][0]["nll_nats"]
     assert abs(json.loads(out)["nll_nats"] - table) <= 0.01
+
+
+def test_boundary_cost_smoke(monkeypatch, tmp_path):
+    result = _run("boundary_cost.py", "--smoke", "--json", str(tmp_path / "b.json"), monkeypatch=monkeypatch)
+    assert result["step_ms_checked"] > 0 and result["step_ms_trusted"] > 0 and result["check_alone_ms"] > 0
