@@ -6,7 +6,9 @@ and IsolationForest (AUC only), on scikit-learn's shipped tables and two synthet
     python benchmarks/tabular.py --smoke
 
 Protocol, the same for every contender:
-  * Split: 70 % train, 30 % test, fixed seed 0 (a contender tunes itself on the training rows only).
+  * Splits: 70 % train, 30 % test, seeds 0..R-1 (``--repeats R``, default 5); a contender tunes itself on the
+    training rows only, with the split's seed. Figures: the mean over the splits ± its standard error over the
+    splits; "minus VAEDensity" is the paired difference of the test log-likelihoods, split by split.
   * Dequantisation: every column is given uniform noise U(-h/2, h/2), h = the smallest gap between its distinct
     values (its resolution: 1 for the digits' counts, 0.1 for iris, 1 for diabetes' two-valued sex column, about
     1e-4 or less for measured columns), with a fixed seed, before the split. A density of values on a grid is
@@ -50,7 +52,8 @@ OUTLIER_SHARE, MIN_OUTLIERS = 0.1, 5
 @dataclass(frozen=True)
 class Scorer:
     """A fitted contender: ``log_density(x)`` in nats per row in the data's units (None: it has no density) and
-    ``anomaly(x)``, higher for more anomalous rows; ``note`` says what it chose (components, bandwidth)."""
+    ``anomaly(x)``, higher for more anomalous rows; ``note`` says what it chose on this split (the mixture's
+    components; the kernel's bandwidth in standard deviations; the VAE's epochs)."""
 
     anomaly: Callable[[np.ndarray], np.ndarray]
     log_density: Callable[[np.ndarray], np.ndarray] | None = None
@@ -81,7 +84,7 @@ def fit_gaussian_mixture(x_train: np.ndarray, seed: int, max_components: int = 1
     fits = [GaussianMixture(k, covariance_type="full", random_state=seed).fit(z(x_train))
             for k in range(1, max_components + 1)]
     best = min(fits, key=lambda g: g.bic(z(x_train)))
-    return _density(lambda x: best.score_samples(z(x)) + jacobian, f"{best.n_components} components")
+    return _density(lambda x: best.score_samples(z(x)) + jacobian, f"{best.n_components}")
 
 
 def fit_kernel_density(x_train: np.ndarray, seed: int, bandwidths=tuple(np.logspace(-1.5, 0.5, 13))) -> Scorer:
@@ -93,14 +96,14 @@ def fit_kernel_density(x_train: np.ndarray, seed: int, bandwidths=tuple(np.logsp
     search = GridSearchCV(KernelDensity(), {"bandwidth": list(bandwidths)},
                           cv=KFold(5, shuffle=True, random_state=seed)).fit(z(x_train))
     kde = search.best_estimator_
-    return _density(lambda x: kde.score_samples(z(x)) + jacobian, f"bandwidth {kde.bandwidth:.3g} (std units)")
+    return _density(lambda x: kde.score_samples(z(x)) + jacobian, f"{kde.bandwidth:.3g}")
 
 
 def fit_isolation_forest(x_train: np.ndarray, seed: int) -> Scorer:
     from sklearn.ensemble import IsolationForest
 
     forest = IsolationForest(n_estimators=200, random_state=seed).fit(x_train)
-    return Scorer(anomaly=lambda x: -forest.score_samples(x), note="200 trees")
+    return Scorer(anomaly=lambda x: -forest.score_samples(x))
 
 
 #: VAEDensity as shipped, one setting for every table (no tuning): d = min(8, max(2, D // 2)).
@@ -112,7 +115,7 @@ def fit_vae(x_train: np.ndarray, seed: int, **settings) -> Scorer:
     options = {**VAE_SETTINGS, **settings}
     options.setdefault("latent_dim", min(8, max(2, x_train.shape[1] // 2)))
     vae = bv.VAEDensity(random_state=seed, **options).fit(x_train)
-    return _density(vae.score_samples, f"d = {vae.latent_dim}, {vae.n_iter_} epochs")
+    return _density(vae.score_samples, f"{vae.n_iter_} epochs")
 
 
 CONTENDERS = [
@@ -201,54 +204,94 @@ def _auc(inlier_scores: np.ndarray, outlier_scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, np.r_[inlier_scores, outlier_scores]))
 
 
-def evaluate_table(table: Table, contenders, say=print) -> list[dict]:
+def evaluate_split(table: Table, contenders, repeat: int) -> list[dict]:
+    """One split (seed ``repeat``): each contender fitted with seed ``repeat`` on the training rows, then the
+    mean log-likelihood of the test rows and the ROC-AUC of test rows against injected outliers."""
     if table.true_log_density is None:
-        x, h = dequantize(table.x)
-        dequantized = [float(v) for v in h]
+        x, _ = dequantize(table.x)
     else:
-        x, dequantized = table.x, None
-    x_train, x_test = split(x)
-    x_out = outliers(x_test)
-    base = {"data": table.name, "n_train": len(x_train), "n_test": len(x_test), "n_outliers": len(x_out),
-            "n_features": x.shape[1], "dequantization_widths": dequantized}
+        x = table.x
+    x_train, x_test = split(x, SPLIT_SEED + repeat)
+    x_out = outliers(x_test, OUTLIER_SEED + repeat)
+    base = {"data": table.name, "repeat": repeat}
     rows = []
     if table.true_log_density is not None:
-        ll = table.true_log_density(x_test)
-        rows.append({**base, "contender": "true density", "log_likelihood_nats": float(ll.mean()),
-                     "log_likelihood_stderr_nats": float(ll.std(ddof=1) / math.sqrt(len(ll))),
-                     "roc_auc": _auc(-ll, -table.true_log_density(x_out)), "fit_seconds": 0.0, "note": "exact"})
+        rows.append({**base, "contender": "true density", "log_likelihood_nats": float(table.true_log_density(x_test).mean()),
+                     "roc_auc": _auc(-table.true_log_density(x_test), -table.true_log_density(x_out)),
+                     "fit_seconds": 0.0, "note": "exact"})
     for contender in contenders:
         start = time.perf_counter()
-        scorer = contender.fit(x_train, 0)
+        scorer = contender.fit(x_train, repeat)
         seconds = time.perf_counter() - start
-        row = {**base, "contender": contender.name, "fit_seconds": seconds, "note": scorer.note,
-               "log_likelihood_nats": None, "log_likelihood_stderr_nats": None,
-               "roc_auc": _auc(scorer.anomaly(x_test), scorer.anomaly(x_out))}
-        if scorer.log_density is not None:
-            ll = scorer.log_density(x_test)
-            row.update(log_likelihood_nats=float(ll.mean()),
-                       log_likelihood_stderr_nats=float(ll.std(ddof=1) / math.sqrt(len(ll))))
-        rows.append(row)
-    for row in rows:
-        ll = "" if row["log_likelihood_nats"] is None else (
-            f"{row['log_likelihood_nats']:10.3f} ± {row['log_likelihood_stderr_nats']:.3f}")
-        say(f"{table.name:14s} {row['contender']:22s} {ll:>20s}   AUC {row['roc_auc']:.3f}   "
-            f"{row['fit_seconds']:6.1f} s   {row['note']}")
+        ll = None if scorer.log_density is None else float(scorer.log_density(x_test).mean())
+        rows.append({**base, "contender": contender.name, "fit_seconds": seconds, "note": scorer.note,
+                     "log_likelihood_nats": ll, "roc_auc": _auc(scorer.anomaly(x_test), scorer.anomaly(x_out))})
     return rows
 
 
-def run(tables: list[Table], contenders=tuple(CONTENDERS), say=print) -> list[dict]:
-    say(f"{'data':14s} {'contender':22s} {'log p(x), nats/example':>22s} {'ROC-AUC':>9s}")
-    rows = []
+def _mean_se(values: list[float]) -> tuple[float, float | None]:
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None)
+
+
+def summarize(table: Table, split_rows: list[dict], reference: str = "VAEDensity") -> list[dict]:
+    """Per contender: the mean over the splits of the test log-likelihood and of the AUC, their standard errors
+    over the splits, and the paired difference to ``reference`` (this contender minus it, split by split)."""
+    x = table.x
+    n_test = len(x) - int(round(TRAIN_SHARE * len(x)))
+    info = {"data": table.name, "n_train": len(x) - n_test, "n_test": n_test,
+            "n_outliers": max(MIN_OUTLIERS, int(round(OUTLIER_SHARE * n_test))), "n_features": x.shape[1],
+            "dequantization_widths": None if table.true_log_density is not None else
+            [resolution(c) for c in x.T]}
+    names = list(dict.fromkeys(r["contender"] for r in split_rows))
+    ref = {r["repeat"]: r["log_likelihood_nats"] for r in split_rows if r["contender"] == reference}
+    out = []
+    for name in names:
+        mine = [r for r in split_rows if r["contender"] == name]
+        row = {**info, "contender": name, "splits": len(mine), "note": "; ".join(dict.fromkeys(r["note"] for r in mine)),
+               "fit_seconds": float(np.mean([r["fit_seconds"] for r in mine]))}
+        row["roc_auc"], row["roc_auc_stderr"] = _mean_se([r["roc_auc"] for r in mine])
+        row["log_likelihood_nats"] = row["log_likelihood_stderr_nats"] = None
+        row["minus_reference_nats"] = row["minus_reference_stderr_nats"] = None
+        if mine[0]["log_likelihood_nats"] is not None:
+            row["log_likelihood_nats"], row["log_likelihood_stderr_nats"] = _mean_se(
+                [r["log_likelihood_nats"] for r in mine])
+            if ref and name != reference:
+                row["minus_reference_nats"], row["minus_reference_stderr_nats"] = _mean_se(
+                    [r["log_likelihood_nats"] - ref[r["repeat"]] for r in mine])
+        out.append(row)
+    return out
+
+
+def _line(row: dict) -> str:
+    def pm(value, se, fmt):
+        return "" if value is None else format(value, fmt) + ("" if se is None else " ± " + format(se, ".3f"))
+
+    return (f"{row['data']:14s} {row['contender']:22s} "
+            f"{pm(row['log_likelihood_nats'], row['log_likelihood_stderr_nats'], '.3f'):>20s} "
+            f"{pm(row['minus_reference_nats'], row['minus_reference_stderr_nats'], '+.3f'):>18s} "
+            f"{pm(row['roc_auc'], row['roc_auc_stderr'], '.3f'):>14s} {row['fit_seconds']:6.1f} s   {row['note']}")
+
+
+def run(tables: list[Table], contenders=tuple(CONTENDERS), repeats: int = 5, say=print) -> tuple[list, list]:
+    """(summary rows, per-split rows); ``say`` gets the table line by line."""
+    say(f"{'data':14s} {'contender':22s} {'log p(x) nats/example':>20s} {'minus VAEDensity':>18s} "
+        f"{'ROC-AUC':>14s}  fit time")
+    summary, splits = [], []
     for table in tables:
-        rows += evaluate_table(table, contenders, say)
-    return rows
+        rows = [r for repeat in range(repeats) for r in evaluate_split(table, contenders, repeat)]
+        splits += rows
+        for row in summarize(table, rows):
+            summary.append(row)
+            say(_line(row))
+    return summary, splits
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="two small tables, tiny settings (seconds)")
     ap.add_argument("--only", action="append", metavar="NAME", help="run only these data sets (repeatable)")
+    ap.add_argument("--repeats", type=int, default=5, help="splits (seeds 0, 1, ...) per data set")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     info = machine.describe()
@@ -257,6 +300,7 @@ def main(argv=None) -> dict:
     tables = [Table(name, _sklearn_table(name)) for name in TABLES] + [correlated_gaussian(), funnel()]
     contenders = CONTENDERS
     if args.smoke:
+        args.repeats = 2
         tables = [Table("iris", _sklearn_table("iris")), correlated_gaussian(n=300, dim=3)]
         small_vae = dict(hidden=(8,), max_iter=3, n_importance_samples=16)
         contenders = [Contender("VAEDensity", lambda x, s: fit_vae(x, s, **small_vae)),
@@ -266,10 +310,10 @@ def main(argv=None) -> dict:
     if args.only:
         tables = [t for t in tables if t.name in args.only]
     with torch.random.fork_rng(devices=[]):
-        rows = run(tables, contenders, say=lambda line: print(line, flush=True))
+        rows, split_rows = run(tables, contenders, args.repeats, say=lambda line: print(line, flush=True))
     minutes = (time.perf_counter() - start) / 60
     print(f"total {minutes:.1f} min", flush=True)
-    result = {"rows": rows, "vae_settings": {k: list(v) if isinstance(v, tuple) else v for k, v in VAE_SETTINGS.items()},
+    result = {"rows": rows, "splits": split_rows, "repeats": args.repeats, "vae_settings": {k: list(v) if isinstance(v, tuple) else v for k, v in VAE_SETTINGS.items()},
               "protocol": {"train_share": TRAIN_SHARE, "split_seed": SPLIT_SEED, "noise_seed": NOISE_SEED,
                            "outlier_seed": OUTLIER_SEED, "outlier_share": OUTLIER_SHARE, "min_outliers": MIN_OUTLIERS},
               "minutes": minutes, "smoke": args.smoke, "date": time.strftime("%Y-%m-%d"),

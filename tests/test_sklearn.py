@@ -209,3 +209,13 @@ def test_bad_data_are_refused_with_a_typed_error_naming_x():
         vae.score_samples(x[:, :2])
     with pytest.raises(ConfigError, match="n_samples"):
         vae.sample(0)
+
+
+def test_the_estimators_are_public_and_scikit_learn_is_imported_only_when_they_are_used():
+    import subprocess
+    import sys
+
+    code = ("import sys, bayesvae; assert 'sklearn' not in sys.modules; "
+            "assert bayesvae.VAEDensity.__module__ == 'bayesvae.sklearn'; "
+            "assert {'VAEDensity', 'VAEOutlierDetector'} <= set(bayesvae.__all__)")
+    subprocess.run([sys.executable, "-c", code], check=True)
