@@ -10,10 +10,11 @@ Protocol, the same for every contender:
     training rows only, with the split's seed. Figures: the mean over the splits ± its standard error over the
     splits; "minus VAEDensity" is the paired difference of the test log-likelihoods, split by split.
   * Dequantisation: every column is given uniform noise U(-h/2, h/2), h = the smallest gap between its distinct
-    values (its resolution: 1 for the digits' counts, 0.1 for iris, 1 for diabetes' two-valued sex column, about
-    1e-4 or less for measured columns), with a fixed seed, before the split. A density of values on a grid is
-    otherwise unbounded (a kernel of bandwidth -> 0 on repeated values); after it, log p of the table is a lower
-    bound on the log-probability of the recorded values, -Σ ln h_j.
+    values (its resolution: 1 for the digits' counts, 0.1 for iris, 0.095 for diabetes' two-valued, pre-scaled
+    sex column, 1e-6 to 1 for recorded measurements), with a fixed seed, before the split. A density of values on
+    a grid is otherwise unbounded (a kernel of bandwidth -> 0 on repeated values); after it, a row's
+    log p + Σ_j ln h_j is, in expectation over the noise, a lower bound on the log-probability of its recorded
+    values.
   * Units: GaussianMixture and KernelDensity are fitted on features standardised with the training rows' mean and
     std, and their log-densities get the Jacobian -Σ ln s_j, as VAEDensity does internally: every figure is a
     log-density of the same (dequantised) data in their own units. The synthetic sets' row "true density" is the
