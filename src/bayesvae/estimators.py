@@ -150,7 +150,8 @@ def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chu
             random numbers: one noise sequence pushed through each example's posterior), and ``"content"``: from
             a seed hashed from ``seed`` and the example's float32 bytes; with either, an example's estimate depends
             on the example alone, not on its row or on the other rows in the call (what a scikit-learn
-            ``score_samples`` must satisfy).
+            ``score_samples`` must satisfy; bit for bit with ``batch_size=1``, otherwise up to the rounding of
+            matrix products over a batch).
     """
     if seeding not in SEEDINGS:
         raise ValueError(f"seeding must be one of {list(SEEDINGS)}, got {seeding!r}")
