@@ -20,6 +20,17 @@ def _run(script: str, *args: str, monkeypatch):
     return module["main"](list(args))
 
 
+def test_tabular_smoke(monkeypatch, tmp_path):
+    """The tabular comparison end to end on iris and a small Gaussian: every contender gives an AUC, the densities a
+    log-likelihood (IsolationForest none), and the synthetic set its exact row."""
+    result = _run("tabular.py", "--smoke", "--json", str(tmp_path / "t.json"), monkeypatch=monkeypatch)
+    rows = result["rows"]
+    assert {r["data"] for r in rows} == {"iris", "gaussian-3d"} and json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert all(0.0 <= r["roc_auc"] <= 1.0 for r in rows)
+    assert all((r["log_likelihood_nats"] is None) == (r["contender"] == "IsolationForest") for r in rows)
+    assert [r["contender"] for r in rows if r["data"] == "gaussian-3d"][0] == "true density"
+
+
 def test_continuous_smoke_on_digits(monkeypatch, tmp_path):
     result = _run("continuous.py", "--smoke", "--json", str(tmp_path / "c.json"), monkeypatch=monkeypatch)
     assert len(result["rows"]) == 6 and json.loads((tmp_path / "c.json").read_text())["rows"]
@@ -51,12 +62,14 @@ def _numbers(text: str) -> set[str]:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "benchmarks" / "results").glob("*.json")))
 def test_readme_figures_come_from_the_json_results(name):
-    """Every figure the README's table row for a result file quotes must be one of that file's numbers."""
+    """Every figure the README's (or a docs page's) table row for a result file quotes must be one of that file's
+    numbers."""
     data = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
     flat = json.dumps(data)
     values = {float(v) for v in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", flat)}
-    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if f"results/{name}" in line]
-    assert rows, f"the README quotes nothing from benchmarks/results/{name}"
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    rows = [line for page in pages for line in page.read_text().splitlines() if f"results/{name}" in line]
+    assert rows, f"neither the README nor docs/*.md quotes anything from benchmarks/results/{name}"
     for row in rows:
         for figure in _numbers(re.sub(r"`[^`]*`", "", row)):  # code spans (commands) are not figures
             decimals = len(figure.split(".")[1])

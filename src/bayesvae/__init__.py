@@ -37,6 +37,18 @@ from .runs import load
 
 __version__ = "0.1.0"
 
+#: Exported lazily: importing scikit-learn costs the CLI's start-up about half a second.
+_SKLEARN_NAMES = ("VAEDensity", "VAEOutlierDetector")
+
+
+def __getattr__(name: str):
+    if name in _SKLEARN_NAMES:
+        from . import sklearn as _sklearn_estimators
+
+        return getattr(_sklearn_estimators, name)
+    raise AttributeError(f"module 'bayesvae' has no attribute {name!r}")
+
+
 __all__ = [
     "ModelConfig", "TrainConfig",
     "BayesVAEError", "CheckpointCorruptError", "CheckpointError", "CheckpointNotFoundError", "ConfigError",
@@ -51,5 +63,6 @@ __all__ = [
     "DiagonalGaussian", "DiagonalNormal", "Posterior", "VonMisesFisherPosterior", "kl_per_dimension",
     "Prior", "StandardNormal", "StandardNormalPrior", "UniformSpherePrior", "UniformSphere", "VonMisesFisher",
     "load",
+    "VAEDensity", "VAEOutlierDetector",
     "__version__",
 ]

@@ -13,6 +13,7 @@ the gathered result is the single-process result.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Iterator
 
@@ -27,7 +28,7 @@ from .objectives import _check_x as _check_tensor
 from .posteriors import kl_per_dimension
 
 __all__ = ["estimate_log_likelihood", "bits_per_dim", "active_units", "per_dimension_kl", "eval_mode", "evaluate",
-           "example_latents", "model_device", "mutual_information"]
+           "example_latents", "model_device", "mutual_information", "SEEDINGS"]
 
 #: Elements of decoder output per chunk when no chunk size is given: 4 MiB of float32 per tensor, so that the
 #: log-density passes over the decoder's output run from cache (measured: 1.5x faster than 64 MiB chunks).
@@ -125,6 +126,22 @@ def _estimate_batch(model, x: torch.Tensor, num_samples: int, chunk_size: int, s
     return torch.logsumexp(lse_per_chunk, dim=0) - math.log(num_samples)
 
 
+#: How ``estimate_log_likelihood`` seeds each example's draws: by row (the CLI's default), one common seed, or
+#: a seed from the example's content.
+SEEDINGS = ("index", "common", "content")
+
+
+def _example_seeds(xb: torch.Tensor, seed: int, offset: int, seeding: str) -> list[int]:
+    """The seed of each example of a batch whose first example is row ``offset`` of the data."""
+    if seeding == "index":
+        return [seed + offset + i for i in range(xb.shape[0])]
+    if seeding == "common":
+        return [seed] * xb.shape[0]
+    rows = xb.detach().to("cpu", torch.float32).reshape(xb.shape[0], -1).numpy()
+    return [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=7, key=(seed % 2**64).to_bytes(8, "little")
+                                           ).digest(), "little") for row in rows]
+
+
 @torch.no_grad()
 def _elbo_terms_per_example(model, x: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The one-sample ELBO's terms (reconstruction log q(x|z), KL in closed form where the pair has one), each
@@ -147,7 +164,7 @@ def _elbo_terms_per_example(model, x: torch.Tensor, seeds: list[int]) -> tuple[t
 @torch.no_grad()
 def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chunk_size: int | None = None,
                             batch_size: int | None = 100, seed: int | None = None, *,
-                            distributed: bool = False) -> torch.Tensor:
+                            distributed: bool = False, seeding: str = "index") -> torch.Tensor:
     """Importance-sampled log p(x) per example, Tensor[B] (float64, nats), with the posterior as proposal:
 
         log p(x) ≈ logsumexp_{k=1..K} [log q(x|z_k) + log q(z_k) - log p(z_k|x)] - log K,   z_k ~ p(z|x)
@@ -160,7 +177,16 @@ def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chu
             ``torch.manual_seed`` makes the estimate reproducible.
         distributed: under torchrun, every rank estimates its shard and every rank returns all B values (every
             rank must call it); a no-op for one process.
+        seeding: which seed example i draws from (:data:`SEEDINGS`). ``"index"`` (the default): seed + i, so the
+            estimate of an example depends on its row. ``"common"``: every example draws from ``seed`` (common
+            random numbers: one noise sequence pushed through each example's posterior), and ``"content"``: from
+            a seed hashed from ``seed`` and the example's float32 bytes; with either, an example's estimate depends
+            on the example alone, not on its row or on the other rows in the call (what a scikit-learn
+            ``score_samples`` must satisfy; bit for bit with ``batch_size=1``, otherwise up to the rounding of
+            matrix products over a batch).
     """
+    if seeding not in SEEDINGS:
+        raise ValueError(f"seeding must be one of {list(SEEDINGS)}, got {seeding!r}")
     check_num_samples(num_samples)
     x = _check_x(x)
     if chunk_size is not None:
@@ -184,7 +210,7 @@ def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chu
         offset = first
         for xb in _batches(x, batch_size, device, model):
             c = chunk_size or max(1, min(num_samples, _CHUNK_ELEMENTS // max(1, xb[0].numel() * xb.shape[0])))
-            out.append(_estimate_batch(model, xb, num_samples, c, [seed + offset + i for i in range(xb.shape[0])]))
+            out.append(_estimate_batch(model, xb, num_samples, c, _example_seeds(xb, seed, offset, seeding)))
             offset += xb.shape[0]
     ll = torch.cat(out).cpu()
     return ranks.gather_rows(ll, n) if distributed else ll
