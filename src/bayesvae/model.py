@@ -120,6 +120,11 @@ class VAE(nn.Module):
         self._checked = (weakref.ref(x), x._version, values)
         return x
 
+    def __getstate__(self) -> dict:  # pickle and deepcopy: the memo of the last checked tensor is a weak reference
+        state = dict(self.__dict__)
+        state["_checked"] = (None, None, False)
+        return state
+
     @contextlib.contextmanager
     def trusted_inputs(self) -> Iterator[None]:
         """Within: data the library prepared itself (training); :meth:`check_data` checks only their shape."""
