@@ -1045,6 +1045,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _print(f"error: {err}")
         return EXIT_USAGE
+    except RuntimeError as err:
+        if ranks.world_size_from_env() > 1 and _is_lost_peer(err) and not args.debug:
+            _lost_rank(args, err)
+            return EXIT_IO
+        raise
     except OSError as err:  # a full disk, an I/O error: the message names the path; nothing half-written stays
         if isinstance(err, BrokenPipeError):
             return _quiet_broken_pipe()
@@ -1063,6 +1068,30 @@ def main(argv: list[str] | None = None) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
         ranks.shutdown()
+
+
+#: Words of gloo's and NCCL's errors when another process of the job is gone.
+_LOST_PEER_WORDS = ("connection closed by peer", "connection reset", "broken pipe", "socket timeout", "timed out",
+                    "nccl", "gloo", "no route to host", "connection refused")
+
+
+def _is_lost_peer(err: BaseException) -> bool:
+    text = str(err).lower()
+    return type(err).__name__ in ("DistBackendError", "DistNetworkError") or any(w in text for w in _LOST_PEER_WORDS)
+
+
+def _lost_rank(args, err: BaseException) -> None:
+    """One rank of a torchrun job lost its peers (one was killed, or its machine went away): say so in two lines,
+    with the last committed checkpoint and how to continue (the survivor cannot checkpoint without its peers)."""
+    run = getattr(args, "resume", None) or getattr(args, "out", None) or getattr(args, "run_dir", None)
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    where = ""
+    if args.command == "train" and run and Path(run).is_dir():
+        committed = ckpt_list(run)
+        where = (f"; the last committed checkpoint is {committed[-1]}: continue with `torchrun ... -m bayesvae train "
+                 f"--resume {run}`" if committed else f"; {run} holds no committed checkpoint yet: start again")
+    print(f"error (rank {ranks.rank_from_env()}): lost contact with another process of this torchrun job (one was "
+          f"killed or failed; torchrun names it): {first}{where}", file=sys.stderr, flush=True)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
