@@ -412,7 +412,7 @@ def _train(args) -> int:
     best = f"; best validation loss {st.best_valid_loss:.3f} nats" if st.history and "valid_loss" in st.history[-1] else ""
     why = ""
     if st.stopped_early:  # say which rule ended the run before --epochs
-        why = (f" (time budget of {trainer.config.max_seconds / 60:g} min used)" if trainer.budget_spent
+        why = (f" (time budget of {trainer.config.max_seconds / 60:.3g} min used)" if trainer.budget_spent
                else " (stopped early: no validation improvement for --patience epochs)")
     _print(f"done: {st.epoch} epochs, {st.global_step} steps{best}{why}; run directory {trainer.run_dir}")
     return 0

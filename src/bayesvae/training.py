@@ -277,9 +277,12 @@ class Trainer:
 
     @property
     def budget_spent(self) -> bool:
-        """The time budget is used up: its plan's steps are done, or its seconds are spent."""
+        """The time budget ended the run: its plan's steps (fewer than the epoch cap's) are done, or its seconds are
+        spent. A plan as long as ``epochs`` allows ends with the epoch cap, which is no budget's doing."""
+        cap = self.config.epochs * self.steps_per_epoch
         return bool(self.config.max_seconds
-                    and (self._budget_reached() or self.state.train_seconds >= self.config.max_seconds))
+                    and ((self._budget_reached() and self.state.planned_steps < cap)
+                         or self.state.train_seconds >= self.config.max_seconds))
 
     def _time_step(self, seconds: float, elapsed: float) -> None:
         """Account one step's time and, with a budget, re-estimate how many steps fit: after the warm-up, then every
