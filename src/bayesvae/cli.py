@@ -268,9 +268,10 @@ def _on_ready(trainer, dataset, likelihood) -> None:
         _print(f"processes: {ranks.world_size()} ({'NCCL' if trainer.device.type == 'cuda' else 'gloo'}); global "
                f"batch {trainer.config.batch_size} = {ranks.world_size()} x {trainer.config.batch_size // ranks.world_size()}")
     if trainer.world_size_changed:
-        _print(f"warning: this run was written by a different number of processes; continuing from step "
-               f"{trainer.state.global_step} with {ranks.world_size()}: the data order across processes and the random "
-               "draws changed, so it will not match an uninterrupted run bit for bit")
+        _print(f"note: this run was written by a different number of processes; continuing from step "
+               f"{trainer.state.global_step} with {ranks.world_size()}: the data order and the random draws are those "
+               "of the uninterrupted run (every step's draws come from (seed, step)), so it matches it up to the order "
+               "of float sums, not bit for bit (a vmf posterior's draws stay per process)")
     choice = trainer.run_state.get("precision_choice")
     if choice:
         _print(f"precision auto: {choice['chosen']} ({choice['reason']})")
