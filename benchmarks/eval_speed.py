@@ -21,8 +21,7 @@ from torch.distributions import Bernoulli, Normal
 
 import bayesvae as bv
 from bayesvae import data as bdata
-from bayesvae import estimators
-from bayesvae import runs
+from bayesvae import estimators, runs
 from bayesvae.objectives import TrainingObjective
 from bayesvae.training import Trainer
 

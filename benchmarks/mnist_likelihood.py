@@ -27,7 +27,7 @@ import bayesvae as bv
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (benchmarks/machine.py)
 from bayesvae import runs
-from bayesvae.config import from_dict, TrainConfig, to_dict
+from bayesvae.config import TrainConfig, from_dict, to_dict
 
 
 def train_preset(preset_name: str, minutes: float, out: str, data_dir: str, limit: int | None = None,

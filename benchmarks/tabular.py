@@ -42,9 +42,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import machine  # noqa: E402  (benchmarks/machine.py)
-
 import bayesvae as bv  # noqa: E402
+import machine  # noqa: E402  (benchmarks/machine.py)
 
 TRAIN_SHARE, SPLIT_SEED, NOISE_SEED, OUTLIER_SEED = 0.7, 0, 1, 2
 OUTLIER_SHARE, MIN_OUTLIERS = 0.1, 5

@@ -29,12 +29,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import machine  # noqa: E402  (benchmarks/machine.py)
-from mnist_likelihood import evaluate_test_split  # noqa: E402  (the table's protocol, shared)
-
 import bayesvae as bv  # noqa: E402
+import machine  # noqa: E402  (benchmarks/machine.py)
 from bayesvae import runs  # noqa: E402
 from bayesvae.config import TrainConfig, to_dict  # noqa: E402
+from mnist_likelihood import evaluate_test_split  # noqa: E402  (the table's protocol, shared)
 
 ANCHORS = {"gaussian": 93.84, "vmf (learned κ)": 93.16}
 HIDDEN, LATENT = (256, 128), 10

@@ -390,8 +390,6 @@ def faults(root: Path) -> dict:
 def reader(root: Path) -> dict:
     """``evaluate``-style reads (resolve ``last`` and load it) in a loop while a child trains and commits a
     checkpoint every step (each commit rotates the previous one away)."""
-    from bayesvae import runs
-
     log = root / "children.log"
     run = root / "run"
     assert child([*train_argv(1, limit=2000), "--out", str(run)], log) == ("exit", 0)

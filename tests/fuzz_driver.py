@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import pickle
 import random
 import resource

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 from mnist_path import MNIST_DIR as MNIST
+
+ROOT = Path(__file__).resolve().parents[1]
 needs_mnist = pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").exists(), reason="MNIST files not found")
 
 

@@ -30,9 +30,9 @@ from PIL import Image
 import bayesvae
 from bayesvae import checkpoint as ckpt
 from bayesvae.cli import main
+from mnist_path import MNIST_DIR
 
 SMALL = ["--hidden", "32", "--latent-dim", "4", "--batch-size", "64"]
-from mnist_path import MNIST_DIR
 N_TEST_DIGITS = 180
 
 

@@ -19,8 +19,8 @@ import torch
 
 from bayesvae import data as D
 from bayesvae.errors import ConfigError, DataValidationError
-
 from mnist_path import MNIST_DIR
+
 MNIST_FILES = [f"{s}.gz" for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                                    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
 needs_mnist = pytest.mark.skipif(not all((MNIST_DIR / f).is_file() for f in MNIST_FILES),

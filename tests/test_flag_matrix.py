@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bayesvae import checkpoint as ckpt
 from bayesvae import cli, flags
 from bayesvae import data as bdata
-from bayesvae import checkpoint as ckpt
 from mnist_path import MNIST_DIR
 
 DROP = object()  # in the options under test: remove this option of the reference command

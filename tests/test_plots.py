@@ -17,8 +17,6 @@ from bayesvae.grids import make_grid  # noqa: E402
 from plot_runs import TAB_SCALE, TAB_SHIFT, get_run  # noqa: E402
 
 
-
-
 @pytest.fixture(scope="module")
 def d2(tmp_path_factory):
     return plots.context(get_run("digits2", tmp_path_factory))

@@ -18,8 +18,16 @@ from torch.distributions import kl_divergence
 import bayesvae as bv
 from bayesvae.cli import main
 from bayesvae.errors import ConfigError
-from bayesvae.sphere import (UniformSphere, VonMisesFisher, log_bessel_iv, log_sphere_area, log_vmf_normalizer,
-                             mean_resultant_length, sample_vmf_w, vmf_kl_to_uniform)
+from bayesvae.sphere import (
+    UniformSphere,
+    VonMisesFisher,
+    log_bessel_iv,
+    log_sphere_area,
+    log_vmf_normalizer,
+    mean_resultant_length,
+    sample_vmf_w,
+    vmf_kl_to_uniform,
+)
 
 DIMS, KAPPAS = (2, 3, 10, 64), (1.0, 10.0, 100.0, 1000.0)
 

@@ -10,10 +10,10 @@ from .errors import (
     CheckpointCorruptError,
     CheckpointError,
     CheckpointNotFoundError,
-    InputTypeError,
     ConfigError,
     DataValidationError,
     IncompatibleCheckpointError,
+    InputTypeError,
     NonFiniteError,
     OutputExistsError,
     UnsafeCheckpointError,
@@ -32,8 +32,8 @@ from .networks import MLP, ConvDecoder, ConvEncoder
 from .objectives import ELBOTerms, elbo, elbo_terms, iwae_bound, log_importance_weights
 from .posteriors import DiagonalGaussian, DiagonalNormal, Posterior, VonMisesFisherPosterior, kl_per_dimension
 from .priors import Prior, StandardNormal, StandardNormalPrior, UniformSpherePrior
-from .sphere import UniformSphere, VonMisesFisher
 from .runs import load
+from .sphere import UniformSphere, VonMisesFisher
 
 __version__ = "0.1.0"
 

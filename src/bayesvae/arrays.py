@@ -70,7 +70,7 @@ class Rows:
     def raw_dtype(self) -> np.dtype:
         return self.array.dtype
 
-    def _view(self, index: np.ndarray) -> "Rows":
+    def _view(self, index: np.ndarray) -> Rows:
         return Rows(self.array, index, self.layout)
 
     def read(self, rows: np.ndarray) -> torch.Tensor:

@@ -57,7 +57,8 @@ class Progress(Callback):  # rank 0 alone reports (the epoch means are the globa
             return
         self.last = now
         st = trainer.state
-        text = _loss_text(trainer, metrics["loss"], metrics.get("reconstruction_nll", math.nan), metrics.get("kl", math.nan))
+        text = _loss_text(trainer, metrics["loss"], metrics.get("reconstruction_nll", math.nan),
+                          metrics.get("kl", math.nan))
         self.stream.write(f"\repoch {st.epoch + 1}/{trainer.config.epochs} step {st.step_in_epoch}/"
                           f"{trainer.steps_per_epoch} {text} {metrics['examples_per_second']:.0f} ex/s   ")
         self.stream.flush()
@@ -156,7 +157,8 @@ def _load_run(args, **kw):
 _FLAG_OF_FIELD = {"epochs": "--epochs", "batch_size": "--batch-size", "learning_rate": "--lr",
                   "lr_schedule": "--lr-schedule", "lr_decay": "--lr-decay", "objective": "--objective",
                   "samples": "--samples", "kl_warmup_epochs": "--kl-warmup", "early_stopping_patience": "--patience",
-                  "seed": "--seed", "checkpoint_every_steps": "--checkpoint-every", "nonfinite_policy": "--on-nonfinite",
+                  "seed": "--seed", "checkpoint_every_steps": "--checkpoint-every",
+                  "nonfinite_policy": "--on-nonfinite",
                   "max_seconds": "--max-minutes", "precision": "--precision", "free_bits": "--free-bits"}
 
 
@@ -240,8 +242,9 @@ def _on_ready(trainer, dataset, likelihood) -> None:
             "dequantize": " (uniform dequantisation of the pixel levels)"}.get(how, "")
     options = trainer.run_state.get("model_config", {}).get("likelihood_options") or {}
     if likelihood == "gaussian-fixed":
-        from .likelihoods import GaussianFixedVariance
         import inspect
+
+        from .likelihoods import GaussianFixedVariance
         default = inspect.signature(GaussianFixedVariance.__init__).parameters["sigma"].default
         note = (f" with σ = {options['sigma']:g}" if "sigma" in options else
                 f" with σ = {default:g} (the default; set it with --sigma)") + note
@@ -266,7 +269,8 @@ def _on_ready(trainer, dataset, likelihood) -> None:
                "shown is still the true negative ELBO")
     if ranks.world_size() > 1:
         _print(f"processes: {ranks.world_size()} ({'NCCL' if trainer.device.type == 'cuda' else 'gloo'}); global "
-               f"batch {trainer.config.batch_size} = {ranks.world_size()} x {trainer.config.batch_size // ranks.world_size()}")
+               f"batch {trainer.config.batch_size} = {ranks.world_size()} x "
+               f"{trainer.config.batch_size // ranks.world_size()}")
     if trainer.world_size_changed:
         _print(f"note: this run was written by a different number of processes; continuing from step "
                f"{trainer.state.global_step} with {ranks.world_size()}: the data order and the random draws are those "
@@ -347,8 +351,6 @@ def _resume(args, callbacks, device):
 
 
 def cmd_train(args) -> int:
-    from . import runs
-
     _refuse(args, **_train_context(args))
     try:
         return _train(args)
@@ -410,7 +412,8 @@ def _train(args) -> int:
         except Exception as err:  # the trained model is safe; a report failure must not fail the run
             _print(f"warning: could not write the report ({err}); try `bayesvae report {trainer.run_dir}`")
     st = trainer.state
-    best = f"; best validation loss {st.best_valid_loss:.3f} nats" if st.history and "valid_loss" in st.history[-1] else ""
+    best = (f"; best validation loss {st.best_valid_loss:.3f} nats"
+            if st.history and "valid_loss" in st.history[-1] else "")
     why = ""
     if st.stopped_early:  # say which rule ended the run before --epochs
         why = (f" (time budget of {trainer.config.max_seconds / 60:.3g} min used)" if trainer.budget_spent
@@ -430,7 +433,6 @@ def _split_data(run, split: str):
 
 
 def cmd_evaluate(args) -> int:
-    from . import runs
     from .estimators import evaluate
 
     if args.limit is not None and args.limit <= 0:
@@ -487,7 +489,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from . import runs
     from .grids import save_grid_png
 
     out = Path(args.out)
@@ -535,7 +536,6 @@ def _save_examples(out: Path, x, run, overwrite: bool, save_grid_png, index=None
 
 
 def cmd_reconstruct(args) -> int:
-    from . import runs
     from .grids import save_grid_png
 
     out = Path(args.out)
@@ -562,8 +562,6 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_encode(args) -> int:
-    from . import runs
-
     out = Path(args.out)
     _check_out(out, args.overwrite, (".npy", ".csv"))
     run = _load_run(args, device=_device(args))
@@ -597,7 +595,8 @@ def cmd_score(args) -> int:
     _refuse(args, source="data" if args.data else "split", data=bdata.source_kind(args.data) if args.data else None)
     if args.data:  # new data to score: --data-dir, if given, is where those (MNIST) files are
         if args.data_dir is not None and args.data != "mnist":
-            raise ConfigError(f"--data-dir is the directory of the MNIST files; it has no effect with --data {args.data}")
+            raise ConfigError("--data-dir is the directory of the MNIST files; "
+                              f"it has no effect with --data {args.data}")
         run = runs.load_run(args.run_dir, args.checkpoint, device=_device(args), say=_print)
         x, rows = run.new_data(args.data, data_dir=args.data_dir)
     else:
@@ -644,7 +643,7 @@ def cmd_data_info(args) -> int:
 
 # ---- pictures and report (plots.py, report.py) ------------------------------------------------------------------
 def cmd_plot(args) -> int:
-    from . import plots, runs
+    from . import plots
 
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "plots" / f"{args.kind}.png"
@@ -719,8 +718,9 @@ def _add_picture_commands(sub) -> None:
                        description="Draw one picture of a trained run. Kinds: latent (test posterior means by "
                        "label; PCA beyond 2-D), manifold (decoded lattice of normal quantiles), samples, "
                        "reconstructions, interpolation, traversals, kl (per-dimension KL and active units), curves "
-                       "(learning curves), histograms (tabular data: data vs model per feature), sphere (vmf latents: the "
-                       "latent circle or the two angles of S^2 with decoded images along them; manifold, traversals "
+                       "(learning curves), histograms (tabular data: data vs model per feature), "
+                       "sphere (vmf latents: the latent circle or the two angles of S^2 with decoded images along "
+                       "them; manifold, traversals "
                        "and kl are not drawn on a sphere).")
     _run_dir_args(p)
     p.add_argument("kind", choices=list(KINDS), metavar="KIND", help=f"one of: {', '.join(KINDS)}")
@@ -757,7 +757,8 @@ def _device_arg(p) -> None:
 
 def _run_dir_args(p, checkpoint_default: str = "best", *, reads_data: bool = True, run_data: bool = True) -> None:
     p.add_argument("run_dir", help="a run directory written by `bayesvae train`")
-    p.add_argument("--checkpoint", default=checkpoint_default, help="best, last, or a step directory (default: %(default)s)")
+    p.add_argument("--checkpoint", default=checkpoint_default,
+                   help="best, last, or a step directory (default: %(default)s)")
     if not reads_data:  # sample and export never read data: a --data-dir there would be ignored, so it is refused
         return
     p.add_argument("--data-dir", help="where the run's MNIST files are now (default: where they were in training); "
@@ -832,7 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
                    help="a NaN/inf loss: stop with the last good checkpoint (default), or skip the step")
-    p.add_argument("--max-minutes", type=float, default=0.0, help="training time budget in minutes (0: none): the steps that fit are estimated from the measured "
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="training time budget in minutes (0: none): the steps that fit are estimated from the measured "
                         "step time and the run ends there, with a cosine schedule laid over them; --epochs stays a "
                         "cap")
     p.add_argument("--precision", choices=["float32", "bf16", "fp16", "auto"], default="float32",
@@ -907,7 +909,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "instead of a split. The output's index is each example's 0-based row "
                                            "in its file")
             p.add_argument("--samples", type=int, default=1000, help="K importance samples (default: %(default)s)")
-            p.add_argument("--seed", type=_seed, default=0, help="seed of the importance samples (default: %(default)s)")
+            p.add_argument("--seed", type=_seed, default=0,
+                           help="seed of the importance samples (default: %(default)s)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("export", help="write a run's model without optimiser state, for publishing")

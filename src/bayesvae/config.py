@@ -58,7 +58,8 @@ def _positive_int(name: str, value) -> None:
 def _positive_float(name: str, value, *, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"option {name!r} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+        raise ConfigError(f"option {name!r} must be a {'non-negative' if allow_zero else 'positive'} number, "
+                          f"got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ class ModelConfig:
         if self.architecture not in ("mlp", "conv"):
             raise ConfigError(f"option 'architecture' must be 'mlp' or 'conv', got {self.architecture!r}")
         if self.architecture == "conv" and len(self.data_shape) != 3:
-            raise ConfigError(f"architecture 'conv' needs image data [C, H, W], got data_shape {self.data_shape}; use 'mlp'")
+            raise ConfigError(f"architecture 'conv' needs image data [C, H, W], got data_shape {self.data_shape}; "
+                              "use 'mlp'")
         if not isinstance(self.standardized, bool):
             raise ConfigError(f"option 'standardized' must be true or false, got {self.standardized!r}")
         if not isinstance(self.likelihood_options, dict):

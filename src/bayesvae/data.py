@@ -365,7 +365,7 @@ def _check_image_chunks(a: np.ndarray, where: str) -> tuple[str, bool]:
 
 
 def _lazy_npy(path: Path, a: np.ndarray, *, seed: int, valid_fraction: float, test_fraction: float,
-              standardize: bool | None, limit: int | None) -> "Dataset":
+              standardize: bool | None, limit: int | None) -> Dataset:
     """A large image stack that stays on disk: memory-mapped, checked in chunks, split into row lists."""
     where = str(path)
     if standardize:
@@ -594,7 +594,8 @@ def _load_mnist(data_dir: str | None, limit: int | None) -> Dataset:
              "valid": (train_x[_MNIST_TRAIN:], train_y[_MNIST_TRAIN:]), "test": (test_x, test_y)}
     tensors = {s: (torch.from_numpy(x[:limit].astype(np.float32)[:, None] / 255.0),  # slice first: cheap limit
                    torch.from_numpy(y[:limit].astype(np.int64))) for s, (x, y) in parts.items()}
-    rows = {"train": np.arange(_MNIST_TRAIN)[:limit], "valid": np.arange(_MNIST_TRAIN, _MNIST_TRAIN + _MNIST_VALID)[:limit],
+    rows = {"train": np.arange(_MNIST_TRAIN)[:limit],
+            "valid": np.arange(_MNIST_TRAIN, _MNIST_TRAIN + _MNIST_VALID)[:limit],
             "test": np.arange(10_000)[:limit]}  # train/valid: rows of the train file; test: rows of t10k
     return Dataset("mnist", "image", tensors["train"][0], tensors["valid"][0], tensors["test"][0],
                    tensors["train"][1], tensors["valid"][1], tensors["test"][1],

@@ -21,8 +21,9 @@ from .errors import BayesVAEError, ConfigError
 
 T = TypeVar("T")
 
-__all__ = ["resolve_device", "set_deterministic", "available_devices", "init_from_env", "shutdown", "is_distributed", "rank",
-           "world_size", "world_size_from_env", "rank_from_env", "is_main", "log", "barrier", "run_on_main", "PeerFailedError", "all_reduce_flags", "all_reduce_flag", "all_reduce_sum", "shard", "gather_rows",
+__all__ = ["resolve_device", "set_deterministic", "available_devices", "init_from_env", "shutdown", "is_distributed",
+           "rank", "world_size", "world_size_from_env", "rank_from_env", "is_main", "log", "barrier", "run_on_main",
+           "PeerFailedError", "all_reduce_flags", "all_reduce_flag", "all_reduce_sum", "shard", "gather_rows",
            "gather_tensors", "broadcast_int", "DEVICE_CHOICES", "DEFAULT_TIMEOUT_S"]
 
 DEVICE_CHOICES = "auto|cpu|cuda|cuda:N|mps"

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from . import distributed as ranks
-from .errors import DataValidationError, InputTypeError
 from .arrays import as_tensor
+from .errors import DataValidationError, InputTypeError
 from .objectives import _check_event, check_num_samples, checked_data
 from .objectives import _check_x as _check_tensor
 from .posteriors import kl_per_dimension

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions import Bernoulli as _TorchBernoulli
+from torch.distributions import Distribution, Independent, Normal, constraints
 
 __all__ = [
     "Likelihood",
@@ -175,7 +175,7 @@ class _SharedScaleNormal(Distribution):
     support = constraints.real
     has_rsample = True
 
-    def __init__(self, loc: torch.Tensor, event_ndim: int, owner: "GaussianSharedVariance"):
+    def __init__(self, loc: torch.Tensor, event_ndim: int, owner: GaussianSharedVariance):
         self.loc, self._owner, self._event_ndim = loc, owner, event_ndim
         super().__init__(loc.shape[: loc.dim() - event_ndim], loc.shape[loc.dim() - event_ndim :], validate_args=False)
 

@@ -54,7 +54,8 @@ class VAE(nn.Module):
                  config: ModelConfig | None = None, data_log_scale: torch.Tensor | None = None):
         super().__init__()
         if not isinstance(likelihood, Likelihood):
-            raise TypeError(f"likelihood must be a bayesvae Likelihood (e.g. bv.Bernoulli()), got {type(likelihood).__name__}")
+            raise TypeError("likelihood must be a bayesvae Likelihood (e.g. bv.Bernoulli()), "
+                            f"got {type(likelihood).__name__}")
         self.encoder, self.decoder = encoder, decoder
         self.likelihood_head = likelihood
         self.posterior_head = posterior if posterior is not None else DiagonalGaussian()
@@ -115,7 +116,8 @@ class VAE(nn.Module):
                 where = tuple(int(i) for i in off.nonzero()[0])
                 raise DataValidationError(
                     f"{name} holds {int(off.sum())} value(s) off the support of the {self.likelihood_head.name} "
-                    f"likelihood ({self.likelihood_head.support_text}), the first at index {where}: {float(x[where]):g}; its log-likelihood "
+                    f"likelihood ({self.likelihood_head.support_text}), the first at index {where}: "
+                    f"{float(x[where]):g}; its log-likelihood "
                     f"would be no density of these data. {self.likelihood_head.support_hint}".rstrip())
         self._checked = (weakref.ref(x), x._version, values)
         return x

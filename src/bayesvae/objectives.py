@@ -51,7 +51,8 @@ def checked_data(model, x, name: str = "x", *, values: bool = True) -> torch.Ten
 
 def _check_pair(q: Distribution, p_x: Distribution, x: torch.Tensor) -> None:
     if tuple(q.batch_shape) != (x.shape[0],):
-        raise ValueError(f"posterior(x) has batch_shape {tuple(q.batch_shape)}, expected ({x.shape[0]},) for x of shape {tuple(x.shape)}")
+        raise ValueError(f"posterior(x) has batch_shape {tuple(q.batch_shape)}, expected ({x.shape[0]},) "
+                         f"for x of shape {tuple(x.shape)}")
     _check_event(p_x, x)
 
 

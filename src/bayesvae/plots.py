@@ -11,7 +11,8 @@ examples), ``traversals`` (one latent dimension at a time, sorted by KL), ``kl``
 ``curves`` (learning curves from ``metrics.jsonl``), for tabular data ``histograms`` (data vs model draws
 per feature, in the user's units) and, for a latent on the unit sphere (vmf), ``sphere`` (d = 2: the latent circle
 coloured by label and the decoded images along the angle; d ≥ 3: azimuth and elevation). On a sphere ``manifold``,
-``traversals`` and ``kl`` are never drawn (they assume z in R^d) and ``interpolation`` follows great circles.  Image kinds refuse tabular runs and ``histograms`` refuses image runs with a
+``traversals`` and ``kl`` are never drawn (they assume z in R^d) and ``interpolation`` follows great circles.
+Image kinds refuse tabular runs and ``histograms`` refuses image runs with a
 :class:`~bayesvae.errors.DataValidationError` that lists the kinds that apply.
 
 matplotlib is imported lazily and only through its object-oriented API with the Agg canvas: no pyplot state, no
@@ -160,9 +161,7 @@ class PlotContext:
     # ---- cached statistics
     @torch.no_grad()
     def encode(self, x: torch.Tensor | None = None) -> torch.Tensor:
-        from .estimators import eval_mode
-
-        from .estimators import _batches, model_device
+        from .estimators import _batches, eval_mode, model_device
 
         x = self.x if x is None else x
         with eval_mode(self.model):
@@ -171,9 +170,7 @@ class PlotContext:
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        from .estimators import eval_mode
-
-        from .estimators import _batches, model_device
+        from .estimators import _batches, eval_mode, model_device
 
         with eval_mode(self.model):
             return torch.cat([self.model.decode(zb).cpu() for zb in _batches(z, 1024, model_device(self.model))])

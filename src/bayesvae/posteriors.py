@@ -59,7 +59,8 @@ class DiagonalNormal(Distribution):
 
     def __init__(self, loc: torch.Tensor, logvar: torch.Tensor):
         if loc.shape != logvar.shape or loc.dim() < 1:
-            raise ValueError(f"loc and logvar must have the same shape [..., d], got {tuple(loc.shape)} and {tuple(logvar.shape)}")
+            raise ValueError(f"loc and logvar must have the same shape [..., d], got {tuple(loc.shape)} "
+                             f"and {tuple(logvar.shape)}")
         self.loc, self.logvar = loc, logvar
         super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=False)
 

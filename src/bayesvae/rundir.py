@@ -61,7 +61,7 @@ class RunLock:
         self.key = str(self.run_dir.resolve())
         self.path = self.run_dir / LOCK_NAME
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         if _HELD.get(self.key):
             _HELD[self.key] += 1
             return self
@@ -119,7 +119,7 @@ class RunLock:
             except OSError:
                 pass
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -22,8 +22,8 @@ import torch
 
 from . import checkpoint as ckpt
 from . import data as bdata
-from . import draws, rundir
 from . import distributed as ranks
+from . import draws, rundir
 from .arrays import PreparedRows, Rows, as_tensor
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, InputTypeError, OutputExistsError
@@ -119,7 +119,8 @@ def prepare_data(dataset: bdata.Dataset, likelihood: str) -> PreparedData:
     how = preparation_for(dataset, likelihood)
     if isinstance(dataset.valid, Rows) and how != "none":  # on disk: the fixed draws are made batch by batch
         levels = _levels(dataset) if how == "dequantize" else None
-        batch = (lambda x: bdata.binarize(x, validate=False)) if how == "binarize" else (lambda x: _dequantize(x, levels))
+        batch = ((lambda x: bdata.binarize(x, validate=False)) if how == "binarize"
+                 else (lambda x: _dequantize(x, levels)))
         return PreparedData(dataset.train, PreparedRows(dataset.valid, how, VALID_SEED, levels),
                             PreparedRows(dataset.test, how, TEST_SEED, levels), batch, how, levels,
                             fixed_transform=lambda x, seed: PreparedRows(x, how, seed, levels))
@@ -147,7 +148,8 @@ def load_preset(name: str) -> dict:
     """A named preset (a JSON file shipped in ``bayesvae/presets``): {"description", "model", "train"}, validated."""
     from importlib import resources
 
-    names = sorted(p.name[:-5] for p in resources.files("bayesvae").joinpath("presets").iterdir() if p.name.endswith(".json"))
+    names = sorted(p.name[:-5] for p in resources.files("bayesvae").joinpath("presets").iterdir()
+                   if p.name.endswith(".json"))
     if name not in names:
         raise ConfigError(f"unknown preset {name!r}; choose one of {names}")
     preset = json.loads(resources.files("bayesvae").joinpath("presets", f"{name}.json").read_text())
@@ -179,7 +181,8 @@ def _prepare_run_dir(out: Path, overwrite: bool) -> rundir.RunLock:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"cannot write to output directory {out}: {err.strerror or err}; choose a writable --out") from None
+        raise ConfigError(f"cannot write to output directory {out}: {err.strerror or err}; "
+                          "choose a writable --out") from None
     lock = rundir.RunLock(out).acquire()  # the atomic point: from here on, this process owns the directory
     try:
         if overwrite:
@@ -195,7 +198,8 @@ def _prepare_run_dir(out: Path, overwrite: bool) -> rundir.RunLock:
         probe.unlink()
     except OSError as err:
         lock.release()
-        raise ConfigError(f"cannot write to output directory {out}: {err.strerror or err}; choose a writable --out") from None
+        raise ConfigError(f"cannot write to output directory {out}: {err.strerror or err}; "
+                          "choose a writable --out") from None
     except BaseException:
         lock.release()
         raise
@@ -305,8 +309,8 @@ COLLAPSE_SETTLE_EPOCHS = 5
 
 class CollapseMonitor(Callback):
     """Counts active units (Var_x E[z_u|x] > 0.01) on up to 1000 validation examples at the end of each epoch
-    once the KL warm-up is over and the first ``COLLAPSE_SETTLE_EPOCHS`` epochs are done, records ``active_units`` in the epoch record, and warns ONCE per run (through
-    ``warn``) when fewer than ``share`` of the units are active: a sign of posterior collapse."""
+    once the KL warm-up is over and the first ``COLLAPSE_SETTLE_EPOCHS`` epochs are done, records ``active_units``
+    in the epoch record, and warns ONCE per run (through ``warn``) when fewer than ``share`` of the units are active: a sign of posterior collapse."""
 
     def __init__(self, warn: Callable[[str], None] | None, share: float = ACTIVE_SHARE_WARNING):
         self.warn, self.share = warn, share
@@ -549,7 +553,7 @@ class LoadedRun:
     def prepared(self, dataset: bdata.Dataset | None = None) -> PreparedData:
         return prepare_data(dataset or self.dataset(), self.model_config.likelihood)
 
-    def new_data(self, source: str, data_dir: str | None = None) -> tuple[torch.Tensor, "np.ndarray"]:
+    def new_data(self, source: str, data_dir: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
         """Other data (e.g. to score for anomalies) prepared exactly as this run's test split: the run's
         standardisation statistics, its fixed-seed binarisation or dequantisation. Returns (x, rows): the prepared
         examples and their 0-based rows in the source. Data the run's preparation cannot turn into what the model

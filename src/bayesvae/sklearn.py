@@ -136,7 +136,8 @@ class _TabularVAE(BaseEstimator):
         keep = _KeepBest()
         with torch.random.fork_rng(devices=[]):  # training seeds torch's generator; the caller's stream is restored
             trainer = runs.train(spec, out=None, train_config=config, likelihood=self.likelihood,
-                                 likelihood_options=dict(self.likelihood_options or {}), latent_dim=int(self.latent_dim),
+                                 likelihood_options=dict(self.likelihood_options or {}),
+                                 latent_dim=int(self.latent_dim),
                                  hidden=tuple(int(h) for h in self.hidden), activation=self.activation,
                                  callbacks=[keep], device=self.device)
         model = trainer.model

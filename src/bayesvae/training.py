@@ -4,9 +4,10 @@ It maximises an *objective*: a callable ``objective(model, batch, progress) -> d
 ``"objective"`` holds the per-example values to maximise; every other entry is a per-example metric that is
 averaged and logged. The loss is ``-objective.mean()``, negated here and nowhere else.
 
-Exactness of resume: the data are indexable (tensors, or splits on disk) and the order of epoch e is a permutation drawn from a
-generator seeded by (seed, e), so any step can be reproduced from the step counter alone; the global torch RNG
-(latent samples, dynamic binarisation) is saved in every checkpoint; the learning rate is a function of the step.
+Exactness of resume: the data are indexable (tensors, or splits on disk) and the order of epoch e is a permutation
+drawn from a generator seeded by (seed, e), so any step can be reproduced from the step counter alone; the global
+torch RNG (latent samples, dynamic binarisation) is saved in every checkpoint; the learning rate is a function of
+the step.
 A resumed run therefore ends bit-for-bit where the uninterrupted run ends (on CPU).
 
 Devices and ranks come from :mod:`bayesvae.distributed`. The model's device is where batches go: the training split
@@ -85,13 +86,13 @@ class TrainState:
 class Callback:
     """Hooks with no effect on the arithmetic; override what you need."""
 
-    def on_step_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         pass
 
-    def on_train_epoch_end(self, trainer: "Trainer") -> None:
+    def on_train_epoch_end(self, trainer: Trainer) -> None:
         """After the epoch's last step, before validation (e.g. to recompute batch-norm statistics)."""
 
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         pass
 
 
@@ -527,7 +528,8 @@ class Trainer:
             metrics["examples_per_second"] = (b + 1 - first) * cfg.batch_size / max(1e-9, now - start)
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
-            if cfg.checkpoint_every_steps and st.global_step % cfg.checkpoint_every_steps == 0 and b + 1 < self.steps_per_epoch:
+            if (cfg.checkpoint_every_steps and st.global_step % cfg.checkpoint_every_steps == 0
+                    and b + 1 < self.steps_per_epoch):
                 self.save()
             if self._stop_now():
                 raise TrainingInterrupted(self.save(), self._stop_signal())
