@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"on disk (memory-mapped, uint8): {result['file_gib']} GiB file -> peak RssAnon "
           f"{result['peak_rss_anon_gib']} GiB (of which {result['baseline_rss_anon_gib']} GiB torch and bayesvae "
           f"before the data), VmHWM {result['vm_hwm_gib']} GiB (includes the file's cached pages); "
-          f"{result['train_seconds']} s; target < {args.target_gib} GiB: {'met' if result['below_target'] else 'MISSED'}")
+          f"{result['train_seconds']} s; target < {args.target_gib} GiB: "
+          f"{'met' if result['below_target'] else 'MISSED'}")
     print(f"reference, read into memory as float32: {result['reference_file_gib']} GiB file -> peak RssAnon "
           f"{result['reference_peak_rss_anon_gib']} GiB ({result['reference_anon_per_file_byte']} bytes of "
           f"anonymous memory per byte of file, vs {result['anon_per_file_byte']} on disk)")

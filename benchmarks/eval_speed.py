@@ -122,7 +122,8 @@ def main(argv=None) -> dict:
         "seconds": seconds, "images_per_second": x.shape[0] / seconds, "peak_rss_mib": peak,
         "test_nll_nats": float(-ll.mean()), "naive_examples": int(sub.shape[0]), "naive_seconds": naive_seconds,
         "naive_seconds_extrapolated": naive_full, "ratio_naive_over_bayesvae": naive_full / seconds,
-        "max_abs_difference_nats": max_diff, "target_seconds": 150, "matmul_floor_seconds": floor, "torch": torch.__version__,
+        "max_abs_difference_nats": max_diff, "target_seconds": 150, "matmul_floor_seconds": floor,
+        "torch": torch.__version__,
         "threads": torch.get_num_threads(), "smoke": args.smoke,
     }
     if max_diff > 1e-4:

@@ -131,8 +131,9 @@ def main(argv=None) -> dict:
         print(f"peak GPU memory: {peak:.2f} GiB", flush=True)
     tests = None
     if device.type == "cuda" and not args.skip_tests:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", str(HERE.parent / "tests" / "test_distributed.py"),
-                               "-k", "cuda"], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x",
+                               str(HERE.parent / "tests" / "test_distributed.py"), "-k", "cuda"],
+                              capture_output=True, text=True)
         tests = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else f"exit {proc.returncode}"
         print(f"CUDA tests: {tests}", flush=True)
     result = {

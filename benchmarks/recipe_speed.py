@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
     for hidden, k, batch_size in candidates:
         trainers = {p: _trainer(prepared, hidden, k, batch_size, p) for p in PRECISIONS}
         times = {p: [] for p in PRECISIONS}
-        for p, trainer in trainers.items():
+        for trainer in trainers.values():
             _steps(trainer, prepared, batch_size, 2, 0)  # warm-up: allocations, autocast caches
         for r in range(rounds):
             for p, trainer in trainers.items():
@@ -123,7 +123,8 @@ def main(argv=None) -> dict:
                          "epoch_seconds": epoch_seconds, "epochs_in_60_minutes": BUDGET_SECONDS / epoch_seconds,
                          "floor_ms_per_step": _floor_ms(hidden, k, batch_size, p, 5 if args.smoke else 20)})
     reference = rows[0]  # k = 5, batch 128, float32: the recipe of 2026-11-26
-    print("| hidden | k | batch | precision | ms/step | floor ms | examples/s | epochs in 60 min | speed vs reference |")
+    print("| hidden | k | batch | precision | ms/step | floor ms | examples/s | epochs in 60 min "
+          "| speed vs reference |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         r["speed_vs_reference"] = reference["epoch_seconds"] / r["epoch_seconds"]

@@ -87,7 +87,10 @@ def fit_gaussian_mixture(x_train: np.ndarray, seed: int, max_components: int = 1
     return _density(lambda x: best.score_samples(z(x)) + jacobian, f"{best.n_components}")
 
 
-def fit_kernel_density(x_train: np.ndarray, seed: int, bandwidths=tuple(np.logspace(-1.5, 0.5, 13))) -> Scorer:
+KDE_BANDWIDTHS = tuple(np.logspace(-1.5, 0.5, 13))
+
+
+def fit_kernel_density(x_train: np.ndarray, seed: int, bandwidths=KDE_BANDWIDTHS) -> Scorer:
     """Gaussian KernelDensity on standardised features, bandwidth by 5-fold cross-validated log-likelihood."""
     from sklearn.model_selection import GridSearchCV, KFold
     from sklearn.neighbors import KernelDensity
@@ -216,7 +219,8 @@ def evaluate_split(table: Table, contenders, repeat: int) -> list[dict]:
     base = {"data": table.name, "repeat": repeat}
     rows = []
     if table.true_log_density is not None:
-        rows.append({**base, "contender": "true density", "log_likelihood_nats": float(table.true_log_density(x_test).mean()),
+        rows.append({**base, "contender": "true density",
+                     "log_likelihood_nats": float(table.true_log_density(x_test).mean()),
                      "roc_auc": _auc(-table.true_log_density(x_test), -table.true_log_density(x_out)),
                      "fit_seconds": 0.0, "note": "exact"})
     for contender in contenders:
@@ -248,7 +252,8 @@ def summarize(table: Table, split_rows: list[dict], reference: str = "VAEDensity
     out = []
     for name in names:
         mine = [r for r in split_rows if r["contender"] == name]
-        row = {**info, "contender": name, "splits": len(mine), "note": "; ".join(dict.fromkeys(r["note"] for r in mine)),
+        row = {**info, "contender": name, "splits": len(mine),
+               "note": "; ".join(dict.fromkeys(r["note"] for r in mine)),
                "fit_seconds": float(np.mean([r["fit_seconds"] for r in mine]))}
         row["roc_auc"], row["roc_auc_stderr"] = _mean_se([r["roc_auc"] for r in mine])
         row["log_likelihood_nats"] = row["log_likelihood_stderr_nats"] = None
@@ -313,7 +318,8 @@ def main(argv=None) -> dict:
         rows, split_rows = run(tables, contenders, args.repeats, say=lambda line: print(line, flush=True))
     minutes = (time.perf_counter() - start) / 60
     print(f"total {minutes:.1f} min", flush=True)
-    result = {"rows": rows, "splits": split_rows, "repeats": args.repeats, "vae_settings": {k: list(v) if isinstance(v, tuple) else v for k, v in VAE_SETTINGS.items()},
+    result = {"rows": rows, "splits": split_rows, "repeats": args.repeats,
+              "vae_settings": {k: list(v) if isinstance(v, tuple) else v for k, v in VAE_SETTINGS.items()},
               "protocol": {"train_share": TRAIN_SHARE, "split_seed": SPLIT_SEED, "noise_seed": NOISE_SEED,
                            "outlier_seed": OUTLIER_SEED, "outlier_share": OUTLIER_SHARE, "min_outliers": MIN_OUTLIERS},
               "minutes": minutes, "smoke": args.smoke, "date": time.strftime("%Y-%m-%d"),

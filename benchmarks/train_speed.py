@@ -53,7 +53,8 @@ def plain_epoch(model, opt, X: torch.Tensor, batch_size: int, max_steps: int | N
     for i in range(steps):
         x = torch.bernoulli(X[perm[i * batch_size:(i + 1) * batch_size]])
         recon, mu, logvar = model(x)
-        loss = F.binary_cross_entropy(recon, x, reduction="sum") - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = (F.binary_cross_entropy(recon, x, reduction="sum")
+                - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -161,7 +162,8 @@ def main(argv=None) -> dict:
         "plain_examples_per_second": statistics.median(r["plain_examples_per_second"] for r in rows),
         "bayesvae_examples_per_second": statistics.median(r["bayesvae_examples_per_second"] for r in rows),
         "ratio_median": statistics.median(r["ratio"] for r in rows),
-        "final_plain_loss_nats": rows[-1]["plain_loss_nats"], "final_bayesvae_loss_nats": rows[-1]["bayesvae_loss_nats"],
+        "final_plain_loss_nats": rows[-1]["plain_loss_nats"],
+        "final_bayesvae_loss_nats": rows[-1]["bayesvae_loss_nats"],
         "bf16_examples_per_second": statistics.median(r["bf16_examples_per_second"] for r in rows),
         "bf16_ratio_median": statistics.median(r["bf16_ratio"] for r in rows),
         "final_bf16_loss_nats": rows[-1]["bf16_loss_nats"],
@@ -170,7 +172,8 @@ def main(argv=None) -> dict:
     }
     print(f"median: plain {result['plain_examples_per_second']:.0f} ex/s, bayesvae "
           f"{result['bayesvae_examples_per_second']:.0f} ex/s, ratio {result['ratio_median']:.2f} (target >= 2.0); "
-          f"final training losses {result['final_plain_loss_nats']:.2f} vs {result['final_bayesvae_loss_nats']:.2f} nats; "
+          f"final training losses {result['final_plain_loss_nats']:.2f} vs "
+          f"{result['final_bayesvae_loss_nats']:.2f} nats; "
           f"bf16 {result['bf16_examples_per_second']:.0f} ex/s, ratio {result['bf16_ratio_median']:.2f}, final loss "
           f"{result['final_bf16_loss_nats']:.2f} nats")
     if args.json:

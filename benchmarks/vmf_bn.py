@@ -124,7 +124,8 @@ def main(argv=None) -> dict:
     trained.append(best)
     trained.append(_train("gaussian-bn", out / "gaussian-bn", spec, config, "diagonal-gaussian", bn_options))
     rows = [_evaluate(t, args.samples, limit) for t in trained]
-    print("\n| model | test NLL (nats, K = %d) | ELBO | KL | active units | I(x; z) | epochs | minutes |" % args.samples)
+    print(f"\n| model | test NLL (nats, K = {args.samples}) | ELBO | KL | active units | I(x; z) | epochs "
+          "| minutes |")
     for r in rows:
         label = r["name"] + (f" (κ = {r['kappa']:g})" if r["name"] == "vmf" else "")
         print(f"| {label} | {r['nll_nats']:.2f} ± {r['nll_nats_stderr']:.2f} | {r['elbo_nats']:.2f} | "

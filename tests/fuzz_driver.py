@@ -168,7 +168,7 @@ def checkpoint_cases(root: Path, rng: random.Random, count: int, marker: Path):
             dirty.add(cstep / "manifest.json")
         yield f"crafted: {desc}", case
     names = list(originals) + list(pointers)
-    for i in range(count):
+    for _ in range(count):
         reset()
         name = rng.choice(names + ["tensors.safetensors"] * 3 + ["state.json"] * 2)
         target = cstep / name if name in originals else case / "checkpoints" / name
@@ -380,18 +380,19 @@ def main() -> None:
     _record = record
 
     def record(desc, outcome, seconds, detail):
-        timing["crafted" if desc.startswith("crafted") else ("checkpoint" if res["data_cases"] == 0 else "data")] += seconds
+        kind = "crafted" if desc.startswith("crafted") else ("checkpoint" if res["data_cases"] == 0 else "data")
+        timing[kind] += seconds
         _record(desc, outcome, seconds, detail)
 
     for i, (desc, case) in enumerate(checkpoint_cases(root, rng, n_ckpt, marker)):
         limit = 20.0 if desc.startswith("crafted") else CASE_SECONDS
-        record(desc, *run_case(lambda: runs.load_run(case, "last"), limit))
+        record(desc, *run_case(lambda case=case: runs.load_run(case, "last"), limit))
         res["checkpoint_cases"] += 1
         if i % sample_every == 0:
             cli_sample(["evaluate", str(case), "--checkpoint", "last", "--samples", "2", "--limit", "3"])
     for i, (desc, path) in enumerate(data_cases(root, rng, a.cases - n_ckpt, marker)):
         limit = 30.0 if desc.startswith("crafted") else CASE_SECONDS
-        record(desc, *run_case(lambda: bdata.load_dataset(str(path)), limit))
+        record(desc, *run_case(lambda path=path: bdata.load_dataset(str(path)), limit))
         res["data_cases"] += 1
         if i % sample_every == 0 or desc.startswith("crafted"):
             out = root / "cli-run"

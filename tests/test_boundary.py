@@ -104,7 +104,8 @@ def test_latents_counts_and_paths_are_checked():
                         (lambda: model.likelihood([0.0, 0.0, 0.0]), bv.InputTypeError),
                         (lambda: model.decode(np.zeros((2, 3))), bv.InputTypeError),
                         (lambda: model.sample(0), bv.ConfigError), (lambda: model.sample("4"), bv.ConfigError),
-                        (lambda: bv.load(5), bv.InputTypeError), (lambda: bv.load("runs/x", which=3), bv.InputTypeError),
+                        (lambda: bv.load(5), bv.InputTypeError),
+                        (lambda: bv.load("runs/x", which=3), bv.InputTypeError),
                         (lambda: bv.ModelConfig(data_shape=(4,), hidden=400), bv.ConfigError),
                         (lambda: bv.ModelConfig(data_shape=4), bv.ConfigError)):
         with pytest.raises(error):

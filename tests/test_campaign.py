@@ -280,7 +280,7 @@ def test_readme_guarantees_quote_the_campaign_results():
         if isinstance(x, (int, float)):
             values.add(float(x))
         elif isinstance(x, dict):
-            for k, v in x.items():
+            for v in x.values():
                 walk(v)
         elif isinstance(x, list):
             for v in x:

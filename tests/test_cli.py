@@ -585,7 +585,7 @@ def test_sigterm_and_sigint_commit_a_checkpoint_and_resume(tmp_path):
                 proc.kill()
                 proc.wait()
     assert codes == {signal.SIGTERM: 143, signal.SIGINT: 130}
-    for s, run in runs_.items():
+    for run in runs_.values():
         err = (tmp_path / f"{run.name}.log").read_text()
         assert "Traceback" not in err
         m = re.search(r"stopped: checkpoint committed at (\S+);", err)

@@ -214,7 +214,8 @@ def test_a_label_column_is_not_a_feature(tmp_path, capsys):
     outs = []
     for name, data, header in (("with", table, ["a", "b", "c", "kind"]), ("without", table[:, :3], ["a", "b", "c"])):
         f = _csv(tmp_path / f"{name}.csv", data[:20], header)
-        assert main(["score", str(run), "--data", str(f), "--samples", "5", "--out", str(tmp_path / f"{name}.o.csv")]) == 0
+        assert main(["score", str(run), "--data", str(f), "--samples", "5",
+                     "--out", str(tmp_path / f"{name}.o.csv")]) == 0
         outs.append(np.loadtxt(tmp_path / f"{name}.o.csv", delimiter=",", skiprows=1))
     np.testing.assert_array_equal(outs[0], outs[1])
     capsys.readouterr()

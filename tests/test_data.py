@@ -115,7 +115,8 @@ def test_mnist_corrupt_gzip_and_wrong_count(tmp_path):
     (d / "t10k-labels-idx1-ubyte.gz").unlink()
     (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
     assert "t10k-labels-idx1-ubyte.gz" in _err(D.load_dataset, "mnist", data_dir=str(d), limit=2)
-    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + bytes(5)))
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + bytes(5)))
     assert "expected 10000" in _err(D.load_dataset, "mnist", data_dir=str(d), limit=2)
 
 
@@ -125,7 +126,8 @@ def test_npy_2d_tabular_is_standardised_with_train_stats_only(tmp_path):
     x = np.c_[np.arange(50.0), rng.normal(5, 3, size=(50, 2)), np.full(50, 7.0)]  # col 0 = row id, col 3 constant
     np.save(tmp_path / "t.npy", x)
     ds = D.load_dataset(str(tmp_path / "t.npy"))
-    assert ds.kind == "tabular" and ds.event_shape == (4,) and (len(ds.train), len(ds.valid), len(ds.test)) == (40, 5, 5)
+    assert ds.kind == "tabular" and ds.event_shape == (4,)
+    assert (len(ds.train), len(ds.valid), len(ds.test)) == (40, 5, 5)
     mean, std = ds.standardization
     raw_train = ds.train * std + mean
     ids = raw_train[:, 0].round().long()
@@ -155,7 +157,8 @@ def test_npz_with_given_splits_and_labels(tmp_path):
     labels = {f"{s}_labels": np.arange(len(a)) for s, a in arrays.items()}
     np.savez(tmp_path / "s.npz", **arrays, **labels)
     ds = D.load_dataset(str(tmp_path / "s.npz"), standardize=False)
-    assert torch.equal(ds.train, torch.from_numpy(arrays["train"])) and torch.equal(ds.test, torch.from_numpy(arrays["test"]))
+    assert torch.equal(ds.train, torch.from_numpy(arrays["train"]))
+    assert torch.equal(ds.test, torch.from_numpy(arrays["test"]))
     assert ds.valid_labels.tolist() == [0, 1] and ds.kind == "tabular"
     np.savez(tmp_path / "half.npz", **arrays, train_labels=labels["train_labels"])
     assert "labels" in _err(D.load_dataset, str(tmp_path / "half.npz"))

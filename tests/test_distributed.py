@@ -27,7 +27,8 @@ from bayesvae.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
 TINY = ["--data", "digits", "--latent-dim", "3", "--hidden", "16", "--report-samples", "0", "--device", "cpu"]
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by benchmarks/gpu_check.py)")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA GPU (run by benchmarks/gpu_check.py)")
 
 
 def _env() -> dict:
@@ -292,7 +293,8 @@ def test_sigterm_to_the_launcher_gives_143_and_resume_equals_an_uninterrupted_ru
     assert codes == [0, 0], logs
     a, b = _tensors(ckpt.resolve_checkpoint(tmp_path / "full", "last")), _tensors(ckpt.resolve_checkpoint(cut, "last"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise: weights, Adam, RNG of each rank
-    assert (tmp_path / "full" / "metrics.jsonl").read_text().count("\n") == (cut / "metrics.jsonl").read_text().count("\n")
+    lines = (tmp_path / "full" / "metrics.jsonl").read_text().count("\n")
+    assert lines == (cut / "metrics.jsonl").read_text().count("\n")
 
 
 def test_resume_with_another_number_of_processes_continues_and_says_so(tmp_path, capsys):

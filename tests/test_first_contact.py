@@ -135,7 +135,8 @@ def test_resume_with_epochs_equals_the_longer_run_bit_for_bit(run1, tmp_path, ca
     assert sorted(a) == sorted(b)
     for key in a:
         assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
-        assert a[key].view(-1).view(__import__("torch").uint8).equal(b[key].view(-1).view(__import__("torch").uint8)), key
+        uint8 = __import__("torch").uint8
+        assert a[key].view(-1).view(uint8).equal(b[key].view(-1).view(uint8)), key
     assert sa["trainer"]["global_step"] == sb["trainer"]["global_step"] == 3 * 23
     assert [r["train_loss"] for r in sa["trainer"]["history"]] == [r["train_loss"] for r in sb["trainer"]["history"]]
 
@@ -147,7 +148,7 @@ def test_resume_refuses_every_flag_it_cannot_apply(run1, tmp_path, capsys, flag)
     run = _copy(run1, tmp_path)
     before = {p.name for p in ckpt.list_checkpoints(run)}
     name = {"--latent": "--latent-dim"}.get(flag[0], flag[0])
-    err = _exit2(["train", "--resume", str(run), "--epochs", "2", *flag], capsys, name)
+    _exit2(["train", "--resume", str(run), "--epochs", "2", *flag], capsys, name)
     assert {p.name for p in ckpt.list_checkpoints(run)} == before
 
 
@@ -398,11 +399,11 @@ def test_signals_are_honoured_in_every_phase(run1, tmp_path):
     }
     import time
     try:
-        for name, (proc, log, sig, marker) in procs.items():
+        for proc, log, _sig, marker in procs.values():
             if marker:
                 _wait_for(log, marker, proc)
         time.sleep(4.0)  # all three are inside their long phase now (evaluation: K = 200,000)
-        for name, (proc, log, sig, marker) in procs.items():
+        for name, (proc, log, sig, _marker) in procs.items():
             assert proc.poll() is None, (name, log.read_text())
             proc.send_signal(sig)
         codes = {name: p.wait(30) for name, (p, *_rest) in procs.items()}

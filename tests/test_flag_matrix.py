@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -46,7 +47,8 @@ CASES: dict[tuple[str, str], list[tuple[dict, dict]]] = {
     ("train", "out"): [({}, {"--out": "{ws}/elsewhere"})],
     ("train", "likelihood"): [({}, {"--likelihood": "gaussian-shared"})],
     ("train", "sigma"): [({}, {"--sigma": "0.5"}), ({"--likelihood": "gaussian-fixed"}, {"--sigma": "0.5"})],
-    ("train", "likelihood_options"): [({"--likelihood": "gaussian-shared"}, {"--likelihood-options": '{"optimal": true}'})],
+    ("train", "likelihood_options"): [({"--likelihood": "gaussian-shared"},
+                                       {"--likelihood-options": '{"optimal": true}'})],
     ("train", "latent_dim"): [({}, {"--latent-dim": "3"})],
     ("train", "posterior"): [({}, VMF)],
     ("train", "kappa"): [({}, {"--kappa": "5"}), (VMF, {"--kappa": "20"})],
@@ -417,7 +419,7 @@ def test_train_options_with_resume(kind, sources, mnist_link, tmp_path):
     for action in _actions("train"):
         if _invisible("train", action.dest) or action.dest in ("resume",):
             continue
-        for context, tried in _cases("train", action)[:1]:
+        for _context, tried in _cases("train", action)[:1]:
             tried = RESUME_TRIES.get(action.dest, tried)
             flag = next(iter(tried))
             ref, ref_opts = reference, dict(base)
@@ -507,7 +509,7 @@ def _check_run_command(command: str, extra_head: list[str], trained, tmp_path, k
                 "source": t["source"]}
         head = [command, "{ws}/run", *extra_head]
 
-        def fresh(moved: bool = False, t=t):
+        def fresh(moved: bool = False, t=t, kind=kind):
             shutil.copytree(t["run"], ws / "run")
             if t["data"] is not None:  # put the data back, or move them away
                 here, away = Path(t["data"]), _away(tmp_path, kind, t)
@@ -522,15 +524,15 @@ def _check_run_command(command: str, extra_head: list[str], trained, tmp_path, k
             tried = {**tried, "--data-dir": str(t["data"])}
         flag = next(iter(tried))
         moved_case = action.dest in ("run_data", "data_dir") and not (command == "score" and action.dest == "data_dir")
-        key = f"{kind}/{moved_case}"
+        key, prepare = f"{kind}/{moved_case}", functools.partial(fresh, moved_case)
         if key not in references:
-            references[key] = _run(ws, [_fill(h, subs) for h in head], base, subs, lambda: fresh(moved_case))[0]
+            references[key] = _run(ws, [_fill(h, subs) for h in head], base, subs, prepare)[0]
         reference = references[key]
         if reference["exit"] != 0 and not moved_case:
             tally.failures.append(f"{command} {' '.join(extra_head)} on {kind}: the reference command failed: "
                                   f"{reference['stderr'][-300:]}")
             continue
-        observed, err = _run(ws, [_fill(h, subs) for h in head], {**base, **tried}, subs, lambda: fresh(moved_case))
+        observed, err = _run(ws, [_fill(h, subs) for h in head], {**base, **tried}, subs, prepare)
         tally.check(f"{command} {' '.join(extra_head)} {flag} on {kind}", flag, reference, observed, err, None)
     for kind, t in trained.items():  # the data back where the runs expect them
         away = _away(tmp_path, kind, t)

@@ -63,8 +63,9 @@ def test_vae_class_with_orthogonal_linear_model_is_exact():
         dec.weight.copy_(W)
         dec.bias.copy_(b)
     model = bv.VAE(enc, dec, bv.GaussianFixedVariance(sigma), latent_dim=d).double()
-    x = torch.distributions.MultivariateNormal(b, W @ W.T + sigma**2 * torch.eye(D, dtype=torch.float64)).sample((32,))
-    exact = torch.distributions.MultivariateNormal(b, W @ W.T + sigma**2 * torch.eye(D, dtype=torch.float64)).log_prob(x)
+    marginal = torch.distributions.MultivariateNormal(b, W @ W.T + sigma**2 * torch.eye(D, dtype=torch.float64))
+    x = marginal.sample((32,))
+    exact = marginal.log_prob(x)
     torch.testing.assert_close(bv.elbo(model, x, 3, kl="sampled"), exact, atol=1e-4, rtol=0)
     torch.testing.assert_close(bv.estimate_log_likelihood(model, x, 50), exact, atol=1e-4, rtol=0)
 
@@ -116,7 +117,8 @@ def test_argument_checks_survive_python_O():
         "import torch, bayesvae as bv\n"
         "m = bv.build_model(bv.ModelConfig(data_shape=(6,), latent_dim=2, hidden=(8,)))\n"
         "for call in (lambda: bv.elbo(m, torch.zeros(2, 6), 0), lambda: bv.GaussianFixedVariance(-1.0),\n"
-        "             lambda: bv.estimate_log_likelihood(m, torch.zeros(2, 6), -3), lambda: bv.elbo(m, torch.zeros(2, 5))):\n"
+        "             lambda: bv.estimate_log_likelihood(m, torch.zeros(2, 6), -3), "
+        "lambda: bv.elbo(m, torch.zeros(2, 5))):\n"
         "    try:\n        call()\n    except ValueError:\n        pass\n"
         "    else:\n        raise SystemExit('no ValueError')\n"
         "assert False, 'asserts are on'\n"

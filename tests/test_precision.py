@@ -51,7 +51,8 @@ def test_evaluate_bf16_stays_within_the_stated_bound(tmp_path, capsys):
     capsys.readouterr()
     results = {}
     for precision in ("float32", "bf16"):
-        assert main(["evaluate", str(run), "--samples", "200", "--json", "--device", "cpu", "--precision", precision]) == 0
+        assert main(["evaluate", str(run), "--samples", "200", "--json", "--device", "cpu",
+                     "--precision", precision]) == 0
         results[precision] = json.loads(capsys.readouterr().out)
     error = abs(results["bf16"]["log_likelihood_nats"] - results["float32"]["log_likelihood_nats"])
     assert 0 < error <= BF16_EVAL_TOLERANCE_NATS  # bf16 really ran (not bit-equal), within the bound

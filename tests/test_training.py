@@ -235,7 +235,8 @@ class Snapshot(Callback):
     def on_step_end(self, trainer, metrics):
         if trainer.state.global_step == self.k:
             self.params = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-            self.opt = {i: {k: v.clone() for k, v in s.items()} for i, s in trainer.optimizer.state_dict()["state"].items()}
+            state = trainer.optimizer.state_dict()["state"]
+            self.opt = {i: {k: v.clone() for k, v in s.items()} for i, s in state.items()}
             self.tree = _tree(self.run_dir)
 
 

@@ -310,7 +310,8 @@ COLLAPSE_SETTLE_EPOCHS = 5
 class CollapseMonitor(Callback):
     """Counts active units (Var_x E[z_u|x] > 0.01) on up to 1000 validation examples at the end of each epoch
     once the KL warm-up is over and the first ``COLLAPSE_SETTLE_EPOCHS`` epochs are done, records ``active_units``
-    in the epoch record, and warns ONCE per run (through ``warn``) when fewer than ``share`` of the units are active: a sign of posterior collapse."""
+    in the epoch record, and warns ONCE per run (through ``warn``) when fewer than ``share`` of the units are active:
+    a sign of posterior collapse."""
 
     def __init__(self, warn: Callable[[str], None] | None, share: float = ACTIVE_SHARE_WARNING):
         self.warn, self.share = warn, share
