@@ -52,12 +52,12 @@ def matmul_floor_seconds(model, num_samples: int, repeats: int = 5) -> float:
     hs = [torch.randn(chunk, lin.in_features) for lin in linears]
     weights = [lin.weight for lin in linears]
     with torch.no_grad():
-        for h, w in zip(hs, weights):
+        for h, w in zip(hs, weights, strict=True):
             h @ w.t()
         start = time.perf_counter()
         for _ in range(repeats):
             for _ in range(math.ceil(num_samples / chunk)):
-                for h, w in zip(hs, weights):
+                for h, w in zip(hs, weights, strict=True):
                     h @ w.t()
     return (time.perf_counter() - start) / repeats
 

@@ -69,8 +69,8 @@ def _floor_ms(hidden, k: int, batch_size: int, precision: str, repeats: int) -> 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     enc = [784, *hidden, 100]
     dec = [50, *reversed(hidden), 784]
-    shapes = [(batch_size, a, b, i > 0) for i, (a, b) in enumerate(zip(enc, enc[1:]))]
-    shapes += [(batch_size * k, a, b, i > 0) for i, (a, b) in enumerate(zip(dec, dec[1:]))]
+    shapes = [(batch_size, a, b, i > 0) for i, (a, b) in enumerate(zip(enc, enc[1:], strict=False))]
+    shapes += [(batch_size * k, a, b, i > 0) for i, (a, b) in enumerate(zip(dec, dec[1:], strict=False))]
     ops = []
     for n, a, b, grad_in in shapes:
         h, w, g = (torch.randn(n, a, dtype=dtype), torch.randn(b, a, dtype=dtype), torch.randn(n, b, dtype=dtype))

@@ -81,7 +81,7 @@ def step_floor_ms(model, batch: torch.Tensor, binarize) -> dict:
     gs = [torch.randn(n, lin.out_features) for lin in linears]
 
     def products():
-        for i, (lin, h, g) in enumerate(zip(linears, hs, gs)):
+        for i, (lin, h, g) in enumerate(zip(linears, hs, gs, strict=True)):
             h @ lin.weight.t()
             g.t() @ h
             if i > 0:  # the first layer's input is the data: no gradient needed

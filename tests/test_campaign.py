@@ -177,7 +177,7 @@ def test_two_writers_on_one_run_directory(tmp_path):
     procs = [subprocess.Popen(a, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
              for a in (argv, [*argv, "--overwrite", "--seed", "1"])]
     errs = [p.communicate(timeout=180)[1] for p in procs]
-    results = [(p.returncode, err) for p, err in zip(procs, errs)]
+    results = [(p.returncode, err) for p, err in zip(procs, errs, strict=True)]
     codes = sorted(code for code, _ in results)
     assert codes in ([0, 2], [0, 0]), results
     if codes == [0, 0]:  # not concurrent after all (one finished before the other started): sequential is fine

@@ -67,7 +67,7 @@ def assert_same(a, b, where="obj"):
             assert_same(a[k], b[k], f"{where}[{k!r}]")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
@@ -173,7 +173,7 @@ def test_decoded_optimizer_steps_bitwise_identically():
             m(x).pow(2).sum().backward()
             o.step()
             s.step()
-    for p, q in zip(model.parameters(), clone.parameters()):
+    for p, q in zip(model.parameters(), clone.parameters(), strict=True):
         assert bits_equal(p.detach(), q.detach())
     assert_same(opt.state_dict(), opt2.state_dict())
 

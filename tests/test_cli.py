@@ -68,7 +68,7 @@ def _cli_procs(*argvs: list[str], timeout: float = 120) -> list[subprocess.Compl
     procs = [subprocess.Popen([sys.executable, "-m", "bayesvae", *a], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=_env()) for a in argvs]
     out = []
-    for p, a in zip(procs, argvs):
+    for p, a in zip(procs, argvs, strict=True):
         stdout, stderr = p.communicate(timeout=timeout)
         out.append(subprocess.CompletedProcess(a, p.returncode, stdout, stderr))
     return out

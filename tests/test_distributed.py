@@ -201,7 +201,7 @@ def test_cuda_round_trip(tmp_path):
     assert main(["train", *TINY[:-2], "--device", "cuda", "--epochs", "1", "--out", str(run)]) == 0
     gpu = bv.load(run, device="cuda")
     cpu = bv.load(run, device="cpu")
-    for (_, a), (_, b) in zip(gpu.state_dict().items(), cpu.state_dict().items()):
+    for (_, a), (_, b) in zip(gpu.state_dict().items(), cpu.state_dict().items(), strict=True):
         assert torch.equal(a.cpu(), b)
     tensors = _tensors(ckpt.resolve_checkpoint(run, "last"))
     assert "rng.cuda" in tensors

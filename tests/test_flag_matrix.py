@@ -171,11 +171,11 @@ def _write_sources(root: Path) -> dict[str, dict]:
     table = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 5))
     with open(root / "table.csv", "w") as fh:
         fh.write("a,b,c,d,e,kind\n")
-        for row, k in zip(table, rng.integers(0, 3, 300)):
+        for row, k in zip(table, rng.integers(0, 3, 300), strict=True):
             fh.write(",".join(f"{v:.5f}" for v in row) + f",{k}\n")
     for c in ("zero", "one"):
         (root / "folder" / c).mkdir(parents=True, exist_ok=True)
-    for i, (img, y) in enumerate(zip(images[:120], labels[:120])):
+    for i, (img, y) in enumerate(zip(images[:120], labels[:120], strict=True)):
         cls = "zero" if y % 2 == 0 else "one"
         Image.fromarray((img * 255).astype(np.uint8)).save(root / "folder" / cls / f"{i}.png")
     sources = {"digits": {"--data": "digits"}, "npy": {"--data": str(root / "images.npy")},

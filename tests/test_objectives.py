@@ -42,7 +42,7 @@ def test_bounds_are_ordered_and_tighten_with_k_for_a_worse_posterior():
     bounds = [bv.iwae_bound(m, x, k).mean() for k in (1, 5, 50, 500)]
     # averages over 400 examples; the gaps between consecutive K are > 0.05 nats here, far above MC noise
     assert abs(bounds[0] - e) < 0.2
-    assert all(a < b for a, b in zip(bounds, bounds[1:])), bounds
+    assert all(a < b for a, b in zip(bounds, bounds[1:], strict=False)), bounds
     assert bounds[-1] < exact
 
 

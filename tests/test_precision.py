@@ -42,7 +42,7 @@ def test_fp16_overflow_skips_the_step_and_lowers_the_scale():
     trainer.fit()
     assert trainer.state.skipped_steps >= 10 and trainer.scaler.get_scale() <= 2.0**30
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_evaluate_bf16_stays_within_the_stated_bound(tmp_path, capsys):

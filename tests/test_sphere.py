@@ -51,7 +51,7 @@ def _pieces(d, kappa):
 
 def _integrate(f, d, kappa):
     cuts = sorted(set(_pieces(d, kappa)))
-    return sum(_quad(f, a, b) for a, b in zip(cuts[:-1], cuts[1:]))
+    return sum(_quad(f, a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True))
 
 
 def numerical_kl(d: int, kappa: float) -> float:
@@ -135,7 +135,7 @@ def test_w_matches_its_density_kolmogorov_smirnov(d, kappa):
     theta = np.sort(2.0 * np.arcsin(np.sqrt(np.clip(omw.numpy() / 2.0, 0.0, 1.0))))[::-1]  # w ascending
     g = _angle_density(d, kappa)
     edges = np.concatenate([[math.pi], theta, [0.0]])
-    pieces = np.array([_quad(g, b, a) for a, b in zip(edges[:-1], edges[1:])])
+    pieces = np.array([_quad(g, b, a) for a, b in zip(edges[:-1], edges[1:], strict=True)])
     cdf = np.cumsum(pieces)[:-1] / pieces.sum()  # P(w <= w_(i)) at each sorted draw
     i = np.arange(1, n + 1)
     stat = max(np.max(i / n - cdf), np.max(cdf - (i - 1) / n))

@@ -589,7 +589,7 @@ def test_grad_clip_matches_torch_clip_grad_norm():
                       TrainConfig(grad_clip=0.5))
     trainer._check_gradients()
     torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
-    for p, q in zip(model.parameters(), reference.parameters()):
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7)
     total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert abs(float(total) - 0.5) < 1e-5
@@ -701,10 +701,10 @@ def test_a_budgeted_runs_cosine_schedule_ends_when_the_budget_does(tmp_path):
     log = _LRLog(clock)
     trainer = _budget_trainer(clock, callbacks=[log])
     trainer.fit()
-    steps, times, lrs = zip(*log.rows)
+    steps, times, lrs = zip(*log.rows, strict=True)
     assert trainer.state.global_step == 200 and times[-1] <= 12.5 and trainer.state.stopped_early
     end = 1e-2 * 0.01
-    near_end = [t for t, lr in zip(times, lrs) if lr <= end + 1e-3 * (1e-2 - end)]
+    near_end = [t for t, lr in zip(times, lrs, strict=True) if lr <= end + 1e-3 * (1e-2 - end)]
     assert near_end and near_end[0] >= 0.98 * 12.5  # the end value is reached within the last 2 % of the budget
     assert lrs[-1] == pytest.approx(end, rel=1e-2)
     assert lrs[len(lrs) // 2] == pytest.approx((1e-2 + end) / 2, rel=0.05)  # halfway in time, halfway down

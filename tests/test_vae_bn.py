@@ -166,7 +166,7 @@ def test_free_bits_objective_and_the_true_loss():
     g1 = torch.autograd.grad(TrainingObjective("elbo", 1, free_bits=1e6)(model, x)["objective"].mean(), params)
     torch.manual_seed(2)
     g2 = torch.autograd.grad(bv.elbo_terms(model, x, 1).reconstruction.mean(), params)
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b)
     with pytest.raises(ConfigError):
         TrainConfig(free_bits=0.1, objective="iwae")

@@ -124,7 +124,8 @@ def _write_table(path: Path, columns: dict, overwrite: bool) -> None:
         atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
         return
     fmt = [(lambda v: str(int(v))) if a.dtype.kind in "iub" else (lambda v: repr(float(v))) for a in arrays]
-    rows = [",".join(columns)] + [",".join(f(a[i]) for f, a in zip(fmt, arrays)) for i in range(len(arrays[0]))]
+    rows = [",".join(columns)] + [",".join(f(a[i]) for f, a in zip(fmt, arrays, strict=True))
+                                  for i in range(len(arrays[0]))]
     atomic_write_text(path, "\n".join(rows) + "\n", overwrite=overwrite)
 
 

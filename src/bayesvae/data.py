@@ -185,7 +185,7 @@ def _axis_names(shape: tuple[int, ...]) -> tuple[str, ...]:
 
 
 def _locate(index, shape: tuple[int, ...]) -> str:
-    parts = ", ".join(f"{n} {int(i)}" for n, i in zip(_axis_names(shape), index))
+    parts = ", ".join(f"{n} {int(i)}" for n, i in zip(_axis_names(shape), index, strict=False))
     return f"{parts} (0-based indices into an array of shape {tuple(shape)})"
 
 

@@ -251,7 +251,7 @@ def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     padded[: local.shape[0]] = local.to(dev)
     parts = [torch.empty_like(padded) for _ in range(w)]
     dist.all_gather(parts, padded)
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(local.device)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]).to(local.device)
 
 
 def gather_tensors(t: torch.Tensor) -> list[torch.Tensor]:

@@ -45,7 +45,7 @@ class MLP(nn.Module):
         if any(int(s) <= 0 for s in sizes):
             raise ValueError(f"layer sizes must be positive, got {sizes}")
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
                 layers.append(_activation(activation))
@@ -97,7 +97,7 @@ class ConvDecoder(nn.Module):
                                   nn.Linear(hidden, math.prod(self.start)), _activation(activation))
         layers: list[nn.Module] = []
         chans = [*channels, c_out]
-        for i, (a, b) in enumerate(zip(chans[:-1], chans[1:])):
+        for i, (a, b) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
             layers.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
             if i < len(chans) - 2:
                 layers.append(_activation(activation))

@@ -372,7 +372,7 @@ class Trainer:
                              dtype=torch.float64, device=local.device)
         sums = ranks.all_reduce_sum(torch.cat([flags, local.nan_to_num(0.0, 0.0, 0.0)]))
         self._stop_agreed = bool(sums[1] > 0)
-        means = {k: float(v) / n_global for k, v in zip(keys, sums[2:].tolist())}
+        means = {k: float(v) / n_global for k, v in zip(keys, sums[2:].tolist(), strict=True)}
         return bool(sums[0] > 0), means
 
     def train_step(self, batch: torch.Tensor, batch_idx: torch.Tensor, n_global: int | None = None) -> dict[str, float]:
@@ -468,7 +468,7 @@ class Trainer:
         if self.world_size > 1:
             keys = sorted(self._valid_keys(sums))
             local = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64).to(self.device) for k in keys])
-            sums = dict(zip(keys, ranks.all_reduce_sum(local)))
+            sums = dict(zip(keys, ranks.all_reduce_sum(local), strict=True))
         means = {k: float(v) / n for k, v in sums.items()}
         objective = means.pop("objective")
         means.setdefault("loss", -objective)
