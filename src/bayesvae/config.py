@@ -10,16 +10,19 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ConfigError
 
 __all__ = ["ModelConfig", "TrainConfig", "from_dict", "to_dict"]
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
-def _tuple(value, name: str) -> tuple:
+def _tuple(value: object, name: str) -> tuple:
     if isinstance(value, (list, tuple)):
         return tuple(value)
     raise ConfigError(f"option {name!r} must be a list, got {value!r}")
@@ -45,17 +48,17 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         raise ConfigError(f"bad {cls.__name__}: {err}") from None
 
 
-def to_dict(config) -> dict[str, Any]:
+def to_dict(config: DataclassInstance) -> dict[str, Any]:
     """JSON-able dict of a config (tuples become lists)."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
 
 
-def _positive_int(name: str, value) -> None:
+def _positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"option {name!r} must be a positive integer, got {value!r}")
 
 
-def _positive_float(name: str, value, *, allow_zero: bool = False) -> None:
+def _positive_float(name: str, value: Any, *, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"option {name!r} must be a {'non-negative' if allow_zero else 'positive'} number, "
@@ -88,7 +91,7 @@ class ModelConfig:
     """The data were standardised per feature, x' = (x - m) / s: the model holds ln s (buffer ``data_log_scale``)
     and its densities are those of the data in the user's units (the Jacobian -Σ ln s included)."""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("data_shape", "hidden", "conv_channels"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
@@ -168,7 +171,7 @@ class TrainConfig:
     evaluation always in float32. ``fp16``: the same in float16, with a gradient scaler (its state is checkpointed).
     ``auto``: ``bayesvae.runs.train`` times float32 and bf16 steps first and stores the faster (``precision.py``)."""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "samples", "eval_batch_size", "max_skipped_steps"):
             _positive_int(name, getattr(self, name))
         _positive_float("learning_rate", self.learning_rate)

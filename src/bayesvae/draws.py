@@ -14,7 +14,7 @@ keeps each process's own stream.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 
 import torch
@@ -33,12 +33,13 @@ class StepDraws:
     def _keep(self, full: torch.Tensor, lead: int) -> torch.Tensor:
         return full[(slice(None),) * lead + (self.rows,)]
 
-    def uniform(self, row_shape, dtype=torch.float32) -> torch.Tensor:
+    def uniform(self, row_shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """U[0, 1) of shape [local rows, *row_shape]."""
         return self._keep(torch.rand((self.total, *row_shape), generator=self.generator, dtype=dtype,
                                      device=self.generator.device), 0)
 
-    def normal(self, lead_shape, row_shape, dtype=torch.float32) -> torch.Tensor:
+    def normal(self, lead_shape: Sequence[int], row_shape: Sequence[int], dtype: torch.dtype = torch.float32
+               ) -> torch.Tensor:
         """N(0, 1) of shape [*lead_shape, local rows, *row_shape]."""
         lead = tuple(lead_shape)
         return self._keep(torch.randn((*lead, self.total, *row_shape), generator=self.generator, dtype=dtype,

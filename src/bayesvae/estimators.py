@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import math
 from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ import torch
 from . import distributed as ranks
 from .arrays import as_tensor
 from .errors import DataValidationError, InputTypeError
-from .objectives import _check_event, check_num_samples, checked_data
+from .objectives import LatentModel, _check_event, check_num_samples, checked_data
 from .objectives import _check_x as _check_tensor
 from .posteriors import kl_per_dimension
 
@@ -34,9 +35,11 @@ __all__ = ["estimate_log_likelihood", "bits_per_dim", "active_units", "per_dimen
 #: log-density passes over the decoder's output run from cache (measured: 1.5x faster than 64 MiB chunks).
 _CHUNK_ELEMENTS = 1 << 20
 
+_Number = TypeVar("_Number", float, torch.Tensor)
+
 
 @contextlib.contextmanager
-def eval_mode(model) -> Iterator[None]:
+def eval_mode(model: object) -> Iterator[None]:
     """Switch a module to eval mode (dropout, batch norm, running σ) and restore its mode afterwards."""
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
@@ -48,9 +51,9 @@ def eval_mode(model) -> Iterator[None]:
             model.train(True)
 
 
-def _check_x(x):
+def _check_x(x: Any) -> Any:
     """A non-empty batch: a tensor, a numpy array (made a tensor), or a split that stays on disk (checked by its
-    shape); each batch is then checked by the model (:func:`checked_data`)."""
+    shape, returned as it is); each batch is then checked by the model (:func:`checked_data`)."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if isinstance(x, torch.Tensor):
@@ -63,7 +66,7 @@ def _check_x(x):
     return x
 
 
-def model_device(model) -> torch.device:
+def model_device(model: object) -> torch.device:
     """Where the model's parameters (and so its computations) live."""
     params = getattr(model, "parameters", None)
     return next((p.device for p in params()), torch.device("cpu")) if params else torch.device("cpu")
@@ -77,7 +80,7 @@ def _on(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _batches(x: torch.Tensor, batch_size: int | None, device: torch.device | None = None,
-             model=None, values: bool = True) -> Iterator[torch.Tensor]:
+             model: object = None, values: bool = True) -> Iterator[torch.Tensor]:
     """Batches of x on ``device``; with ``model``, each checked and converted by it (:func:`checked_data`; with
     ``values`` False, for functions of the encoder alone, all but the values' support)."""
     step = x.shape[0] if batch_size is None else check_num_samples(batch_size, "batch_size")
@@ -87,13 +90,14 @@ def _batches(x: torch.Tensor, batch_size: int | None, device: torch.device | Non
         yield xb if model is None else checked_data(model, xb, values=values)
 
 
-def example_latents(model, x_i: torch.Tensor, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def example_latents(model: LatentModel, x_i: torch.Tensor, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """K draws z ~ p(z|x_i) for ONE example ``x_i [1, ...]`` from a generator seeded by ``seed`` alone, and their
     log p(z|x_i): (Tensor[K, 1, d], Tensor[K, 1]). Per-example seeds make an estimate independent of the batch
     size and the chunk size, and let a plain per-example loop reproduce it draw for draw."""
     q = model.posterior(x_i)
     if getattr(q, "accepts_generator", False):  # cheaper than re-seeding the global generator
-        z = q.sample((num_samples,), generator=torch.Generator(device=x_i.device).manual_seed(seed))
+        generator = torch.Generator(device=x_i.device).manual_seed(seed)
+        z = q.sample((num_samples,), generator=generator)  # type: ignore[call-arg]  # accepts_generator says so
     else:
         with torch.random.fork_rng(devices=[] if x_i.device.type == "cpu" else [x_i.device]):
             torch.manual_seed(seed)
@@ -101,15 +105,16 @@ def example_latents(model, x_i: torch.Tensor, num_samples: int, seed: int) -> tu
     return z, q.log_prob(z)
 
 
-def _estimate_batch(model, x: torch.Tensor, num_samples: int, chunk_size: int, seeds: list[int]) -> torch.Tensor:
+def _estimate_batch(model: LatentModel, x: torch.Tensor, num_samples: int, chunk_size: int, seeds: list[int]) -> torch.Tensor:
     # The draws are copied into tensors allocated once per batch and the chunk results into a preallocated table:
     # hundreds of small tensors kept alive between the chunk tensors fragmented glibc's heap (measured on 1,500
     # MNIST images: peak RSS 1.4 GiB that way, 0.34 GiB this way, same values, same time).
     batch = x.shape[0]
-    z = log_q = None
+    z: torch.Tensor
+    log_q: torch.Tensor
     for i in range(batch):
         z_i, log_q_i = example_latents(model, x[i : i + 1], num_samples, seeds[i])  # [K, 1, d], [K, 1]
-        if z is None:
+        if i == 0:
             z = z_i.new_empty((num_samples, batch, *z_i.shape[2:]))
             log_q = log_q_i.new_empty((num_samples, batch))
         z[:, i : i + 1] = z_i
@@ -143,7 +148,7 @@ def _example_seeds(xb: torch.Tensor, seed: int, offset: int, seeding: str) -> li
 
 
 @torch.no_grad()
-def _elbo_terms_per_example(model, x: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _elbo_terms_per_example(model: LatentModel, x: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The one-sample ELBO's terms (reconstruction log q(x|z), KL in closed form where the pair has one), each
     example's z drawn from its own seed like :func:`estimate_log_likelihood`'s: the figures do not depend on the
     batch size, nor on which examples share a batch."""
@@ -162,7 +167,7 @@ def _elbo_terms_per_example(model, x: torch.Tensor, seeds: list[int]) -> tuple[t
 
 
 @torch.no_grad()
-def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chunk_size: int | None = None,
+def estimate_log_likelihood(model: LatentModel, x: torch.Tensor, num_samples: int = 5000, chunk_size: int | None = None,
                             batch_size: int | None = 100, seed: int | None = None, *,
                             distributed: bool = False, seeding: str = "index") -> torch.Tensor:
     """Importance-sampled log p(x) per example, Tensor[B] (float64, nats), with the posterior as proposal:
@@ -216,7 +221,8 @@ def estimate_log_likelihood(model, x: torch.Tensor, num_samples: int = 5000, chu
     return ranks.gather_rows(ll, n) if distributed else ll
 
 
-def bits_per_dim(nll_nats, num_dims: int, *, dequantized_8bit: bool = False, levels: int | None = None):
+def bits_per_dim(nll_nats: _Number, num_dims: int, *, dequantized_8bit: bool = False,
+                 levels: int | None = None) -> _Number:
     """NLL in bits per dimension: nll / (D ln 2).
 
     With ``dequantized_8bit`` (or, generally, ``levels`` = L), the data are L-level values scaled to [0, 1] and
@@ -231,7 +237,7 @@ def bits_per_dim(nll_nats, num_dims: int, *, dequantized_8bit: bool = False, lev
 
 
 @torch.no_grad()
-def active_units(model, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 1000) -> tuple[int, torch.Tensor]:
+def active_units(model: LatentModel, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 1000) -> tuple[int, torch.Tensor]:
     """Active units (Burda et al. 2016): dimension u is active when Var_x(E_{z~p(z|x)}[z_u]) > threshold.
 
     Returns (count, Tensor[d] of the variances).
@@ -245,14 +251,16 @@ def active_units(model, x: torch.Tensor, threshold: float = 0.01, batch_size: in
 
 
 @torch.no_grad()
-def per_dimension_kl(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def per_dimension_kl(model: LatentModel, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Mean over x of KL(p(z_u|x) || q(z_u)) for each latent dimension u, Tensor[d] in nats (sums to the mean KL)."""
     x = _check_x(x)
-    total, n = None, 0
+    total: torch.Tensor | None = None
+    n = 0
     with eval_mode(model):
         for xb in _batches(x, batch_size, model_device(model), model, False):
             kl = kl_per_dimension(model.posterior(xb), model.prior).double().sum(0).cpu()
             total, n = (kl if total is None else total + kl), n + xb.shape[0]
+    assert total is not None  # x is a non-empty batch (_check_x)
     return total / n
 
 
@@ -261,7 +269,7 @@ MI_BATCH_SIZE = 1000
 
 
 @torch.no_grad()
-def mutual_information(model, x: torch.Tensor, batch_size: int = 1000, seed: int | None = 0) -> float:
+def mutual_information(model: LatentModel, x: torch.Tensor, batch_size: int = 1000, seed: int | None = 0) -> float:
     """I(x; z) in nats under the aggregate posterior p(z) = (1/N) Σ_n p(z|x_n) of the data: the standard minibatch
     estimator (Hoffman & Johnson 2016; He et al. 2019). In each minibatch of N examples, one z_i ~ p(z|x_i) each:
 
@@ -294,7 +302,7 @@ def mutual_information(model, x: torch.Tensor, batch_size: int = 1000, seed: int
 
 
 @torch.no_grad()
-def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | None = None,
+def evaluate(model: LatentModel, x: torch.Tensor, num_samples: int = 5000, *, levels: int | None = None,
              batch_size: int = 500, chunk_size: int | None = None, distributed: bool = False) -> dict | None:
     """Every figure of an honest evaluation of ``x``, as a JSON-able dict (names carry sign and unit).
 
@@ -332,7 +340,7 @@ def evaluate(model, x: torch.Tensor, num_samples: int = 5000, *, levels: int | N
     except TypeError:  # a KL that does not split by dimension (e.g. the vMF's constant)
         kl_dims = None
     mi_batch = min(MI_BATCH_SIZE, x.shape[0])
-    result = {
+    result: dict[str, Any] = {
         "num_examples": int(x.shape[0]),
         "num_samples": num_samples,
         "log_likelihood_nats": -nll,

@@ -33,10 +33,14 @@ Context keys (what the CLI knows before doing any work):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["DATA_KINDS", "FILE_KINDS", "Scope", "SCOPES", "RESUME_OPTIONS", "INVISIBLE", "refuse_inapplicable",
            "scope_note", "reference_markdown", "applies"]
@@ -236,7 +240,7 @@ def scope_note(command: str, dest: str) -> str:
     return f"[applies to: {'; '.join(parts)}]" if parts else ""
 
 
-def reference_markdown(parser) -> str:
+def reference_markdown(parser: argparse.ArgumentParser) -> str:
     """The flag reference (``docs/cli.md``): every subcommand's options with their default, help and scope."""
     import argparse
 
@@ -264,11 +268,11 @@ def reference_markdown(parser) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _commands(parser):
+def _commands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
     """(name, subparser) of every leaf subcommand ("data info", "data fetch" for nested ones)."""
     import argparse
 
-    def walk(p, prefix):
+    def walk(p: argparse.ArgumentParser, prefix: str) -> Iterator[tuple[str, argparse.ArgumentParser]]:
         subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
         if not subs:
             yield prefix, p

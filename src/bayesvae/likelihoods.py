@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from torch.distributions import Bernoulli as _TorchBernoulli
 from torch.distributions import Distribution, Independent, Normal, constraints
+from torch.types import _size
 
 __all__ = [
     "Likelihood",
@@ -65,7 +67,8 @@ class Likelihood(nn.Module):
 
     def mean(self, params: torch.Tensor, event_ndim: int = 1) -> torch.Tensor:
         """E[x|z], what ``reconstruct`` and image plots show."""
-        return self(params, event_ndim).mean
+        dist: Distribution = self(params, event_ndim)
+        return dist.mean
 
     def config(self) -> dict:
         """JSON-able constructor arguments (checkpoints rebuild the head from them)."""
@@ -130,6 +133,7 @@ class GaussianLearnedVariance(Likelihood):
 
     name = "gaussian-learned"
     num_params = 2
+    sigma_offset: torch.Tensor  # a buffer
 
     def __init__(self, min_sigma: float = 1e-3):
         super().__init__()
@@ -152,7 +156,7 @@ class GaussianLearnedVariance(Likelihood):
         with torch.no_grad():
             self.sigma_offset.fill_(target + math.log(-math.expm1(-target)))  # softplus⁻¹(target)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         state_dict.setdefault(prefix + "sigma_offset", torch.tensor(0.0))  # checkpoints from before the offset
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -183,14 +187,14 @@ class _SharedScaleNormal(Distribution):
     def mean(self) -> torch.Tensor:
         return self.loc
 
-    def _normal(self, log_sigma: torch.Tensor) -> Independent:
+    def _normal(self, log_sigma: torch.Tensor) -> Distribution:
         scale = log_sigma.to(self.loc.dtype).exp().expand_as(self.loc)
         return Independent(Normal(self.loc, scale, validate_args=False), self._event_ndim, validate_args=False)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return self._normal(self._owner.current_log_sigma(value, self.loc)).log_prob(value)
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: _size = torch.Size()) -> torch.Tensor:
         return self._normal(self._owner.scoring_log_sigma().detach()).rsample(sample_shape)
 
 
@@ -213,26 +217,30 @@ class GaussianSharedVariance(Likelihood):
     """
 
     name = "gaussian-shared"
+    # Buffers of the optimal-σ variant.
+    log_sigma: torch.Tensor
+    mse_average: torch.Tensor
+    average_weight: torch.Tensor
 
     def __init__(self, optimal: bool = False, init_sigma: float = 1.0, min_sigma: float = 1e-3, momentum: float = 0.5):
         super().__init__()
         for key, value in (("optimal", optimal),):
             if not isinstance(value, bool):
                 raise ValueError(f"{key} must be true or false, got {value!r}")
-        for key, value in (("init_sigma", init_sigma), ("min_sigma", min_sigma), ("momentum", momentum)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{key} must be a finite number, got {value!r}")
+        for key, number in (("init_sigma", init_sigma), ("min_sigma", min_sigma), ("momentum", momentum)):
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+                raise ValueError(f"{key} must be a finite number, got {number!r}")
         if not (init_sigma > 0 and min_sigma > 0 and 0 < momentum <= 1):
             raise ValueError("init_sigma and min_sigma must be > 0 and momentum in (0, 1]")
         self.optimal, self.min_sigma, self.momentum = bool(optimal), float(min_sigma), float(momentum)
         self.fit_to_batch = False
-        value = torch.tensor(math.log(max(init_sigma, min_sigma)))
+        start = torch.tensor(math.log(max(init_sigma, min_sigma)))
         if self.optimal:
-            self.register_buffer("log_sigma", value)
+            self.register_buffer("log_sigma", start)
             self.register_buffer("mse_average", torch.tensor(0.0))
             self.register_buffer("average_weight", torch.tensor(0.0))
         else:
-            self.sigma_param = nn.Parameter(value / self.LOG_SIGMA_RATE)
+            self.sigma_param = nn.Parameter(start / self.LOG_SIGMA_RATE)
 
     #: Learned σ: ln σ = LOG_SIGMA_RATE x the parameter. Adam moves a parameter by about its learning rate per step
     #: whatever the gradient's size, so ln σ itself would need ~1,000 steps per unit (σ from 1 to 0.1: 2,300
@@ -276,7 +284,7 @@ class GaussianSharedVariance(Likelihood):
             self.log_sigma.copy_(0.5 * running.clamp(min=self.min_sigma**2).log())
         return batch
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         if not self.optimal and prefix + "log_sigma" in state_dict:  # checkpoints from before the rate
             state_dict[prefix + "sigma_param"] = state_dict.pop(prefix + "log_sigma") / self.LOG_SIGMA_RATE
         # Checkpoints from before the bias-corrected average hold log σ alone: take it as a fully weighted average.
@@ -326,17 +334,18 @@ class ScaledDensity(Distribution):
         super().__init__(base.batch_shape, base.event_shape, validate_args=False)
 
     @property
-    def has_rsample(self) -> bool:
+    def has_rsample(self) -> bool:  # type: ignore[override]  # read-only on purpose: the base decides
+
         return self.base.has_rsample
 
     @property
     def mean(self) -> torch.Tensor:
         return self.base.mean
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: _size = torch.Size()) -> torch.Tensor:
         return self.base.rsample(sample_shape)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: _size = torch.Size()) -> torch.Tensor:
         return self.base.sample(sample_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -348,7 +357,7 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
 }
 
 
-def make_likelihood(name: str, **kwargs) -> Likelihood:
+def make_likelihood(name: str, **kwargs: Any) -> Likelihood:
     """Build a registered likelihood by name (only registered names: checkpoints cannot name arbitrary code)."""
     if name not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")

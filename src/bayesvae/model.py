@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,8 @@ class VAE(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, latent_dim: int,
-                 posterior: Posterior | None = None, prior: Prior | None = None, data_shape=None,
+                 posterior: Posterior | None = None, prior: Prior | None = None,
+                 data_shape: Sequence[int] | None = None,
                  config: ModelConfig | None = None, data_log_scale: torch.Tensor | None = None):
         super().__init__()
         if not isinstance(likelihood, Likelihood):
@@ -72,7 +73,7 @@ class VAE(nn.Module):
         else:
             self.data_log_scale = None
 
-    def check_data(self, x, name: str = "x", *, values: bool = True) -> torch.Tensor:
+    def check_data(self, x: object, name: str = "x", *, values: bool = True) -> torch.Tensor:
         """``x`` as the model takes it, or a typed error naming ``name``, what was expected and what was found.
 
         A numpy array becomes a tensor; 8-bit data become k/255 and other dtypes the parameters' (float64 to
@@ -141,7 +142,8 @@ class VAE(nn.Module):
         support: the encoder is a function of any finite x (pictures encode grey levels); the densities refuse
         them."""
         x = self.check_data(x, values=False)
-        return self.posterior_head(_full_precision(self.encoder(x)))
+        q: Distribution = self.posterior_head(_full_precision(self.encoder(x)))
+        return q
 
     def _decode(self, z: torch.Tensor) -> tuple[torch.Tensor, int]:
         if not isinstance(z, torch.Tensor):
@@ -156,7 +158,7 @@ class VAE(nn.Module):
     def likelihood(self, z: torch.Tensor) -> Distribution:
         """q(x|z) for z of shape ``[*N, d]``: batch_shape [*N], event_shape = one example's shape."""
         params, event_ndim = self._decode(z)
-        p_x = self.likelihood_head(params, event_ndim)
+        p_x: Distribution = self.likelihood_head(params, event_ndim)
         if self.data_log_scale is not None:
             p_x = ScaledDensity(p_x, self.data_log_scale.sum())
         return p_x
@@ -164,7 +166,8 @@ class VAE(nn.Module):
     @property
     def prior(self) -> Distribution:
         """q(z): the one prior used by the loss, the estimators and ``sample``."""
-        return self.prior_head()
+        prior: Distribution = self.prior_head()
+        return prior
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,9 +209,12 @@ def build_model(config: ModelConfig) -> VAE:
     """Build the VAE a ``ModelConfig`` describes (checkpoints rebuild models this way, by registered names only)."""
     likelihood = make_likelihood(config.likelihood, **config.likelihood_options)
     posterior = make_posterior(config.posterior, config.latent_dim, config.posterior_options)
+    assert config.prior is not None  # ModelConfig.__post_init__ fills it in
     prior = make_prior(config.prior, config.latent_dim)
     shape, d, m = config.data_shape, config.latent_dim, likelihood.num_params
     out_shape = (m * shape[0], *shape[1:])
+    encoder: nn.Module
+    decoder: nn.Module
     if config.architecture == "mlp":
         encoder = MLP(shape, config.hidden, posterior.num_params(d), config.activation)
         decoder = MLP(d, tuple(reversed(config.hidden)), out_shape, config.activation)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch.distributions import Distribution, kl_divergence
@@ -26,25 +27,37 @@ __all__ = ["ELBOTerms", "log_importance_weights", "elbo_terms", "elbo", "iwae_bo
 KL_MODES = ("analytic", "sampled", "auto")
 
 
-def check_num_samples(num_samples, name: str = "num_samples") -> int:
+class LatentModel(Protocol):
+    """What the bounds use of a model (:class:`bayesvae.VAE`, or one's own): three distributions."""
+
+    def posterior(self, x: torch.Tensor) -> Distribution: ...
+
+    def likelihood(self, z: torch.Tensor) -> Distribution: ...
+
+    @property
+    def prior(self) -> Distribution: ...
+
+
+def check_num_samples(num_samples: object, name: str = "num_samples") -> int:
     """Validate a sample count (a ValueError, not an assert, so it also holds under ``python -O``)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
         raise ValueError(f"{name} must be a positive integer, got {num_samples!r}")
     return num_samples
 
 
-def _check_x(x) -> None:
+def _check_x(x: object) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise DataValidationError(f"x must be a non-empty batch Tensor[B, *data_shape], got {shape}")
 
 
-def checked_data(model, x, name: str = "x", *, values: bool = True) -> torch.Tensor:
+def checked_data(model: object, x: torch.Tensor, name: str = "x", *, values: bool = True) -> torch.Tensor:
     """``x`` converted and checked by the model (:meth:`bayesvae.VAE.check_data`: type, dtype, device, shape,
     finite values on the likelihood's support); a model of one's own without ``check_data`` gets the basic check."""
     check = getattr(model, "check_data", None)
     if check is not None:
-        return check(x, name, values=values)
+        checked: torch.Tensor = check(x, name, values=values)
+        return checked
     _check_x(x)
     return x
 
@@ -62,14 +75,15 @@ def _check_event(p_x: Distribution, x: torch.Tensor) -> None:
                          f"{tuple(p_x.event_shape)}; reshape the data or size the decoder for it")
 
 
-def _log_weight_parts(model, x: torch.Tensor, q: Distribution, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _log_weight_parts(model: LatentModel, x: torch.Tensor, q: Distribution,
+                      z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log q(x|z), log q(z) - log p(z|x)), each Tensor[K, B]."""
     p_x = model.likelihood(z)
     _check_pair(q, p_x, x)
     return p_x.log_prob(x), model.prior.log_prob(z) - q.log_prob(z)
 
 
-def log_importance_weights(model, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+def log_importance_weights(model: LatentModel, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
     """log w = log q(x|z) + log q(z) - log p(z|x) with z ~ p(z|x) reparameterised; Tensor[K, B] in nats."""
     check_num_samples(num_samples)
     x = checked_data(model, x)
@@ -92,7 +106,7 @@ class ELBOTerms:
         return self.reconstruction - self.kl
 
 
-def elbo_terms(model, x: torch.Tensor, num_samples: int = 1, kl: str = "auto") -> ELBOTerms:
+def elbo_terms(model: LatentModel, x: torch.Tensor, num_samples: int = 1, kl: str = "auto") -> ELBOTerms:
     """Reconstruction and KL terms of the K-sample ELBO (eqs. 23-24).
 
     ``kl``: ``analytic`` (closed form, error if the pair has none), ``sampled`` (mean of log p(z|x) - log q(z) over
@@ -117,12 +131,12 @@ def elbo_terms(model, x: torch.Tensor, num_samples: int = 1, kl: str = "auto") -
     return ELBOTerms(log_px.mean(0), kl_value)
 
 
-def elbo(model, x: torch.Tensor, num_samples: int = 1, kl: str = "auto") -> torch.Tensor:
+def elbo(model: LatentModel, x: torch.Tensor, num_samples: int = 1, kl: str = "auto") -> torch.Tensor:
     """The K-sample evidence lower bound, Tensor[B] in nats (the negative of the seed's loss, eq. 24)."""
     return elbo_terms(model, x, num_samples, kl).elbo
 
 
-def iwae_bound(model, x: torch.Tensor, num_samples: int = 50) -> torch.Tensor:
+def iwae_bound(model: LatentModel, x: torch.Tensor, num_samples: int = 50) -> torch.Tensor:
     """IWAE bound logsumexp_k log w_k - log K, Tensor[B] in nats; ELBO ≤ IWAE_K ≤ log q(x), growing with K."""
     log_w = log_importance_weights(model, x, num_samples)
     return torch.logsumexp(log_w, dim=0) - math.log(num_samples)
@@ -159,14 +173,14 @@ class TrainingObjective:
     def kl_weight(self, progress: float) -> float:
         return 1.0 if self.kl_warmup_epochs <= 0 else min(1.0, progress / self.kl_warmup_epochs)
 
-    def __call__(self, model, x: torch.Tensor, progress: float = math.inf) -> dict[str, torch.Tensor]:
+    def __call__(self, model: Any, x: torch.Tensor, progress: float = math.inf) -> dict[str, torch.Tensor]:
         # Statistics fitted to the batch (the optimal shared σ) are fitted only when training, never in validation.
         trusted = getattr(model, "trusted_inputs", None) if not self.check_inputs else None
         with batch_fitting(model, enabled=bool(getattr(model, "training", False))), \
                 (trusted() if trusted is not None else contextlib.nullcontext()):
             return self._terms(model, x, progress)
 
-    def _terms(self, model, x: torch.Tensor, progress: float) -> dict[str, torch.Tensor]:
+    def _terms(self, model: Any, x: torch.Tensor, progress: float) -> dict[str, torch.Tensor]:
         x = checked_data(model, x)
         if self.kind == "iwae":
             q = model.posterior(x)
@@ -185,7 +199,7 @@ class TrainingObjective:
         return {"objective": objective, "loss": -terms.elbo.detach(), "reconstruction_nll": -terms.reconstruction,
                 "kl": terms.kl}
 
-    def _free_bits(self, model, x: torch.Tensor, progress: float) -> dict[str, torch.Tensor]:
+    def _free_bits(self, model: Any, x: torch.Tensor, progress: float) -> dict[str, torch.Tensor]:
         from .posteriors import kl_per_dimension
 
         q = model.posterior(x)

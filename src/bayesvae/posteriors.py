@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from torch.distributions import Distribution, constraints, register_kl
+from torch.types import _size
 
 from . import draws
 from .errors import ConfigError
@@ -80,7 +82,7 @@ class DiagonalNormal(Distribution):
     def stddev(self) -> torch.Tensor:
         return (0.5 * self.logvar).exp()
 
-    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+    def rsample(self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
         """Eq. (23), the reparameterisation: z = μ + σ ⊙ ε, ε ~ N(0, I). Tensor[*sample_shape, B, d]. Within a
         training step, ε comes from the step's draws (:mod:`bayesvae.draws`), the same for an example however many
         processes share the batch."""
@@ -92,7 +94,7 @@ class DiagonalNormal(Distribution):
                               device=self.loc.device, generator=generator)
         return self.loc + self.stddev * eps
 
-    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape, generator)
 
@@ -138,6 +140,11 @@ class Posterior(nn.Module):
     factorised = True
 
     def num_params(self, latent_dim: int) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def check_options(options: dict, latent_dim: int | None) -> None:  # pragma: no cover - abstract
+        """Raise ConfigError unless ``options`` are valid constructor options for this latent dimension."""
         raise NotImplementedError
 
     def config(self) -> dict:
@@ -200,12 +207,13 @@ class DiagonalGaussian(Posterior):
         self.latent_dim = latent_dim
         self.fit_to_batch = False
         if bn_gamma is not None or bn_tau is not None:
+            assert latent_dim is not None  # check_options refused the options without it
             self.mean_norm = nn.BatchNorm1d(latent_dim, eps=BN_EPS, affine=False)
-        if bn_gamma is not None:
-            self.shift = nn.Parameter(torch.zeros(latent_dim))
-        if bn_tau is not None:
-            self.scale_norm = nn.BatchNorm1d(latent_dim, eps=BN_EPS, affine=False)
-            self.theta = nn.Parameter(torch.zeros(()))
+            if bn_gamma is not None:
+                self.shift = nn.Parameter(torch.zeros(latent_dim))
+            if bn_tau is not None:
+                self.scale_norm = nn.BatchNorm1d(latent_dim, eps=BN_EPS, affine=False)
+                self.theta = nn.Parameter(torch.zeros(()))
 
     @staticmethod
     def check_options(options: dict, latent_dim: int | None) -> None:
@@ -234,16 +242,19 @@ class DiagonalGaussian(Posterior):
             self.fit_to_batch = saved
 
     def _normalise(self, norm: nn.BatchNorm1d, v: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor
         if self.fit_to_batch or not norm.training:
-            return norm(v)
+            out = norm(v)
+            return out
         norm.train(False)  # a bound on a model in training mode: the running statistics, no update
         try:
-            return norm(v)
+            out = norm(v)
+            return out
         finally:
             norm.train(True)
 
     def config(self) -> dict:
-        out = {"name": self.name}
+        out: dict[str, Any] = {"name": self.name}
         out.update({k: v for k, v in (("bn_gamma", self.bn_gamma), ("bn_tau", self.bn_tau)) if v is not None})
         return out
 
@@ -255,10 +266,11 @@ class DiagonalGaussian(Posterior):
         return tau + (1 - tau) * s, (1 - tau) * (1 - s)
 
     def kl_bound(self) -> float | None:
+        d = self.latent_dim or 0  # set whenever a batch-norm option is (check_options)
         if self.bn_gamma is not None:
-            return 0.5 * self.latent_dim * self.bn_gamma ** 2
+            return 0.5 * d * self.bn_gamma ** 2
         if self.bn_tau is not None:
-            return -0.5 * self.latent_dim * math.log1p(-self.bn_tau)
+            return -0.5 * d * math.log1p(-self.bn_tau)
         return None
 
     def describe(self) -> str:

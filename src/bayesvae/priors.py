@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 from torch.distributions import Distribution, constraints
+from torch.types import Device, _size
 
 from .sphere import UniformSphere
 
@@ -22,7 +23,7 @@ class StandardNormal(Distribution):
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(self, latent_dim: int, *, dtype: torch.dtype = torch.float32, device=None):
+    def __init__(self, latent_dim: int, *, dtype: torch.dtype = torch.float32, device: Device = None):
         self.latent_dim, self._dtype, self._device = int(latent_dim), dtype, device
         super().__init__(torch.Size(), torch.Size([self.latent_dim]), validate_args=False)
 
@@ -34,7 +35,7 @@ class StandardNormal(Distribution):
     def variance(self) -> torch.Tensor:
         return torch.ones(self.latent_dim, dtype=self._dtype, device=self._device)
 
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: _size = torch.Size()) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.event_shape
         return torch.randn(shape, dtype=self._dtype, device=self._device)
 
@@ -55,6 +56,7 @@ class Prior(nn.Module):
 
     name = "prior"
     manifold = "euclidean"
+    _anchor: torch.Tensor  # a buffer
 
     def __init__(self, latent_dim: int):
         super().__init__()

@@ -25,6 +25,7 @@ import math
 import numpy as np
 import torch
 from torch.distributions import Distribution, constraints, register_kl
+from torch.types import Device, _size
 
 __all__ = ["log_bessel_iv", "log_vmf_normalizer", "mean_resultant_length", "log_sphere_area", "vmf_kl_to_uniform",
            "sample_vmf_w", "VonMisesFisher", "UniformSphere"]
@@ -76,15 +77,15 @@ def vmf_kl_to_uniform(dim: int, kappa: float) -> float:
     return kappa * mean_resultant_length(dim, kappa) + log_vmf_normalizer(dim, kappa) + log_sphere_area(dim)
 
 
-def _check_dim_kappa(dim, kappa) -> None:
+def _check_dim_kappa(dim: object, kappa: object) -> None:
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
         raise ValueError(f"a sphere latent needs dimension d >= 2 (S^1 is the circle), got {dim!r}")
     if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not (0 < kappa < math.inf):
         raise ValueError(f"kappa must be a finite number > 0, got {kappa!r}")
 
 
-def sample_vmf_w(dim: int, kappa: float, shape, *, generator: torch.Generator | None = None,
-                 device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_vmf_w(dim: int, kappa: float, shape: _size, *, generator: torch.Generator | None = None,
+                 device: Device = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact draws of w = <z, μ> (Wood 1994), vectorised: rounds of proposals for the still-pending entries.
 
     Returns (w, 1 - w), both float64 Tensor[shape]; 1 - w is computed without cancellation (for large κ, w is
@@ -151,7 +152,7 @@ class VonMisesFisher(Distribution):
     def mode(self) -> torch.Tensor:
         return self.loc
 
-    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+    def rsample(self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
         """z = w μ + sqrt(1 - w²) ν, Tensor[*sample_shape, *batch, d]; gradients flow through μ only."""
         shape = torch.Size(sample_shape) + self.loc.shape
         w, omw = sample_vmf_w(self.dim, self.kappa, shape[:-1], generator=generator, device=self.loc.device)
@@ -161,10 +162,11 @@ class VonMisesFisher(Distribution):
         mu = torch.nn.functional.normalize(self.loc.double(), dim=-1).expand(shape)  # |μ| = 1 to float64's 1e-16
         for _ in range(2):  # project onto the tangent space at μ twice (Gram-Schmidt's classic remedy)
             v = v - (v * mu).sum(-1, keepdim=True) * mu
-        nu = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-300)
+        norm: torch.Tensor = torch.linalg.vector_norm(v, dim=-1, keepdim=True)  # (torch.linalg is untyped)
+        nu = v / norm.clamp_min(1e-300)
         return (w.unsqueeze(-1) * mu + radial.unsqueeze(-1) * nu).to(self.loc.dtype)
 
-    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape, generator)
 
@@ -184,7 +186,7 @@ class UniformSphere(Distribution):
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(self, latent_dim: int, *, dtype: torch.dtype = torch.float32, device=None):
+    def __init__(self, latent_dim: int, *, dtype: torch.dtype = torch.float32, device: Device = None):
         _check_dim_kappa(int(latent_dim), 1.0)
         self.latent_dim, self._dtype, self._device = int(latent_dim), dtype, device
         self.log_area = log_sphere_area(self.latent_dim)
@@ -194,10 +196,11 @@ class UniformSphere(Distribution):
     def mean(self) -> torch.Tensor:
         return torch.zeros(self.latent_dim, dtype=self._dtype, device=self._device)
 
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: _size = torch.Size()) -> torch.Tensor:
         """Normalised standard-normal vectors: uniform on the sphere by rotational symmetry."""
         v = torch.randn(torch.Size(sample_shape) + self.event_shape, dtype=self._dtype, device=self._device)
-        return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-30)
+        norm: torch.Tensor = torch.linalg.vector_norm(v, dim=-1, keepdim=True)  # (torch.linalg is untyped)
+        return v / norm.clamp_min(1e-30)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return torch.full(value.shape[:-1], -self.log_area, dtype=value.dtype, device=value.device)
