@@ -90,7 +90,8 @@ def _batches(x: torch.Tensor, batch_size: int | None, device: torch.device | Non
         yield xb if model is None else checked_data(model, xb, values=values)
 
 
-def example_latents(model: LatentModel, x_i: torch.Tensor, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def example_latents(model: LatentModel, x_i: torch.Tensor, num_samples: int,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """K draws z ~ p(z|x_i) for ONE example ``x_i [1, ...]`` from a generator seeded by ``seed`` alone, and their
     log p(z|x_i): (Tensor[K, 1, d], Tensor[K, 1]). Per-example seeds make an estimate independent of the batch
     size and the chunk size, and let a plain per-example loop reproduce it draw for draw."""
@@ -105,7 +106,8 @@ def example_latents(model: LatentModel, x_i: torch.Tensor, num_samples: int, see
     return z, q.log_prob(z)
 
 
-def _estimate_batch(model: LatentModel, x: torch.Tensor, num_samples: int, chunk_size: int, seeds: list[int]) -> torch.Tensor:
+def _estimate_batch(model: LatentModel, x: torch.Tensor, num_samples: int, chunk_size: int,
+                    seeds: list[int]) -> torch.Tensor:
     # The draws are copied into tensors allocated once per batch and the chunk results into a preallocated table:
     # hundreds of small tensors kept alive between the chunk tensors fragmented glibc's heap (measured on 1,500
     # MNIST images: peak RSS 1.4 GiB that way, 0.34 GiB this way, same values, same time).
@@ -237,7 +239,8 @@ def bits_per_dim(nll_nats: _Number, num_dims: int, *, dequantized_8bit: bool = F
 
 
 @torch.no_grad()
-def active_units(model: LatentModel, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 1000) -> tuple[int, torch.Tensor]:
+def active_units(model: LatentModel, x: torch.Tensor, threshold: float = 0.01,
+                 batch_size: int = 1000) -> tuple[int, torch.Tensor]:
     """Active units (Burda et al. 2016): dimension u is active when Var_x(E_{z~p(z|x)}[z_u]) > threshold.
 
     Returns (count, Tensor[d] of the variances).
