@@ -228,9 +228,9 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = T
 
 # ------------------------------------------------------------------------------------------------------ saving
 def _toolkit_version() -> str:
-    pkg = sys.modules.get(__package__ or "bayesvae")
-    if getattr(pkg, "__version__", None):
-        return str(pkg.__version__)
+    ours = getattr(sys.modules.get(__package__ or "bayesvae"), "__version__", None)
+    if ours:
+        return str(ours)
     try:
         from importlib.metadata import version
         return version("bayesvae")
@@ -304,7 +304,13 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, tensors: dict[str, to
             target = ckdir / tag
             old = target.read_bytes() if target.is_file() else None
             atomic_write_text(target, json.dumps({"checkpoint": final.name}))
-            undo.append(lambda p=target, b=old: atomic_write_bytes(p, b) if b is not None else p.unlink(True))
+
+            def restore(p: Path = target, b: bytes | None = old) -> None:
+                if b is not None:
+                    atomic_write_bytes(p, b)
+                else:
+                    p.unlink(True)
+            undo.append(restore)
     except BaseException as exc:
         for action in reversed(undo):
             try:

@@ -37,7 +37,8 @@ def save_grid_png(path: str | Path, images: torch.Tensor, ncol: int | None = Non
     grid = make_grid(images, ncol)
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        # Image.Resampling.NEAREST (the same value) needs Pillow 9.1; the dependency floor is 9.0.
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)  # type: ignore[attr-defined]
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)

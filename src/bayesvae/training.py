@@ -130,6 +130,7 @@ def recalibrate_batch_norm(model: nn.Module, batches, forward: Callable[[nn.Modu
         if n == 0:
             continue
         mean = s1 / n
+        assert m.running_mean is not None and m.running_var is not None  # track_running_stats
         m.running_mean.copy_(mean.to(m.running_mean.dtype))
         m.running_var.copy_((s2 / n - mean * mean).clamp_min(0.0).to(m.running_var.dtype))
     return len(layers)
@@ -233,7 +234,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             # buffers (the prior's constants) are equal on every rank: no per-step broadcast
-            sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(
+            sync: dict[str, Any] = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(
                 DistributedDataParallel.__init__).parameters else {"broadcast_buffers": False})
             self._step_module = DistributedDataParallel(self._step_module, device_ids=ids, **sync)
         self._stop_agreed = False
@@ -320,18 +321,20 @@ class Trainer:
     def _fp16_overflow(self) -> bool:
         """fp16: unscale the gradients; True when they overflowed (the scaler then skips the step and lowers its
         scale: routine, not an error, unless it keeps happening)."""
-        self.scaler.unscale_(self.optimizer)
+        scaler = self.scaler
+        assert scaler is not None  # fp16 has one
+        scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
             return False
-        self.scaler.step(self.optimizer)  # skipped by the scaler (it saw the inf), then the scale backs off
-        self.scaler.update()
+        scaler.step(self.optimizer)  # skipped by the scaler (it saw the inf), then the scale backs off
+        scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.skipped_steps += 1
         self.state.consecutive_skips += 1
         if self.state.consecutive_skips > max(_FP16_MAX_OVERFLOWS, self.config.max_skipped_steps):
             raise NonFiniteError(f"fp16 gradients overflowed in {self.state.consecutive_skips} steps in a row (scale "
-                                 f"now {self.scaler.get_scale():g}); train with --precision bf16 or float32")
+                                 f"now {scaler.get_scale():g}); train with --precision bf16 or float32")
         return True
 
     def _check_terms(self, out: dict[str, torch.Tensor], loss: torch.Tensor, batch_idx: torch.Tensor) -> None:
@@ -478,6 +481,7 @@ class Trainer:
         """The metric names every rank reports (a rank with an empty shard learns them from one example)."""
         if sums:
             return list(sums)
+        assert self.valid_data is not None  # validation runs only with validation data
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             out = self.valid_objective(self.model, self._to_device(self.valid_data[:1]), float(self.config.epochs))
         return list(out)
@@ -626,13 +630,14 @@ class Trainer:
 
     def save(self, best: bool = False) -> Path | None:
         """Commit a checkpoint: rank 0 writes, the other ranks wait for it at a barrier (with a time-out)."""
-        if self.run_dir is None:
+        run_dir = self.run_dir
+        if run_dir is None:
             return None
         tensors, state = self.state_dicts()
         tags = ("last", "best") if best else ("last",)
-        path = ranks.run_on_main(lambda: ckpt.save_checkpoint(self.run_dir, self.state.global_step, tensors, state,
+        path = ranks.run_on_main(lambda: ckpt.save_checkpoint(run_dir, self.state.global_step, tensors, state,
                                                               tags=tags))
-        self.last_checkpoint = path or (Path(self.run_dir) / ckpt.CHECKPOINTS / f"step-{self.state.global_step:08d}")
+        self.last_checkpoint = path or (Path(run_dir) / ckpt.CHECKPOINTS / f"step-{self.state.global_step:08d}")
         return self.last_checkpoint
 
     def load_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
