@@ -678,7 +678,8 @@ def cmd_report(args) -> int:
     if not Path(args.run_dir).is_dir():
         from .errors import CheckpointNotFoundError
         raise CheckpointNotFoundError(f"no run directory at {args.run_dir}")
-    _refuse(args, data=bdata.source_kind(_stored_source(args.run_dir, args.run_data)))
+    source = _stored_source(args.run_dir, args.run_data)  # None without a readable run.json
+    _refuse(args, data=bdata.source_kind(source) if source is not None else None)
     with RunLock(args.run_dir, "report"):
         path = write_report(args.run_dir, num_samples=args.samples, max_examples=args.max_examples,
                             checkpoint=args.checkpoint, seed=args.seed, device=_device(args), data=args.run_data,
@@ -958,7 +959,7 @@ def _apply_preset(parser: argparse.ArgumentParser, argv: list[str] | None) -> No
     if not known.preset:
         return
     preset = load_preset(known.preset)
-    train_parser = parser._subparsers._group_actions[0].choices["train"]  # noqa: SLF001 - argparse has no API
+    train_parser = _subparser(parser, "train")
     defaults = {k: v for k, v in preset.get("model", {}).items()}
     unsupported = sorted(set(preset.get("train", {})) - set(_PRESET_TRAIN_OPTIONS))
     if unsupported:
@@ -1005,7 +1006,8 @@ def _explicit_dests(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    return parser._subparsers._group_actions[0].choices[name]  # noqa: SLF001 - argparse has no API
+    # argparse has no API for its subparsers: its private attributes, which typeshed types loosely.
+    return parser._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr,index]  # noqa: SLF001
 
 
 def _version() -> str:

@@ -49,6 +49,8 @@ class VAE(nn.Module):
             (``likelihood(z).log_prob(x')`` includes the Jacobian -Σ ln s; see ``ScaledDensity``).
     """
 
+    data_log_scale: torch.Tensor | None  # a buffer, or None
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, latent_dim: int,
                  posterior: Posterior | None = None, prior: Prior | None = None,
                  data_shape: Sequence[int] | None = None,

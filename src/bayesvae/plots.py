@@ -59,12 +59,13 @@ class PlotContext:
         self.split = split
         self._x = None if data is None else torch.as_tensor(data, dtype=torch.float32)
         self._user_data = data is not None
-        self._x_display = None
+        self._x_display: torch.Tensor | None = None
         self._labels = None if labels is None else torch.as_tensor(labels).long()
         self._class_names = None if class_names is None else [str(c) for c in class_names]
         self._dataset = dataset
         self._prepared = None
-        self._kl = self._var = None
+        self._kl: np.ndarray | None = None
+        self._var: np.ndarray | None = None
         shape = getattr(model, "data_shape", None)
         if shape is None and run is not None:
             shape = tuple(run.model_config.data_shape)
@@ -347,7 +348,7 @@ def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------------- kinds
 def latent(run, *, dims: Sequence[int] | None = None, split: str = "test", data=None, labels=None,
-           max_points: int = 5000, seed: int = 0, **_):
+           max_points: int = 5000, seed: int = 0, **_unused):
     """Scatter of the posterior means E[z|x] of a split, coloured by label (one colour without labels).
 
     Two latent dimensions are shown directly (or the two ``dims`` asked for); more are projected on their first
@@ -402,7 +403,7 @@ def latent(run, *, dims: Sequence[int] | None = None, split: str = "test", data=
     return fig
 
 
-def manifold(run, *, dims: Sequence[int] | None = None, n: int = 15, quantile_range=(0.05, 0.95), **_):
+def manifold(run, *, dims: Sequence[int] | None = None, n: int = 15, quantile_range=(0.05, 0.95), **_unused):
     """The decoded means E[x|z] over an n x n lattice of standard-normal quantiles in two latent dimensions (the
     two with the largest KL unless ``dims`` says), every other dimension at 0, its prior mean."""
     ctx = context(run)
@@ -429,7 +430,7 @@ def manifold(run, *, dims: Sequence[int] | None = None, n: int = 15, quantile_ra
     return fig
 
 
-def samples(run, *, n: int = 64, seed: int = 0, **_):
+def samples(run, *, n: int = 64, seed: int = 0, **_unused):
     """Decoded means E[x|z] of n draws z ~ q(z) from the prior."""
     ctx = context(run)
     _need_image(ctx, "samples")
@@ -451,7 +452,7 @@ def _prior_draws(ctx: PlotContext, n: int, seed: int) -> torch.Tensor:
         return ctx.model.prior.sample((n,)).float().cpu()  # drawn on the CPU generator whatever the device
 
 
-def reconstructions(run, *, n: int = 16, split: str = "test", data=None, **_):
+def reconstructions(run, *, n: int = 16, split: str = "test", data=None, **_unused):
     """The first n examples of a split beside their reconstructions E[x|z = E[z|x]] (same positions)."""
     ctx = context(run, data=data, split=split)
     _need_image(ctx, "reconstructions")
@@ -469,7 +470,7 @@ def reconstructions(run, *, n: int = 16, split: str = "test", data=None, **_):
 
 
 def interpolation(run, *, pairs: int = 6, steps: int = 10, split: str = "test", data=None, labels=None,
-                  seed: int = 0, **_):
+                  seed: int = 0, **_unused):
     """Rows: two encoded examples (shown at the ends) and ``steps`` decoded points on the straight line between
     their posterior means. Pairs are drawn with a fixed seed, from different labels where labels exist."""
     ctx = context(run, data=data, labels=labels, split=split)
@@ -506,7 +507,7 @@ def interpolation(run, *, pairs: int = 6, steps: int = 10, split: str = "test", 
     return fig
 
 
-def traversals(run, *, max_dims: int = 10, steps: int = 11, span: float = 3.0, **_):
+def traversals(run, *, max_dims: int = 10, steps: int = 11, span: float = 3.0, **_unused):
     """Rows: one latent dimension each (up to ``max_dims``, largest KL first) swept over [-span, span] with the
     others at 0; the decoded means E[x|z]."""
     ctx = context(run)
@@ -536,7 +537,7 @@ def traversals(run, *, max_dims: int = 10, steps: int = 11, span: float = 3.0, *
     return fig
 
 
-def kl(run, *, split: str = "test", data=None, threshold: float = ACTIVE_THRESHOLD, **_):
+def kl(run, *, split: str = "test", data=None, threshold: float = ACTIVE_THRESHOLD, **_unused):
     """Per-dimension KL(p(z_u|x) || q(z_u)) (top) and the active-units statistic Var_x(E[z_u|x]) with its
     threshold (bottom); active dimensions are coloured."""
     ctx = context(run, data=data, split=split)
@@ -600,7 +601,7 @@ def _loss_titles(run) -> tuple[str, str]:
     return ("total loss L = reconstruction + KL (nats)", "")
 
 
-def curves(run, *, metrics: list[dict] | None = None, **_):
+def curves(run, *, metrics: list[dict] | None = None, **_unused):
     """Learning curves per epoch: the total loss (eq. 24; the one indicator of progress, bold) and its two parts,
     reconstruction NLL and KL, for the training and validation sets."""
     records = metrics if metrics is not None else _read_metrics(context(run))
@@ -647,7 +648,7 @@ def curves(run, *, metrics: list[dict] | None = None, **_):
 
 
 def histograms(run, *, split: str = "test", data=None, num_samples: int | None = None, max_features: int = 16,
-               seed: int = 0, bins: int = 30, **_):
+               seed: int = 0, bins: int = 30, **_unused):
     """Tabular runs: per-feature histograms of the data and of model draws x ~ q(x|z), z ~ q(z), in the units of
     the user's file (the loader's standardisation undone); up to ``max_features`` small multiples."""
     ctx = context(run, data=data, split=split)
@@ -708,7 +709,7 @@ def _angles_of(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sphere(run, *, n: int = 16, split: str = "test", data=None, labels=None, max_points: int = 3000, seed: int = 0,
-           **_):
+           **_unused):
     """For a latent on the sphere (vmf). d = 2: the latent circle, the mean directions μ(x) of a split placed at
     their angle θ and coloured by label (radially spread by label so classes do not hide each other), and the
     decoded means E[x|z] at ``n`` angles around the circle. d ≥ 3: the mean directions as azimuth φ and elevation

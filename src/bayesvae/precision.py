@@ -55,7 +55,8 @@ def choose_precision(model: torch.nn.Module, objective, train_data, config: Trai
                           "with a single process: `bayesvae train --precision auto ...` prints the choice)")
     n = min(config.batch_size, train_data.shape[0])
     index = torch.arange(n)
-    probes, times = {}, {p: [] for p in CANDIDATES}
+    probes: dict[str, tuple] = {}
+    times: dict[str, list[float]] = {p: [] for p in CANDIDATES}
     with torch.random.fork_rng(devices=[] if not torch.cuda.is_available() else None):
         for precision in CANDIDATES:
             cfg = dataclasses.replace(config, precision=precision, max_seconds=0.0, nonfinite_policy="skip")

@@ -138,6 +138,7 @@ def _evaluate(ctx: plots.PlotContext, num_samples: int, max_examples: int, seed:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         result = evaluate(ctx.model, x, num_samples, levels=levels, batch_size=250)
+    assert result is not None  # one process (evaluate returns None on the other ranks of a distributed run)
     result["seconds"] = time.perf_counter() - t0
     result["split_size"] = int(x_all.shape[0])
     result["preparation"] = prepared.preparation if prepared is not None else "none"
@@ -348,7 +349,7 @@ def _asset(name: str) -> str:
     """A file of ``bayesvae/assets`` (the explorer's JavaScript, the page's CSS), read at render time and inlined."""
     from importlib import resources
 
-    text = resources.files("bayesvae").joinpath("assets", name).read_text(encoding="utf-8")
+    text = resources.files("bayesvae").joinpath("assets").joinpath(name).read_text(encoding="utf-8")
     return text.replace("</", "<\\/")  # nothing in an inlined asset may close its <script>/<style> element
 
 

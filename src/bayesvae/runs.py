@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from .arrays import PreparedRows, Rows, as_tensor
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, InputTypeError, OutputExistsError
 from .model import VAE, build_model
-from .objectives import TrainingObjective
+from .objectives import LatentModel, TrainingObjective
 from .precision import choose_precision
 from .training import Callback, Trainer, recalibrate_batch_norm
 
@@ -131,6 +131,7 @@ def prepare_data(dataset: bdata.Dataset, likelihood: str) -> PreparedData:
                             fixed_transform=bdata.fixed_binarization)
     if how == "dequantize":
         levels = _levels(dataset)
+        assert levels is not None  # dequantised data are on a level grid
 
         def fixed(x, seed):
             return _dequantize(x, levels, torch.Generator().manual_seed(seed))
@@ -152,7 +153,7 @@ def load_preset(name: str) -> dict:
                    if p.name.endswith(".json"))
     if name not in names:
         raise ConfigError(f"unknown preset {name!r}; choose one of {names}")
-    preset = json.loads(resources.files("bayesvae").joinpath("presets", f"{name}.json").read_text())
+    preset = json.loads(resources.files("bayesvae").joinpath("presets").joinpath(f"{name}.json").read_text())
     unknown = sorted(set(preset) - {"description", "model", "train"}) + sorted(
         set(preset.get("model", {})) - set(PRESET_MODEL_KEYS))
     if unknown:
@@ -297,7 +298,7 @@ class PreciseBatchNorm(Callback):
         device = trainer.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(trainer.config.seed * 1_000_003 + trainer.state.epoch + 17)
-            recalibrate_batch_norm(model, batches(), lambda m, xb: m.posterior(xb))
+            recalibrate_batch_norm(model, batches(), lambda m, xb: cast(LatentModel, m).posterior(xb))
 
 
 #: Training warns once when fewer than this share of the latent units are active after the KL warm-up.
@@ -323,7 +324,8 @@ class CollapseMonitor(Callback):
         settle = max(1.0, trainer.config.kl_warmup_epochs, min(COLLAPSE_SETTLE_EPOCHS, trainer.config.epochs))
         if valid is None or valid.shape[0] < 2 or record["epoch"] < settle:
             return
-        count, variances = active_units(trainer.model, trainer._to_device(valid[:1000]))  # float, on the device
+        model = cast(LatentModel, trainer.model)  # the VAE being trained
+        count, variances = active_units(model, trainer._to_device(valid[:1000]))  # float, on the device
         record["active_units"] = count
         d = variances.numel()
         if count < self.share * d and not trainer.run_state.get("collapse_warned"):
@@ -413,6 +415,7 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     torch.manual_seed(train_config.seed)
     model = build_model(model_config).to(device)
     if dataset.standardization is not None:
+        assert model.data_log_scale is not None  # model_config.standardized
         with torch.no_grad():
             model.data_log_scale.copy_(dataset.standardization[1].reshape(model.data_log_scale.shape).log())
     _initialize_from_data(model, prepared)
@@ -441,6 +444,7 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
         ranks.run_on_main(prepare)
     try:
         if tensorboard and ranks.is_main():
+            assert run_dir is not None  # refused above without one
             callbacks = [*callbacks, TensorBoardLog(run_dir)]
         trainer = _make_trainer(model, train_config, prepared, run_dir, state, callbacks, on_warning)
         if on_ready is not None:

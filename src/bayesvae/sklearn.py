@@ -18,6 +18,7 @@ import copy
 import math
 import numbers
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -40,13 +41,15 @@ TABULAR_LIKELIHOODS = ("gaussian-learned", "gaussian-shared", "gaussian-fixed")
 MIN_SAMPLES = 3
 
 
-def _positive_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+# (numbers.Integral and numbers.Real carry no comparison types: ``cast`` tells mypy they compare as int and float.)
+def _positive_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and cast(int, value) > 0
 
 
-def _fraction(value, *, zero: bool) -> bool:
+def _fraction(value: object, *, zero: bool) -> bool:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    return ok and (0 <= value if zero else 0 < value) and value < 1
+    v = cast(float, value)
+    return ok and (0 <= v if zero else 0 < v) and v < 1
 
 
 #: Each constructor argument, what it must be, and the test: one table from which every refusal is derived.
@@ -60,13 +63,14 @@ PARAMETER_RULES = {
     "max_iter": ("a positive integer (epochs)", _positive_int),
     "batch_size": ("a positive integer", _positive_int),
     "learning_rate": ("a positive finite number",
-                      lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < math.inf),
+                      lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
+                      and 0 < cast(float, v) < math.inf),
     "validation_fraction": ("a number in [0, 1)", lambda v: _fraction(v, zero=True)),
     "n_iter_no_change": ("None or a positive integer (epochs)", lambda v: v is None or _positive_int(v)),
     "n_importance_samples": ("a positive integer (K)", _positive_int),
     "device": ("a device name such as 'cpu' or 'cuda'", lambda v: isinstance(v, (str, torch.device))),
     "contamination": ("a number in (0, 0.5]", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
-                      and 0 < v <= 0.5),
+                      and 0 < cast(float, v) <= 0.5),
 }
 
 
