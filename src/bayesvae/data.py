@@ -25,6 +25,7 @@ import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -372,7 +373,8 @@ def _lazy_npy(path: Path, a: np.ndarray, *, seed: int, valid_fraction: float, te
         raise ConfigError(f"standardize=True is only for tabular data, but {where} holds images")
     layout, binary = _check_image_chunks(a, where)
     idx = _split_indices(len(a), seed, valid_fraction, test_fraction, where)
-    splits = {s: Rows(a, i[:limit], layout) for s, i in idx.items()}
+    # Rows stand in for the split tensors (the tensor-like surface of arrays.py): the splits stay on disk.
+    splits: dict[str, Any] = {s: Rows(a, i[:limit], layout) for s, i in idx.items()}
     return Dataset(where, "binary" if binary else "image", splits["train"], splits["valid"], splits["test"])
 
 
@@ -534,7 +536,7 @@ def _read_image_dir(root: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[st
     if not files:
         raise _fail(str(root), f"contains no images ({', '.join(sorted(_IMAGE_SUFFIXES))})",
                     "Point to a folder of images, or subfolders of images (one per class)")
-    imgs = []
+    imgs: list = []
     for f in files:
         img = _read_image(f)
         if imgs and img.size != imgs[0].size:

@@ -614,7 +614,7 @@ class LoadedRun:
                 f"{source}: the run dequantises data on a grid of {data['levels']} levels, but these values are not "
                 "on it. Give data with the same levels as the training data (e.g. 8-bit images as uint8 or k/255)")
         if how in ("binarize", "dequantize"):
-            return PreparedRows(ds.train, how, TEST_SEED, data.get("levels"))
+            return PreparedRows(ds.train, how, TEST_SEED, data.get("levels"))  # type: ignore[arg-type]  # Rows here
         if self.model_config.likelihood == "bernoulli" and ds.kind != "binary":
             raise bdata.DataValidationError(
                 f"{source}: the run was trained on 0/1 data with a Bernoulli likelihood, but these data hold values "
