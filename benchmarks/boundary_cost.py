@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     trusted = _step_timer(model, TrainingObjective("elbo", check_inputs=False), x, opt)
     for f in (checked, trusted):  # warm-up
         f()
-    times = {"checked": [], "trusted": []}
+    times: dict[str, list[float]] = {"checked": [], "trusted": []}
     for _ in range(rounds):
         for name, f in (("checked", checked), ("trusted", trusted)):
             times[name] += [f() for _ in range(per_round)]
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_alone.append(time.perf_counter() - t0)
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     alone = 1e3 * statistics.median(check_alone)
-    result = {"machine": info, "step_ms_checked": ms["checked"], "step_ms_trusted": ms["trusted"],
+    result: dict[str, Any] = {"machine": info, "step_ms_checked": ms["checked"], "step_ms_trusted": ms["trusted"],
               "check_alone_ms": alone, "cost_share": (ms["checked"] - ms["trusted"]) / ms["trusted"],
               "check_share_of_step": alone / ms["trusted"], "batch": 128, "model": "784-400-20 MLP, Bernoulli"}
     result.update(cost_percent=100 * result["cost_share"], check_percent_of_step=100 * result["check_share_of_step"])

@@ -16,6 +16,7 @@ import platform
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +30,7 @@ def main() -> None:
     counts = {f.stem: json.loads(f.read_text()) for f in sorted(Path(a.dir).glob("*.json"))}
     if not counts:
         raise SystemExit(f"no campaign counts in {a.dir}: run the test suite first")
-    result = {"written": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, "
+    result: dict[str, Any] = {"written": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, "
               f"{os.cpu_count()} logical CPUs", "campaign": counts}
     if a.suite_log:
         text = Path(a.suite_log).read_text()

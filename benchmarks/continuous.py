@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -27,7 +28,7 @@ import machine  # noqa: E402  (benchmarks/machine.py)
 from bayesvae import runs
 from bayesvae.estimators import evaluate
 
-DECODERS = [
+DECODERS: list[tuple[str, str, dict]] = [
     ("gaussian-fixed σ=0.03", "gaussian-fixed", {"sigma": 0.03}),
     ("gaussian-fixed σ=0.1", "gaussian-fixed", {"sigma": 0.1}),
     ("gaussian-fixed σ=0.3", "gaussian-fixed", {"sigma": 0.3}),
@@ -72,7 +73,8 @@ def main(argv=None) -> dict:
         prepared = runs.prepare_data(spec.load(), name)
         x = prepared.test[: args.eval_examples]
         torch.manual_seed(1)
-        res = evaluate(trainer.model, x, args.samples, levels=run_data["levels"])
+        res = evaluate(cast(bv.VAE, trainer.model), x, args.samples, levels=run_data["levels"])
+        assert res is not None  # one process
         row = {"decoder": label, "likelihood": name, "options": options, "epochs": trainer.state.epoch,
                "train_minutes": minutes, "test_nll_nats": res["nll_nats"], "bits_per_dim": res["nll_bits_per_dim"],
                "elbo_nats": res["elbo_nats"], "reconstruction_nll_nats": res["reconstruction_nll_nats"],

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -109,7 +110,7 @@ def main(argv=None) -> dict:
     print(f"training ({args.steps} steps of 128): plain loop {plain:.0f} ex/s; bayesvae float32 {f32:.0f} ex/s "
           f"(ratio {f32 / plain:.2f}); bayesvae bf16 {bf16:.0f} ex/s (ratio {bf16 / plain:.2f})", flush=True)
 
-    model = trainer.model.eval()
+    model = cast(bv.VAE, trainer.model.eval())
     x = prepared.test[: args.examples]
     _sync(device)
     t0 = time.perf_counter()

@@ -55,6 +55,7 @@ def evaluate_test_split(run_dir: str, num_samples: int, limit: int | None = None
     torch.manual_seed(0)
     start = time.perf_counter()
     result = bv.estimators.evaluate(run.model, x, num_samples)
+    assert result is not None  # one process
     result["eval_seconds"] = time.perf_counter() - start
     return run, result
 

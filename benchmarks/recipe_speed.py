@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -106,15 +107,15 @@ def main(argv=None) -> dict:
     candidates, rounds, steps = (CANDIDATES[:2], 1, 2) if args.smoke else (CANDIDATES, args.rounds, args.steps)
     dataset = bdata.load_dataset("mnist", data_dir=args.data_dir, limit=2048 if args.smoke else None)
     prepared = runs.prepare_data(dataset, "bernoulli")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for hidden, k, batch_size in candidates:
         trainers = {p: _trainer(prepared, hidden, k, batch_size, p) for p in PRECISIONS}
-        times = {p: [] for p in PRECISIONS}
+        times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
         for trainer in trainers.values():
             _steps(trainer, prepared, batch_size, 2, 0)  # warm-up: allocations, autocast caches
-        for r in range(rounds):
+        for round_ in range(rounds):
             for p, trainer in trainers.items():
-                times[p] += _steps(trainer, prepared, batch_size, steps, 2 + r * steps)
+                times[p] += _steps(trainer, prepared, batch_size, steps, 2 + round_ * steps)
         for p in PRECISIONS:
             ms = 1000.0 * statistics.median(times[p])
             epoch_seconds = ms / 1000.0 * TRAIN_EXAMPLES / batch_size

@@ -26,6 +26,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -107,7 +108,7 @@ def _arm(point: str | None, nth: int, action: str) -> None:
                     files[0].unlink()
                 fire(str(path))
             return real(path, *args, **kw)
-        shutil.rmtree = rmtree
+        shutil.rmtree = rmtree  # type: ignore[assignment]  # the fault injection's monkeypatch
     elif kind == "step":
         from bayesvae.training import Trainer
         real = Trainer.train_step
@@ -117,7 +118,7 @@ def _arm(point: str | None, nth: int, action: str) -> None:
             if hit():
                 fire("train_step")
             return out
-        Trainer.train_step = step
+        Trainer.train_step = step  # type: ignore[method-assign]  # the fault injection's monkeypatch
     elif kind == "png":
         from bayesvae import plots
         real = plots.to_png
@@ -238,8 +239,8 @@ def kills(root: Path, seed: int, train_kills: int, report_kills: int, export_kil
     assert child([*TRAIN, "--out", str(ref)], log) == ("exit", 0), log.read_text()[-3000:]
     ref_tensors = tensors_of(ref)
     run = root / "run"
-    res = {"kills": 0, "kills_by_point": {}, "unreadable": 0, "lost": 0, "not_loadable": 0, "fallbacks": 0,
-           "restarts": 0, "children": 0, "tracebacks": 0}
+    res: dict[str, Any] = {"kills": 0, "kills_by_point": {}, "unreadable": 0, "lost": 0, "not_loadable": 0,
+                           "fallbacks": 0, "restarts": 0, "children": 0, "tracebacks": 0}
     points = [None, None, "write:tensors", "write:state", "write:manifest", "replace:last", "replace:best",
               "rename:step-", "rmtree", "step", "write:metrics", "fsync:tensors"]
     previous, attempts = -1, 0
@@ -330,7 +331,8 @@ def faults(root: Path) -> dict:
     base = root / "base"
     assert child([*train_argv(1), "--out", str(base)], log) == ("exit", 0), log.read_text()[-3000:]
     assert child(["report", str(base), "--samples", "3", "--max-examples", "30"], log) == ("exit", 0)
-    res = {"faults": 0, "clean_exits": 0, "named_path": 0, "checkpoint_intact": 0, "resumable": 0, "cases": []}
+    res: dict[str, Any] = {"faults": 0, "clean_exits": 0, "named_path": 0, "checkpoint_intact": 0, "resumable": 0,
+                           "cases": []}
     for action in ("ENOSPC", "EIO"):
         for index, (kind, point, what) in enumerate(FAULT_TARGETS):
             run = root / f"case-{action}-{index}"  # (a name free of the targets' names)
@@ -349,7 +351,9 @@ def faults(root: Path) -> dict:
             reason = os.strerror(getattr(errno, action)).lower()
             clean = outcome[0] == "exit" and outcome[1] == 1 and "Traceback" not in text
             named = reason in text.lower() and str(root) in text
-            intact = tree_hash(last) == last_hash and ckpt.verify_checkpoint(last) is None
+            intact = tree_hash(last) == last_hash
+            if intact:
+                ckpt.verify_checkpoint(last)  # raises on a damaged checkpoint
             if kind != "resume":  # nothing else in the run changed either
                 intact = intact and {k: v for k, v in tree_hash(run).items()} == before
             if kind == "export":

@@ -14,6 +14,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ def main(mode: str, out: Path, n: int = 100) -> None:
             np.save(out / "ddp.npy", flat(model))
         return
     r = ranks.rank()
-    holder = {}
+    holder: dict[str, Trainer] = {}
 
     def bad_on_rank_1(m, batch, progress):
         result = objective(m, batch, progress)
@@ -73,7 +74,7 @@ def main(mode: str, out: Path, n: int = 100) -> None:
 
     trainer = Trainer(model, bad_on_rank_1, data, config(checkpoint_every_steps=1), run_dir=out / "run")
     holder["trainer"] = trainer
-    after_save = {}
+    after_save: dict[str, str] = {}
     original_save = trainer.save
 
     def save(best=False):
@@ -83,8 +84,8 @@ def main(mode: str, out: Path, n: int = 100) -> None:
             after_save.update(hashes(out / "run"))
         return path
 
-    trainer.save = save
-    report = {"rank": r}
+    trainer.save = save  # type: ignore[method-assign]  # wrapped: the hashes right after each save
+    report: dict[str, Any] = {"rank": r}
     try:
         trainer.fit()
         report["error"] = None

@@ -21,12 +21,12 @@ import random
 import resource
 import shutil
 import struct
-import sys
 import time
 import warnings
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -285,6 +285,7 @@ def data_cases(root: Path, rng: random.Random, count: int, marker: Path):
         kind, base = rng.choice(bases)
         if kind == "png":
             base = _png_bytes(rng)
+        assert base is not None
         how, blob = _mutate(base, rng, base)
         yield f"{how} of {kind}", _write_input(d, f"m{i % 50}", kind, blob, rng)
 
@@ -344,18 +345,19 @@ def main() -> None:
     rng = random.Random(a.seed)
     t0 = time.perf_counter()
     n_ckpt = int(a.cases * 0.6)
-    res = {"cases": 0, "checkpoint_cases": 0, "data_cases": 0, "loaded": 0, "typed_errors": 0, "untyped": 0,
-           "slow": 0, "findings": [], "max_case_seconds": 0.0, "cli_cases": 0, "cli_bad": 0}
+    res: dict[str, Any] = {"cases": 0, "checkpoint_cases": 0, "data_cases": 0, "loaded": 0, "typed_errors": 0,
+                           "untyped": 0, "slow": 0, "findings": [], "max_case_seconds": 0.0, "cli_cases": 0,
+                           "cli_bad": 0}
     sample_every = max(1, a.cases // max(1, a.cli_sample))
 
-    def record(desc, outcome, seconds, detail):
+    def _record(desc, outcome, seconds, detail):
         res["cases"] += 1
         res["max_case_seconds"] = max(res["max_case_seconds"], round(seconds, 3))
         res[{"ok": "loaded", "typed": "typed_errors", "untyped": "untyped", "slow": "slow"}[outcome]] += 1
         if outcome in ("untyped", "slow") and len(res["findings"]) < 20:
             res["findings"].append(f"{desc}: {detail}")
 
-    def cli_sample(argv):
+    def _cli(argv):
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             try:
@@ -370,14 +372,11 @@ def main() -> None:
 
     timing = {"checkpoint": 0.0, "data": 0.0, "cli": 0.0, "crafted": 0.0}
     res["timing"] = timing
-    _cli = cli_sample
 
     def cli_sample(argv):
         t = time.perf_counter()
         _cli(argv)
         timing["cli"] += time.perf_counter() - t
-
-    _record = record
 
     def record(desc, outcome, seconds, detail):
         kind = "crafted" if desc.startswith("crafted") else ("checkpoint" if res["data_cases"] == 0 else "data")
@@ -405,4 +404,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -69,7 +69,7 @@ def _rank_process(rank: int, world: int, port: int, target, log: str) -> None:
         os._exit(int(code or 0))
 
 
-def _ranks(target, tmp_path: Path, world: int = 2, timeout: float = 60) -> tuple[list[int], list[str]]:
+def _ranks(target, tmp_path: Path, world: int = 2, timeout: float = 60) -> tuple[list[int | None], list[str]]:
     """Run ``target()`` (returning an exit code) in ``world`` forked processes that form a gloo group, the way
     torchrun's environment describes one (forked: no second import of torch, so a launch costs well under a
     second). Returns their exit codes and logs; a rank still running after ``timeout`` seconds fails the test."""

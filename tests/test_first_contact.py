@@ -44,7 +44,7 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 # ------------------------------------------------------------------------------ 1. a plain install is the whole tool
 def _imported_distributions() -> set[str]:
     """Top-level third-party modules the package imports anywhere (also inside functions)."""
-    names = set()
+    names: set[str] = set()
     for path in (ROOT / "src" / "bayesvae").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
@@ -107,6 +107,7 @@ def test_training_says_how_many_report_sections_failed(tmp_path, monkeypatch, ca
 
 # ---------------------------------------------------------------------------------- 2. every flag honoured or refused
 def _exit2(argv, capsys, *fragments) -> str:
+    code: int | str | None
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse refusals
@@ -119,7 +120,7 @@ def _exit2(argv, capsys, *fragments) -> str:
     return err
 
 
-def _final_tensors(run: Path) -> dict:
+def _final_tensors(run: Path) -> tuple[dict, dict]:
     tensors, state = ckpt.load_checkpoint(ckpt.resolve_checkpoint(run, "last"))
     return tensors, state
 

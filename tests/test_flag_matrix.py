@@ -244,7 +244,7 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _observe(ws: Path, code: int, out: str, err: str) -> dict:
+def _observe(ws: Path, code: int | str | None, out: str, err: str) -> dict:
     files = {str(p.relative_to(ws)): _digest(p) for p in sorted(ws.rglob("*"))
              if p.is_file() and not p.is_symlink() and "inputs" not in p.relative_to(ws).parts}
     return {"exit": code, "files": files, "stdout": _scrub_text(out), "stderr": _scrub_text(err)}
@@ -268,7 +268,8 @@ def _argv(head: list[str], options: dict, subs: dict) -> list[str]:
     return argv
 
 
-def _call(argv: list[str]) -> tuple[int, str, str]:
+def _call(argv: list[str]) -> tuple[int | str | None, str, str]:
+    code: int | str | None
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
