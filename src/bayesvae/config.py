@@ -10,16 +10,19 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from .errors import ConfigError
 
 __all__ = ["ModelConfig", "TrainConfig", "from_dict", "to_dict"]
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
+class _Dataclass(Protocol):
+    """Any dataclass (what ``dataclasses.fields`` and ``asdict`` take)."""
 
-T = TypeVar("T", bound="DataclassInstance")
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+T = TypeVar("T", bound=_Dataclass)
 
 
 def _tuple(value: object, name: str) -> tuple:
@@ -48,7 +51,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         raise ConfigError(f"bad {cls.__name__}: {err}") from None
 
 
-def to_dict(config: DataclassInstance) -> dict[str, Any]:
+def to_dict(config: _Dataclass) -> dict[str, Any]:
     """JSON-able dict of a config (tuples become lists)."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
 
