@@ -338,6 +338,16 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
 }
 
 
+def _register_text() -> None:
+    """The autoregressive likelihood of sentences lives with the text modules (``bayesvae.text``)."""
+    from .text.likelihood import Autoregressive
+
+    LIKELIHOODS[Autoregressive.name] = Autoregressive
+
+
+_register_text()
+
+
 def make_likelihood(name: str, **kwargs) -> Likelihood:
     """Build a registered likelihood by name (only registered names: checkpoints cannot name arbitrary code)."""
     if name not in LIKELIHOODS:

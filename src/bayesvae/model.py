@@ -126,9 +126,15 @@ class VAE(nn.Module):
 
 def build_model(config: ModelConfig) -> VAE:
     """Build the VAE a ``ModelConfig`` describes (checkpoints rebuild models this way, by registered names only)."""
-    likelihood = make_likelihood(config.likelihood, **config.likelihood_options)
     posterior = make_posterior(config.posterior, config.latent_dim, config.posterior_options)
     prior = make_prior(config.prior, config.latent_dim)
+    if config.architecture == "rnn":  # text: a recurrent encoder and an autoregressive likelihood (bayesvae.text)
+        from .text.model import build_text_parts
+
+        encoder, decoder, likelihood = build_text_parts(config, posterior)
+        return VAE(encoder, decoder, likelihood, config.latent_dim, posterior, prior, data_shape=config.data_shape,
+                   config=config)
+    likelihood = make_likelihood(config.likelihood, **config.likelihood_options)
     shape, d, m = config.data_shape, config.latent_dim, likelihood.num_params
     out_shape = (m * shape[0], *shape[1:])
     if config.architecture == "mlp":
