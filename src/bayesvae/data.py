@@ -771,6 +771,10 @@ def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, val
     ``label_column`` names a CSV column that holds class labels (integers): it is taken out of the features.
     """
     _check_options(valid_fraction, test_fraction, limit)
+    from .text.corpus import is_text_source, load_text
+
+    if is_text_source(source):  # sentences: bayesvae.text (vocabulary on the training split)
+        return load_text(source, seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction, limit=limit)
     if label_column is not None and source in ("mnist", "digits"):
         raise ConfigError(f"--label-column is for CSV files; {source} has its labels already")
     if source == "mnist":
@@ -793,7 +797,10 @@ def dataset_info(source: str, **kw) -> dict:
 # ----------------------------------------------------------------------------------------------------- likelihoods
 def default_likelihood(dataset: Dataset) -> str:
     """Bernoulli for binary data and grey images (trained with dynamic binarisation, the MNIST protocol);
-    a Gaussian with learned variance for colour images and tables, where a Bernoulli is no likelihood at all."""
+    a Gaussian with learned variance for colour images and tables, where a Bernoulli is no likelihood at all;
+    the autoregressive likelihood for text."""
+    if dataset.kind == "text":
+        return "autoregressive"
     if dataset.kind == "binary" or (dataset.kind == "image" and dataset.event_shape[0] == 1):
         return "bernoulli"
     return "gaussian-learned"

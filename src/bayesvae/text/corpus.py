@@ -93,6 +93,8 @@ def _check_lengths(parts: dict, max_length: int | None, long_sentences: str) -> 
         raise ConfigError(f"--long-sentences must be one of {list(LONG_SENTENCES)}, got {long_sentences!r}")
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
         raise ConfigError(f"--max-length must be a positive integer (words), got {max_length!r}")
+    if max_length is None and long_sentences == "cut":
+        raise ConfigError("--long-sentences cut needs --max-length: the length to cut at")
     limit = max_length if max_length is not None else MAX_WORDS
     long = [(where, rows[j], len(s)) for where, (sents, rows) in parts.items() for j, s in enumerate(sents)
             if len(s) > limit]

@@ -1,0 +1,88 @@
+"""Thin hooks that let runs, the trainer and the CLI carry text: model settings, run state, batches, new text."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError, DataValidationError
+from .batching import BucketedOrder, padding_share
+from .corpus import TextDataset, lengths_of, load_text
+from .vocabulary import Vocabulary
+
+__all__ = ["TEXT_LIKELIHOOD_OPTIONS", "model_settings", "run_state", "bucketed", "vocabulary_of", "new_text"]
+
+#: Likelihood options that the CLI's text flags set (refused on other data).
+TEXT_LIKELIHOOD_OPTIONS = ("vocab_size", "embedding_dim", "hidden_size", "cell", "latent_every_step", "word_dropout", "use_latent")
+
+
+def model_settings(dataset, architecture: str, likelihood: str | None, options: dict,
+                   hidden=(256,)) -> tuple[str, str, dict]:
+    """(architecture, likelihood, likelihood options) for a data set: text gets the recurrent model with its
+    vocabulary size and the state size ``hidden`` (one width: the encoder's and the decoder's); text options on
+    other data are refused, naming them."""
+    if not isinstance(dataset, TextDataset):
+        text_only = sorted(set(options) & set(TEXT_LIKELIHOOD_OPTIONS))
+        if text_only or likelihood == "autoregressive" or architecture == "rnn":
+            flags = {"use_latent": "--no-latent", "latent_every_step": "--latent-every-step"}
+            what = [flags.get(k, "--" + k.replace("_", "-")) for k in text_only] or [
+                "--likelihood autoregressive" if likelihood == "autoregressive" else "--architecture rnn"]
+            raise ConfigError(f"{', '.join(what)}: for text data only (a .txt file or a folder with "
+                              f"train.txt), but the data are {dataset.kind}")
+        return architecture, likelihood, options
+    if architecture not in ("mlp", "rnn"):
+        raise ConfigError(f"--architecture {architecture}: text is modelled by the recurrent encoder and decoder "
+                          "(rnn); drop --architecture")
+    if likelihood not in (None, "autoregressive"):
+        raise ConfigError(f"--likelihood {likelihood}: text has the autoregressive likelihood only; drop --likelihood")
+    hidden = tuple(hidden)
+    if len(hidden) != 1:
+        raise ConfigError(f"--hidden {' '.join(map(str, hidden))}: text takes one width, the recurrent state size of "
+                          "the encoder and the decoder (e.g. --hidden 256)")
+    return "rnn", "autoregressive", {"hidden_size": hidden[0], **options, "vocab_size": len(dataset.vocabulary)}
+
+
+def run_state(dataset) -> dict:
+    """What a text run stores beside its data spec: the vocabulary (applied unchanged to any new text)."""
+    if not isinstance(dataset, TextDataset):
+        return {}
+    return {"vocabulary": list(dataset.vocabulary.words)}
+
+
+def vocabulary_of(state: dict) -> Vocabulary | None:
+    words = (state.get("data") or {}).get("vocabulary")
+    return Vocabulary(words) if words else None
+
+
+def bucketed(train: torch.Tensor, batch_size: int) -> BucketedOrder | None:
+    """The trainer's epoch order for token rows (None for other data)."""
+    if train.dtype != torch.int64:
+        return None
+    return BucketedOrder(lengths_of(train), batch_size)
+
+
+def padding_report(train: torch.Tensor, batch_size: int, seed: int) -> dict:
+    """Share of padded positions in the first epoch's batches, bucketed and in plain random order."""
+    from ..training import epoch_order
+
+    lengths = lengths_of(train)
+    n = len(lengths)
+    return {"bucketed": padding_share(lengths, BucketedOrder(lengths, batch_size)(n, seed, 0), batch_size),
+            "random": padding_share(lengths, epoch_order(n, seed, 0), batch_size)}
+
+
+def new_text(source: str, state: dict, width: int, long_sentences: str = "refuse") -> tuple[torch.Tensor, "object", dict]:
+    """New text encoded with the run's stored vocabulary and row width: (tokens, 0-based line numbers, counts)."""
+    vocab = vocabulary_of(state)
+    if vocab is None:
+        raise DataValidationError(f"{source}: this run was not trained on text; --data must be data like its own")
+    ds = load_text(source, valid_fraction=0.0, test_fraction=0.0, max_length=width - 1,
+                   long_sentences=long_sentences, vocabulary=vocab) if not _is_folder(source) else None
+    if ds is None:
+        raise DataValidationError(f"{source}: give new text as one .txt file (one sentence per line)")
+    return ds.train, ds.rows("train"), ds.text_info
+
+
+def _is_folder(source: str) -> bool:
+    from pathlib import Path
+
+    return Path(source).expanduser().is_dir()
