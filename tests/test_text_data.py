@@ -26,9 +26,8 @@ def test_vocabulary_is_built_on_train_only_and_applied_to_the_other_splits(tmp_p
     assert ds.text_info["words"] == {"train": 7, "valid": 4, "test": 1}
     assert ds.event_shape == (5,)  # the longest sentence (4 words) + <eos>
     assert ds.train[1].tolist() == [4, 2, 3, UNK, EOS]
-    # valid is stored shortest first; its rows say which line each sentence came from
-    assert ds.valid.tolist() == [[UNK, EOS, PAD, PAD, PAD], [2, UNK, 3, EOS, PAD]]
-    assert ds.rows("valid").tolist() == [1, 0]
+    assert ds.valid.tolist() == [[2, UNK, 3, EOS, PAD], [UNK, EOS, PAD, PAD, PAD]]
+    assert ds.rows("valid").tolist() == [0, 1]
     assert ds.kind == "text" and ds.describe()["vocabulary_size"] == 5
 
 

@@ -158,3 +158,15 @@ def test_sampling_and_greedy_decoding_give_well_formed_rows():
     # greedy decoding is deterministic; sampling at a temperature near 0 is greedy
     torch.testing.assert_close(model.decode(z), model.decode(z))
     torch.testing.assert_close(model.likelihood(z).sample(temperature=1e-4), model.decode(z))
+
+
+def test_scoring_in_sorted_chunks_equals_the_one_batch_value(monkeypatch):
+    import bayesvae.text.likelihood as lik
+
+    model, x = _text_model(), _corpus(n=40)
+    z = torch.randn(40, 4, generator=torch.Generator().manual_seed(2))
+    whole = model.likelihood(z).log_prob(x).detach()  # with gradients: one batch, no sorting
+    monkeypatch.setattr(lik, "SCORE_CHUNK_ELEMENTS", 9 * 12)  # chunks of a few rows
+    with torch.no_grad():
+        chunked = model.likelihood(z).log_prob(x)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)

@@ -3,9 +3,9 @@
 ``--data corpus.txt`` (split by the fixed-seed permutation, like other files) or a folder holding ``train.txt``,
 ``valid.txt`` and ``test.txt`` (the Penn Treebank layout). The vocabulary is built on the training split only
 (``vocab_size`` most frequent words) and every split, and any new text, is encoded with it. Each example is a row of
-``max_length + 1`` token ids: the words, ``<eos>``, then ``PAD`` (see :mod:`.vocabulary`). Validation and test
-splits are stored sorted by length (their ``source_rows`` give each sentence's 0-based line in its file), so that
-evaluation batches carry little padding.
+``max_length + 1`` token ids: the words, ``<eos>``, then ``PAD`` (see :mod:`.vocabulary`), in file order (so the
+first N of a split are an unbiased subset; ``source_rows`` give each sentence's 0-based line). Training batches are
+bucketed by length (:mod:`.batching`); scoring sorts its rows by length itself (``Autoregressive.sequence_log_prob``).
 
 Errors name the file and line: an empty corpus, a binary file, bytes that are not UTF-8, a line of more than
 :data:`MAX_WORDS` words (unless ``--max-length`` cuts it), sentences longer than ``--max-length``.
@@ -134,11 +134,7 @@ def load_text(source: str, *, seed: int = 0, valid_fraction: float = 0.1, test_f
     tables, rows_out, info = {}, {}, {"unknown_words": {}, "words": {}, "cut_sentences": {}}
     for s, (sents, rows) in split.items():
         enc = vocab.encode(sents, width, cut=long_sentences == "cut")
-        tokens, rows = enc.tokens, np.asarray(rows, dtype=np.int64)
-        if s != "train":  # evaluation batches of similar lengths (the row numbers say where each one came from)
-            order = torch.argsort(torch.as_tensor([len(x) for x in sents], dtype=torch.int64), stable=True)
-            tokens, rows = tokens[order], rows[order.numpy()]
-        tables[s], rows_out[s] = tokens, rows
+        tables[s], rows_out[s] = enc.tokens, np.asarray(rows, dtype=np.int64)
         info["unknown_words"][s], info["words"][s], info["cut_sentences"][s] = (enc.unknown_words, enc.words,
                                                                                 enc.cut_sentences)
     info["sentences"] = {s: len(t) for s, t in tables.items()}

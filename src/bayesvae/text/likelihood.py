@@ -173,14 +173,27 @@ class Autoregressive(Likelihood):
     def sequence_log_prob(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Σ_t log Cat(x_t | x_<t, z) over the predicted tokens (words and ``<eos>``), Tensor[N] nats.
 
-        Without gradients (scoring) the rows go through in chunks of at most SCORE_CHUNK_ELEMENTS logits."""
+        Without gradients (scoring: validation, IS evaluation) the rows are sorted by length and go through in
+        chunks of similar lengths and at most SCORE_CHUNK_ELEMENTS logits, each cut at its longest sentence, so
+        neither memory nor the padding of an unsorted batch grows with the batch. Each row's value is computed from
+        that row alone, so the grouping changes nothing but the cost."""
         if x.dtype not in (torch.int64, torch.int32) or x.dim() != 2 or x.shape[1] != self.length:
             raise ValueError(f"x must be token ids Tensor[N, {self.length}] (int64, PAD = -1 after <eos>), got "
                              f"{x.dtype} {tuple(x.shape)}")
-        if torch.is_grad_enabled() or x.shape[0] * x.shape[1] * self.vocab_size <= SCORE_CHUNK_ELEMENTS:
+        if torch.is_grad_enabled():
             return self._log_prob_rows(z, x)
-        rows = max(1, SCORE_CHUNK_ELEMENTS // (x.shape[1] * self.vocab_size))
-        return torch.cat([self._log_prob_rows(z[i : i + rows], x[i : i + rows]) for i in range(0, x.shape[0], rows)])
+        lengths = (x != PAD).sum(-1)
+        order = torch.argsort(lengths, stable=True)
+        sorted_lengths = lengths[order].clamp_min(1).tolist()
+        out = torch.empty(x.shape[0], dtype=torch.promote_types(z.dtype, torch.float32), device=x.device)
+        n, budget, i = x.shape[0], SCORE_CHUNK_ELEMENTS // self.vocab_size, 0
+        while i < n:
+            guess = max(1, budget // sorted_lengths[i])  # rows that fit at the chunk's shortest length...
+            rows = max(1, budget // sorted_lengths[min(n - 1, i + guess - 1)])  # ...and at its end's: a bound
+            idx = order[i : i + rows]
+            out[idx] = self._log_prob_rows(z[idx], x[idx]).to(out.dtype)
+            i += rows
+        return out
 
     def _log_prob_rows(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         states, target, mask = self.hidden_states(z, x.long())
