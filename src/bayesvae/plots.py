@@ -825,6 +825,8 @@ def applicable_kinds(run) -> list[str]:
     for kind in KINDS:
         if kind in IMAGE_KINDS and not ctx.is_image or kind in TABULAR_KINDS and ctx.is_image:
             continue
+        if kind in TABULAR_KINDS and getattr(ctx.model.likelihood_head, "name", "") == "autoregressive":
+            continue  # text: no feature histograms (the report shows sentences)
         if kind == "manifold" and ctx.latent_dim < 2:
             continue
         if (kind in EUCLIDEAN_KINDS and ctx.is_sphere) or (kind == "sphere" and not ctx.is_sphere):
