@@ -234,6 +234,9 @@ def _on_ready(trainer, dataset, likelihood) -> None:
            f"train/valid/test {info['splits']['train']}/{info['splits']['valid']}/{info['splits']['test']})")
     if info.get("constant_columns"):
         _print(f"warning: constant columns {info['constant_columns']} carry no information")
+    from .text.runs import ready_lines
+    for line in ready_lines(info, trainer):
+        _print(line)
     how = trainer.run_state["data"]["preparation"]
     note = {"binarize": " (dynamic binarisation: a fresh draw each minibatch; valid/test binarised once, fixed seed)",
             "dequantize": " (uniform dequantisation of the pixel levels)"}.get(how, "")

@@ -86,3 +86,20 @@ def _is_folder(source: str) -> bool:
     from pathlib import Path
 
     return Path(source).expanduser().is_dir()
+
+
+def ready_lines(info: dict, trainer) -> list[str]:
+    """What ``train`` prints about text before the first step: vocabulary, unknown words, cuts, padding."""
+    if info.get("kind") != "text":
+        return []
+    unknown, cut = info.get("unknown_words", {}), info.get("cut_sentences", {})
+    lines = [f"text: vocabulary of {info['vocabulary_size']} tokens (<eos>, <unk> and the most frequent training "
+             f"words); sentences of at most {info['max_length_words']} words; words mapped to <unk> (train/valid/"
+             f"test): {unknown.get('train', 0)}/{unknown.get('valid', 0)}/{unknown.get('test', 0)}"]
+    if any(cut.values()):
+        lines.append(f"text: cut to {info['max_length_words']} words (--long-sentences cut): "
+                     f"{cut.get('train', 0)}/{cut.get('valid', 0)}/{cut.get('test', 0)} sentences (train/valid/test)")
+    pad = padding_report(trainer.train_data.cpu(), trainer.config.batch_size, trainer.config.seed)
+    lines.append(f"text: batches bucketed by length: {100 * pad['bucketed']:.1f}% of the computed token positions "
+                 f"are padding ({100 * pad['random']:.1f}% in random order)")
+    return lines
