@@ -107,3 +107,20 @@ def test_text_outputs_and_flags_are_checked_on_other_runs(corpus, tmp_path, caps
     assert ".txt" in capsys.readouterr().err
     assert main(["sample", str(out), "-n", "2", "--temperature", "0.5", "--out", str(tmp_path / "s.txt")]) == 2
     assert "--temperature applies to --draw" in capsys.readouterr().err
+
+
+def test_new_text_is_scored_with_the_stored_vocabulary(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(corpus, out, epochs=1) == 0
+    new = tmp_path / "new.txt"
+    new.write_text("w1 w2\nnever-seen w3 also-new\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["score", str(out), "--data", str(new), "--samples", "5", "--out", str(tmp_path / "s.csv")]) == 0
+    printed = capsys.readouterr()
+    assert "5 words, 2 of them not in the run's vocabulary" in printed.out + printed.err
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    assert rows[0] == "index,nll_nats" and [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
+    assert all(float(r.split(",")[1]) > 0 for r in rows[1:])
+    new.write_text(" ".join(["w1"] * 40) + "\n", encoding="utf-8")
+    assert main(["score", str(out), "--data", str(new), "--samples", "5", "--out", str(tmp_path / "t.csv")]) == 2
+    assert "at most 12 words" in capsys.readouterr().err

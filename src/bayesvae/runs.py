@@ -560,6 +560,13 @@ class LoadedRun:
         examples and their 0-based rows in the source. Data the run's preparation cannot turn into what the model
         was trained on are refused with the reason: other columns (by header), values off the run's grid of
         levels, grey levels for a model trained on 0/1 data."""
+        if text_hooks.vocabulary_of(self.state) is not None:  # text: the run's vocabulary and row width
+            x, rows, info = text_hooks.new_text(source, self.state, self.model_config.data_shape[0],
+                                                self.spec.long_sentences)
+            if self.say is not None:
+                self.say(f"{source}: {info['words']['train']} words, {info['unknown_words']['train']} of them not in "
+                         "the run's vocabulary (scored as <unk>)")
+            return x, rows
         label = self.spec.label_column
         if label is not None and label not in _csv_header(source):
             label = None  # new data without the label column: nothing to take out

@@ -111,8 +111,10 @@ def _check_lengths(parts: dict, max_length: int | None, long_sentences: str) -> 
 
 def load_text(source: str, *, seed: int = 0, valid_fraction: float = 0.1, test_fraction: float = 0.1,
               limit: int | None = None, vocab_size: int | None = None, max_length: int | None = None,
-              long_sentences: str = "refuse", vocabulary: Vocabulary | None = None) -> TextDataset:
-    """Read a corpus into a :class:`TextDataset` (``vocabulary``: apply this one instead of building one)."""
+              long_sentences: str = "refuse", vocabulary: Vocabulary | None = None,
+              whole: bool = False) -> TextDataset:
+    """Read a corpus into a :class:`TextDataset` (``vocabulary``: apply this one instead of building one;
+    ``whole``: one file, every sentence in ``train``, valid and test empty: new text to score)."""
     path = Path(source).expanduser()
     if path.is_dir():
         missing = [f for f in SPLIT_FILES if not (path / f).is_file()]
@@ -126,7 +128,8 @@ def load_text(source: str, *, seed: int = 0, valid_fraction: float = 0.1, test_f
             raise DataValidationError(f"{path}: no such file; pass a .txt file (one sentence per line) or a folder "
                                       f"with {', '.join(SPLIT_FILES)}")
         sentences, rows = read_sentences(path)
-        idx = _split_indices(len(sentences), seed, valid_fraction, test_fraction, str(path))
+        idx = ({"train": np.arange(len(sentences)), "valid": np.zeros(0, np.int64), "test": np.zeros(0, np.int64)}
+               if whole else _split_indices(len(sentences), seed, valid_fraction, test_fraction, str(path)))
         split = {s: ([sentences[j] for j in i[:limit]], [rows[j] for j in i[:limit]]) for s, i in idx.items()}
         names = {s: str(path) for s in split}
     width = _check_lengths({f"{names[s]} ({s})": v for s, v in split.items()}, max_length, long_sentences)

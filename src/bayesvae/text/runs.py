@@ -75,10 +75,15 @@ def new_text(source: str, state: dict, width: int, long_sentences: str = "refuse
     vocab = vocabulary_of(state)
     if vocab is None:
         raise DataValidationError(f"{source}: this run was not trained on text; --data must be data like its own")
-    ds = load_text(source, valid_fraction=0.0, test_fraction=0.0, max_length=width - 1,
-                   long_sentences=long_sentences, vocabulary=vocab) if not _is_folder(source) else None
-    if ds is None:
+    if _is_folder(source):
         raise DataValidationError(f"{source}: give new text as one .txt file (one sentence per line)")
+    try:
+        ds = load_text(source, max_length=width - 1, long_sentences=long_sentences, vocabulary=vocab, whole=True)
+    except DataValidationError as err:
+        if "exceeds --max-length" not in str(err):
+            raise
+        raise DataValidationError(f"{str(err).split('. Pass')[0]}: the model's sentences have at most {width - 1} "
+                                  "words (its row width), so longer ones have no probability under it") from None
     return ds.train, ds.rows("train"), ds.text_info
 
 
