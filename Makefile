@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.bayesvae-installed
 
-.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory gpu-check bench-vmf-bn pictures pictures-vmf clean campaign-figures
+.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory gpu-check bench-vmf-bn bench-text pictures pictures-vmf clean campaign-figures
 
 env: $(STAMP)
 
@@ -61,6 +61,12 @@ gpu-check: $(STAMP)
 # Gaussian vs fixed-κ vMF vs Gaussian + BN, d = 10, 784-256-128 MLP, the same budget each; IS K = 5000 on the test set.
 bench-vmf-bn: $(STAMP)
 	$(PY) benchmarks/vmf_bn.py --data-dir $(MNIST_DIR) --epochs 60 --lr-schedule cosine --precision auto --kappas 200,400,800 --out runs/vmf-bn --json benchmarks/results/vmf_bn.json
+
+# Sentence VAEs on the Penn Treebank (d = 32, LSTM): the LM without z, Gaussian, annealing + word dropout, free bits,
+# BN-VAE and fixed-κ vMF (grids chosen on validation); every arm the same training budget, single-threaded, resumable.
+PTB_DIR ?= ../shared/data/ptb
+bench-text: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/text.py --data $(PTB_DIR) --minutes-per-arm 3.5 --out runs/text --json benchmarks/results/text_ptb.json
 
 # The README's pictures: a 2-D latent model on MNIST (a few minutes), its manifold and latent scatter.
 pictures: $(STAMP)

@@ -135,3 +135,14 @@ def test_committed_mnist_best_weights_reproduce_the_table_figure(tmp_path):
                          check=True).stdout
     table = json.loads((ROOT / "benchmarks" / "results" / "mnist_best.json").read_text())["results"][0]["nll_nats"]
     assert abs(json.loads(out)["nll_nats"] - table) <= 0.01
+
+
+def test_text_smoke(monkeypatch, tmp_path):
+    """The PTB benchmark's arms end to end on a generated corpus (tiny model, one epoch each, K = 5)."""
+    result = _run("text.py", "--smoke", "--json", str(tmp_path / "t.json"), monkeypatch=monkeypatch)
+    names = [r["name"] for r in result["rows"]]
+    assert names == ["lm", "gaussian", "gaussian-anneal-wd", "free-bits", "bn", "vmf"]
+    lm = result["rows"][0]
+    assert lm["kl_nats"] == 0.0 and abs(lm["nll_nats"] + lm["elbo_nats"]) < 1e-3  # exact for the LM without z
+    assert all(r["perplexity_per_token"] > 1 for r in result["rows"])
+    assert json.loads((tmp_path / "t.json").read_text())["rows"]
