@@ -146,3 +146,9 @@ def test_text_smoke(monkeypatch, tmp_path):
     assert lm["kl_nats"] == 0.0 and abs(lm["nll_nats"] + lm["elbo_nats"]) < 1e-3  # exact for the LM without z
     assert all(r["perplexity_per_token"] > 1 for r in result["rows"])
     assert json.loads((tmp_path / "t.json").read_text())["rows"]
+
+
+def test_text_speed_smoke(monkeypatch, tmp_path):
+    result = _run("text_speed.py", "--smoke", monkeypatch=monkeypatch)
+    assert result["train_step_ms"] > 0 and result["adaptive_train_step_ms"] > 0
+    assert 0 < result["softmax_share_of_step"] < 1

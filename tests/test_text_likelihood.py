@@ -15,10 +15,10 @@ from bayesvae.text.likelihood import Autoregressive
 from bayesvae.text.vocabulary import EOS, PAD
 
 
-def _head(cell="lstm", every=False, vocab=4, length=4, d=3, seed=0):
+def _head(cell="lstm", every=False, vocab=4, length=4, d=3, seed=0, softmax="full"):
     torch.manual_seed(seed)
     head = Autoregressive(vocab_size=vocab, length=length, latent_dim=d, embedding_dim=5, hidden_size=7, cell=cell,
-                          latent_every_step=every)
+                          latent_every_step=every, softmax=softmax)
     with torch.no_grad():  # larger weights than the default init: probabilities far from uniform
         for p in head.parameters():
             p.mul_(3.0)
@@ -32,20 +32,27 @@ def _row(words, length):
     return row
 
 
+def _logits(head, h):
+    """Step logits from the head's output layer: the linear layer's, or the adaptive softmax's full log_prob (a
+    different code path from its per-target forward, which log_prob of the distribution uses)."""
+    return head.output.log_prob(h[None])[0] if head.softmax == "adaptive" else head.output(h)
+
+
 def _reference_log_prob(head, z, words_then_eos):
     """Σ_t log Cat(x_t | x_<t, z), one step at a time through the same modules."""
     state = head.initial_state(z[None])
     token, total = torch.tensor([[EOS]]), torch.zeros((), dtype=torch.float64)
     for t in words_then_eos:
         out, state = head.rnn(head._inputs(token, z[None]), state)
-        total = total + Categorical(logits=head.output(out[0, 0])).log_prob(torch.tensor(t))
+        total = total + Categorical(logits=_logits(head, out[0, 0])).log_prob(torch.tensor(t))
         token = torch.tensor([[t]])
     return total
 
 
-@pytest.mark.parametrize("cell,every", [("lstm", False), ("gru", True)])
-def test_log_prob_equals_step_by_step_categorical(cell, every):
-    head, length = _head(cell, every, vocab=6, length=6), 6
+@pytest.mark.parametrize("cell,every,softmax", [("lstm", False, "full"), ("gru", True, "full"),
+                                                ("lstm", True, "adaptive")])
+def test_log_prob_equals_step_by_step_categorical(cell, every, softmax):
+    head, length = _head(cell, every, vocab=6, length=6, softmax=softmax), 6
     torch.manual_seed(1)
     sentences = [[3], [2, 4, 5, 1], [5, 5, 2, 3, 4], []]
     x = torch.stack([_row(s, length) for s in sentences])
@@ -55,18 +62,20 @@ def test_log_prob_equals_step_by_step_categorical(cell, every):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("cell,every", [("lstm", True), ("gru", False)])
-def test_probabilities_of_all_sentences_sum_to_one_less_the_mass_beyond_the_length(cell, every):
-    vocab, length = 3, 5  # words 1 and 2 (ids 0 = <eos>); sentences of 0..4 words
-    head = _head(cell, every, vocab=vocab, length=length)
+@pytest.mark.parametrize("cell,every,softmax,vocab", [("lstm", True, "full", 3), ("gru", False, "full", 3),
+                                                      ("lstm", False, "adaptive", 4)])
+def test_probabilities_of_all_sentences_sum_to_one_less_the_mass_beyond_the_length(cell, every, softmax, vocab):
+    length = 5 if vocab == 3 else 4  # words 1..V-1 (id 0 = <eos>); sentences of up to length - 1 words
+    head = _head(cell, every, vocab=vocab, length=length, softmax=softmax)
+    words = list(range(1, vocab))
     z = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    rows = [_row(list(w), length) for n in range(length) for w in itertools.product([1, 2], repeat=n)]
-    x = torch.stack(rows)  # 31 sentences
+    rows = [_row(list(w), length) for n in range(length) for w in itertools.product(words, repeat=n)]
+    x = torch.stack(rows)  # every sentence of at most length - 1 words
     for zi in z:
         with torch.no_grad():
             total = head(zi).log_prob(x).exp().sum()
         # the mass of the 2^5 prefixes of length T without <eos>: a step-by-step product, enumerated
-        beyond = sum(math.exp(_reference_prefix(head, zi, list(p))) for p in itertools.product([1, 2], repeat=length))
+        beyond = sum(math.exp(_reference_prefix(head, zi, list(p))) for p in itertools.product(words, repeat=length))
         assert 0.01 < beyond < 0.99  # the test means something: mass on both sides
         assert abs(float(total) + beyond - 1.0) < 1e-12
 
@@ -77,7 +86,7 @@ def _reference_prefix(head, z, prefix):
     token, total = torch.tensor([[EOS]]), 0.0
     for t in prefix:
         out, state = head.rnn(head._inputs(token, z[None]), state)
-        total += float(torch.log_softmax(head.output(out[0, 0]), -1)[t])
+        total += float(torch.log_softmax(_logits(head, out[0, 0]), -1)[t])
         token = torch.tensor([[t]])
     return total
 

@@ -25,6 +25,8 @@ def likelihood_options(args) -> dict:
         out["cell"] = args.cell
     if args.word_dropout is not None:
         out["word_dropout"] = args.word_dropout
+    if args.softmax is not None:
+        out["softmax"] = args.softmax
     if args.latent_every_step:
         out["latent_every_step"] = True
     if args.no_latent:

@@ -31,6 +31,10 @@ from .vocabulary import EOS, PAD, UNK
 __all__ = ["Autoregressive", "AutoregressiveCategorical", "CELLS"]
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+#: ``full``: one softmax over the vocabulary; ``adaptive``: Grave et al.'s (2017) adaptive softmax, a head over the
+#: frequent words and two tail clusters (cutoffs V/5 and 3V/5 by frequency rank), exact and normalised as well.
+SOFTMAXES = ("full", "adaptive")
+_LOW = (torch.float16, torch.bfloat16)
 #: Logit elements per chunk when scoring without gradients (IS evaluation): 2^25 floats, 128 MiB.
 SCORE_CHUNK_ELEMENTS = 1 << 25
 
@@ -84,13 +88,14 @@ class Autoregressive(Likelihood):
         latent_every_step: z is also concatenated to the input at every step (besides setting the initial state).
         word_dropout: p of Bowman et al.'s word dropout (training objective only; see the module docstring).
         use_latent: False gives the language model without z (the control of every collapse comparison).
+        softmax: ``full`` or ``adaptive`` (see SOFTMAXES; a different, also exactly normalised, output layer).
     """
 
     name = "autoregressive"
 
     def __init__(self, vocab_size: int = 0, length: int = 0, latent_dim: int = 0, embedding_dim: int = 256,
                  hidden_size: int = 256, cell: str = "lstm", latent_every_step: bool = False,
-                 word_dropout: float = 0.0, use_latent: bool = True):
+                 word_dropout: float = 0.0, use_latent: bool = True, softmax: str = "full"):
         super().__init__()
         for key, value, low in (("vocab_size", vocab_size, 2), ("length", length, 1), ("latent_dim", latent_dim, 1),
                                 ("embedding_dim", embedding_dim, 1), ("hidden_size", hidden_size, 1)):
@@ -101,6 +106,8 @@ class Autoregressive(Likelihood):
         if not (isinstance(word_dropout, (int, float)) and not isinstance(word_dropout, bool)
                 and 0.0 <= word_dropout < 1.0):
             raise ConfigError(f"--word-dropout must be a number in [0, 1), got {word_dropout!r}")
+        if softmax not in SOFTMAXES:
+            raise ConfigError(f"--softmax must be one of {list(SOFTMAXES)}, got {softmax!r}")
         if not use_latent and latent_every_step:
             raise ConfigError("--latent-every-step feeds z to the decoder, and the language model without z has none")
         self.vocab_size, self.length, self.latent_dim = vocab_size, length, latent_dim
@@ -110,7 +117,17 @@ class Autoregressive(Likelihood):
         self.rnn = CELLS[cell](embedding_dim + (latent_dim if latent_every_step else 0), hidden_size, batch_first=True)
         self.states = 2 if cell == "lstm" else 1
         self.initial = nn.Linear(latent_dim, self.states * hidden_size) if use_latent else None
-        self.output = nn.Linear(hidden_size, vocab_size)
+        self.softmax = softmax
+        if softmax == "adaptive":  # ids are in frequency order: clusters of rarer and rarer words
+            cutoffs = sorted({c for c in (vocab_size // 5, 3 * vocab_size // 5) if 0 < c < vocab_size - 1})
+            if not cutoffs:
+                raise ConfigError(f"--softmax adaptive needs a vocabulary of at least 4 tokens, got {vocab_size}")
+            if hidden_size < 4:
+                raise ConfigError(f"--softmax adaptive needs a state size of at least 4, got {hidden_size}")
+            div = 4.0 if hidden_size >= 16 else 2.0  # tail projections of H/div and H/div² (at least one unit)
+            self.output = nn.AdaptiveLogSoftmaxWithLoss(hidden_size, vocab_size, cutoffs, div_value=div)
+        else:
+            self.output = nn.Linear(hidden_size, vocab_size)
         self._dropping = False
 
     def forward(self, params: torch.Tensor, event_ndim: int = 1) -> AutoregressiveCategorical:
@@ -126,7 +143,7 @@ class Autoregressive(Likelihood):
         return {"name": self.name, "vocab_size": self.vocab_size, "length": self.length,
                 "latent_dim": self.latent_dim, "embedding_dim": self.embedding_dim, "hidden_size": self.hidden_size,
                 "cell": self.cell, "latent_every_step": self.latent_every_step, "word_dropout": self.word_dropout,
-                "use_latent": self.use_latent}
+                "use_latent": self.use_latent, "softmax": self.softmax}
 
     @contextlib.contextmanager
     def fitting(self, enabled: bool = True) -> Iterator[None]:
@@ -197,11 +214,21 @@ class Autoregressive(Likelihood):
 
     def _log_prob_rows(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         states, target, mask = self.hidden_states(z, x.long())
+        if self.softmax == "adaptive":  # exact log-probabilities of the targets, computing only their clusters
+            flat = states.reshape(-1, states.shape[-1])
+            log_p = self.output(flat.float() if flat.dtype in _LOW else flat, target.reshape(-1)).output
+            return (log_p.view(target.shape) * mask).sum(-1)
         logits = self.output(states)
-        if logits.dtype in (torch.float16, torch.bfloat16):  # densities in float32 at least (autocast)
+        if logits.dtype in _LOW:  # densities in float32 at least (autocast)
             logits = logits.float()
         nll = nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size), target.reshape(-1), reduction="none")
         return -(nll.view(target.shape) * mask).sum(-1)
+
+    def step_log_probs(self, states: torch.Tensor) -> torch.Tensor:
+        """log Cat(· | state) over the whole vocabulary, Tensor[N, V], for states [N, H]."""
+        if self.softmax == "adaptive":
+            return self.output.log_prob(states.float())
+        return torch.log_softmax(self.output(states).float(), -1)
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, temperature: float | None = 1.0) -> torch.Tensor:
@@ -215,7 +242,7 @@ class Autoregressive(Likelihood):
         state, done = self.initial_state(z), torch.zeros(n, dtype=torch.bool, device=z.device)
         for t in range(self.length):
             step, state = self.rnn(self._inputs(token, z), state)
-            logits = self.output(step[:, 0]).float()
+            logits = self.step_log_probs(step[:, 0])
             if temperature is None:
                 nxt = logits.argmax(-1)
             else:

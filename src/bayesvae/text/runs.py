@@ -12,7 +12,7 @@ from .vocabulary import Vocabulary
 __all__ = ["TEXT_LIKELIHOOD_OPTIONS", "model_settings", "run_state", "bucketed", "vocabulary_of", "new_text"]
 
 #: Likelihood options that the CLI's text flags set (refused on other data).
-TEXT_LIKELIHOOD_OPTIONS = ("vocab_size", "embedding_dim", "hidden_size", "cell", "latent_every_step", "word_dropout", "use_latent")
+TEXT_LIKELIHOOD_OPTIONS = ("vocab_size", "embedding_dim", "hidden_size", "cell", "latent_every_step", "word_dropout", "use_latent", "softmax")
 
 
 def model_settings(dataset, architecture: str, likelihood: str | None, options: dict,
