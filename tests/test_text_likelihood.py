@@ -179,3 +179,12 @@ def test_scoring_in_sorted_chunks_equals_the_one_batch_value(monkeypatch):
     with torch.no_grad():
         chunked = model.likelihood(z).log_prob(x)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
+
+
+def test_the_autoregressive_likelihood_goes_with_the_rnn_architecture_only():
+    from bayesvae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="architecture 'rnn'"):
+        ModelConfig(data_shape=(8,), architecture="mlp", likelihood="autoregressive")
+    with pytest.raises(ConfigError, match="architecture 'rnn'"):
+        ModelConfig(data_shape=(8,), architecture="rnn", likelihood="bernoulli")

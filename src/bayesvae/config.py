@@ -102,6 +102,9 @@ class ModelConfig:
             raise ConfigError(f"option 'architecture' must be 'mlp', 'conv' or 'rnn' (text), got {self.architecture!r}")
         if self.architecture == "conv" and len(self.data_shape) != 3:
             raise ConfigError(f"architecture 'conv' needs image data [C, H, W], got data_shape {self.data_shape}; use 'mlp'")
+        if (self.likelihood == "autoregressive") != (self.architecture == "rnn"):
+            raise ConfigError(f"likelihood {self.likelihood!r} with architecture {self.architecture!r}: text (token "
+                              "rows) takes the autoregressive likelihood with architecture 'rnn', and only them")
         if not isinstance(self.standardized, bool):
             raise ConfigError(f"option 'standardized' must be true or false, got {self.standardized!r}")
         if not isinstance(self.likelihood_options, dict):

@@ -53,6 +53,9 @@ class Likelihood(nn.Module):
 
     num_params: int = 1
     name: str = "likelihood"
+    data: str = "values"
+    """What the distribution is over: ``values`` (real or 0/1 arrays from a decoder's output) or ``tokens`` (id
+    rows of the text data source, with the recurrent model of ``architecture="rnn"``)."""
 
     def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -92,6 +92,7 @@ class Autoregressive(Likelihood):
     """
 
     name = "autoregressive"
+    data = "tokens"
 
     def __init__(self, vocab_size: int = 0, length: int = 0, latent_dim: int = 0, embedding_dim: int = 256,
                  hidden_size: int = 256, cell: str = "lstm", latent_every_step: bool = False,
