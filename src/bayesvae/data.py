@@ -740,7 +740,8 @@ def _load_path(source: str, label_column: str | None = None, **opts) -> Dataset:
     if suffix == ".npz":
         return _from_npz(path, **opts)
     raise _fail(where, f"unsupported file type {suffix or '(none)'}",
-                "Use .npy, .npz, .csv, or a folder of PNG/JPEG/BMP/GIF images")
+                "Use .npy, .npz, .csv, .txt (text, one sentence per line), or a folder of PNG/JPEG/BMP/GIF images "
+                "(or of train/valid/test.txt)")
 
 
 def _from_npz(path: Path, **opts) -> Dataset:
