@@ -124,3 +124,14 @@ def test_new_text_is_scored_with_the_stored_vocabulary(corpus, tmp_path, capsys)
     new.write_text(" ".join(["w1"] * 40) + "\n", encoding="utf-8")
     assert main(["score", str(out), "--data", str(new), "--samples", "5", "--out", str(tmp_path / "t.csv")]) == 2
     assert "at most 12 words" in capsys.readouterr().err
+
+
+def test_encode_and_the_plots_that_apply_to_text(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(corpus, out, epochs=1) == 0
+    assert main(["encode", str(out), "--out", str(tmp_path / "z.csv")]) == 0
+    assert (tmp_path / "z.csv").read_text().splitlines()[0] == "z0,z1,z2"
+    assert main(["plot", str(out), "latent", "--out", str(tmp_path / "l.png")]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(out), "histograms", "--out", str(tmp_path / "h.png")]) == 2
+    assert "is for tabular data" in capsys.readouterr().err

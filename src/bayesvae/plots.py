@@ -843,7 +843,7 @@ def plot(run, kind: str, **options):
                   split=options.pop("split", "test"))
     if kind not in applicable_kinds(ctx):
         why = ("needs image data" if kind in IMAGE_KINDS and not ctx.is_image else
-               "is for tabular data" if kind in TABULAR_KINDS and ctx.is_image else
+               "is for tabular data" if kind in TABULAR_KINDS else
                "assumes a latent in R^d (this one is on the unit sphere; see the sphere kind)"
                if kind in EUCLIDEAN_KINDS and ctx.is_sphere else
                "is for a latent on the unit sphere (--posterior vmf)" if kind == "sphere" else
