@@ -104,6 +104,13 @@ def ready_lines(info: dict, trainer) -> list[str]:
     if any(cut.values()):
         lines.append(f"text: cut to {info['max_length_words']} words (--long-sentences cut): "
                      f"{cut.get('train', 0)}/{cut.get('valid', 0)}/{cut.get('test', 0)} sentences (train/valid/test)")
+    p = getattr(trainer.model.likelihood_head, "word_dropout", 0.0)
+    if p > 0:
+        lines.append(f"word dropout {p:g}: the training loss shown is the -ELBO with the decoder fed the dropped "
+                     "words (what is optimised); the validation loss, evaluate and the report give the model's true "
+                     "-ELBO and NLL, never with dropped words")
+    if getattr(trainer.model.likelihood_head, "use_latent", True) is False:
+        lines.append("no latent: the LSTM language model (KL exactly 0; its -ELBO is its exact NLL)")
     pad = padding_report(trainer.train_data.cpu(), trainer.config.batch_size, trainer.config.seed)
     lines.append(f"text: batches bucketed by length: {100 * pad['bucketed']:.1f}% of the computed token positions "
                  f"are padding ({100 * pad['random']:.1f}% in random order)")
