@@ -89,6 +89,8 @@ def test_language_model_without_latent(corpus, tmp_path, capsys):
     (["--max-length", "3"], "--max-length 3"),
     (["--hidden", "8", "8"], "--hidden 8 8"),
     (["--word-dropout", "1.5"], "--word-dropout"),
+    (["--activation", "tanh"], "--activation"),
+    (["--softmax", "adaptive", "--hidden", "2"], "--softmax adaptive"),
 ])
 def test_flags_that_do_not_apply_are_refused(corpus, tmp_path, capsys, flags, named):
     argv = ["train", "--data", str(corpus), "--epochs", "1", "--out", str(tmp_path / "x"), *flags]

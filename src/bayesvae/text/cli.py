@@ -17,7 +17,13 @@ TEXT_SUFFIXES = (".txt", ".tsv")
 
 def likelihood_options(args) -> dict:
     """The autoregressive likelihood's options the text flags gave (only those given; the run's data decide
-    whether they apply: ``text.runs.model_settings`` refuses them on other data)."""
+    whether they apply: ``text.runs.model_settings`` refuses them on other data). Flags of the MLP/conv networks
+    given explicitly for text data are refused."""
+    from .corpus import is_text_source
+
+    if is_text_source(args.data) and not args.resume and "activation" in getattr(args, "explicit", set()):
+        raise ConfigError("--activation sets the MLP/conv networks' nonlinearity; text uses recurrent cells "
+                          "(--cell lstm|gru): drop --activation")
     out = {}
     if args.embedding_dim is not None:
         out["embedding_dim"] = args.embedding_dim
