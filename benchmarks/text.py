@@ -43,6 +43,7 @@ from bayesvae import runs  # noqa: E402
 from bayesvae.config import TrainConfig  # noqa: E402
 from bayesvae.estimators import evaluate  # noqa: E402
 from bayesvae.text.metrics import text_figures  # noqa: E402
+from bayesvae.training import Callback  # noqa: E402
 
 ANCHORS = [
     {"paper": "Bowman et al. 2016", "model": "LSTM language model", "nll_nats": 100.0, "ppl": 116.0,
@@ -79,11 +80,32 @@ def _config(args, extra: dict) -> TrainConfig:
                        free_bits=extra.get("free_bits", 0.0))
 
 
+class StepCap(Callback):
+    """Ends training at ``steps`` optimiser steps (the time budget is then only a safety cap): on a shared machine
+    the steps a minute buys vary by 2-3x between arms, so equal minutes are not an equal budget."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_step_end(self, trainer, metrics) -> None:
+        st = trainer.state
+        if self.steps and trainer.config.max_seconds:
+            st.planned_steps = min(st.planned_steps or self.steps, self.steps)
+
+
+def _last_step(out: Path) -> int:
+    """Optimiser steps in the arm's last checkpoint."""
+    return int(runs.load_run(out, "last").state.get("trainer", {}).get("global_step", 0))
+
+
 def _train_arm(args, spec, name, posterior, options, extra) -> dict:
     out = Path(args.out) / name
     start = time.perf_counter()
+    cap = [StepCap(args.steps_per_arm)] if args.steps_per_arm else []
     if (out / "checkpoints").is_dir() and (out / "metrics.jsonl").is_file():
-        trainer = runs.resume(out)  # resumable: an interrupted arm continues; a finished one returns at once
+        # resumable: an interrupted arm continues; a finished one returns at once, unless a step budget asks more
+        more = bool(args.steps_per_arm) and _last_step(out) < args.steps_per_arm
+        trainer = runs.resume(out, max_minutes=args.minutes_per_arm if more else None, callbacks=cap)
     else:
         lik = {"embedding_dim": args.embedding_dim}
         if extra.get("no_latent"):
@@ -94,7 +116,7 @@ def _train_arm(args, spec, name, posterior, options, extra) -> dict:
             lik["word_dropout"] = extra["word_dropout"]
         trainer = runs.train(spec, out=out, overwrite=True, train_config=_config(args, extra),
                              latent_dim=args.latent_dim, hidden=(args.hidden,), likelihood_options=lik,
-                             posterior=posterior, posterior_options=options)
+                             posterior=posterior, posterior_options=options, callbacks=cap)
     history = trainer.state.history
     info = {"name": name, "run_dir": str(out), "posterior": posterior, "posterior_options": options, **extra,
             "epochs_trained": round(trainer.state.global_step / trainer.steps_per_epoch, 3),
@@ -165,7 +187,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="runs/text", help="parent directory of the arms' run directories")
     ap.add_argument("--arms", default="all", help="comma-separated arms to train now (lm, gaussian, "
                     "gaussian-anneal-wd, free-bits, bn, vmf; default all); the table uses every arm trained so far")
-    ap.add_argument("--minutes-per-arm", type=float, default=4.0, help="training-time budget of every arm")
+    ap.add_argument("--minutes-per-arm", type=float, default=4.0, help="training-time budget of every arm (with "
+                    "--steps-per-arm: a safety cap, and the extra minutes a resumed arm may take to reach the steps)")
+    ap.add_argument("--steps-per-arm", type=int, default=0, help="train every arm to exactly this many optimiser "
+                    "steps (0: the minutes decide); an arm trained before with fewer steps is resumed to it")
     ap.add_argument("--epochs", type=int, default=50, help="an epoch cap of every arm (the budget usually ends first)")
     ap.add_argument("--latent-dim", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=256, help="LSTM state size of encoder and decoder")
@@ -192,6 +217,7 @@ def main(argv=None) -> dict:
         tmp = tempfile.TemporaryDirectory()
         args.data, args.out = str(_smoke_corpus(Path(tmp.name))), str(Path(tmp.name) / "runs")
         args.minutes_per_arm, args.epochs, args.latent_dim, args.hidden, args.embedding_dim = 0.0, 1, 4, 16, 8
+        args.steps_per_arm = 0
         args.samples, args.valid_samples, args.test_limit, args.valid_limit = 5, 3, 20, 20
         args.gammas, args.kappas, args.anneal_epochs = "0.6", "20", 0.5
     args.gammas = [float(g) for g in str(args.gammas).split(",")]
@@ -225,7 +251,8 @@ def main(argv=None) -> dict:
     result = {"benchmark": "text", "date": time.strftime("%Y-%m-%d"), "machine": info, "smoke": args.smoke,
               "protocol": f"PTB (Mikolov), vocabulary of the training split, IS with K = {args.samples} on the first "
                           f"{args.test_limit or 'all'} test sentences; perplexity per token (words + <eos>)",
-              "budget": {"minutes_per_arm": args.minutes_per_arm, "epochs_cap": args.epochs,
+              "budget": {"minutes_per_arm": args.minutes_per_arm, "steps_per_arm": args.steps_per_arm,
+                         "epochs_cap": args.epochs,
                          "batch_size": args.batch_size, "learning_rate": args.lr, "latent_dim": args.latent_dim,
                          "hidden": args.hidden, "embedding_dim": args.embedding_dim, "torch_threads": 1},
               "anchors": ANCHORS, "rows": rows}
