@@ -254,6 +254,8 @@ def main(argv=None) -> dict:
               "budget": {"minutes_per_arm": args.minutes_per_arm, "steps_per_arm": args.steps_per_arm,
                          "epochs_cap": args.epochs,
                          "batch_size": args.batch_size, "learning_rate": args.lr, "latent_dim": args.latent_dim,
+                         "anneal_epochs": args.anneal_epochs, "word_dropout": args.word_dropout,
+                         "free_bits": args.free_bits,
                          "hidden": args.hidden, "embedding_dim": args.embedding_dim, "torch_threads": 1},
               "anchors": ANCHORS, "rows": rows}
     if args.json:
