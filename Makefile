@@ -66,7 +66,7 @@ bench-vmf-bn: $(STAMP)
 # BN-VAE and fixed-κ vMF (grids chosen on validation); every arm the same training budget, single-threaded, resumable.
 PTB_DIR ?= ../shared/data/ptb
 bench-text: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) benchmarks/text.py --data $(PTB_DIR) --minutes-per-arm 3.5 --out runs/text --json benchmarks/results/text_ptb.json
+	OMP_NUM_THREADS=1 $(PY) benchmarks/text.py --data $(PTB_DIR) --out runs/text --minutes-per-arm 10 --steps-per-arm 756 --samples 50 --test-limit 200 --valid-samples 10 --valid-limit 200 --json benchmarks/results/text_ptb.json
 
 # The README's pictures: a 2-D latent model on MNIST (a few minutes), its manifold and latent scatter.
 pictures: $(STAMP)
