@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.bayesvae-installed
 
-.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory gpu-check bench-vmf-bn bench-tabular pictures pictures-vmf clean campaign-figures
+.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory gpu-check bench-vmf-bn bench-tabular bench-text pictures pictures-vmf clean campaign-figures
 
 env: $(STAMP)
 
@@ -65,6 +65,11 @@ bench-vmf-bn: $(STAMP)
 # VAEDensity vs GaussianMixture (BIC), KernelDensity (CV), IsolationForest on scikit-learn's tables (about 6 minutes).
 bench-tabular: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/tabular.py --json benchmarks/results/tabular.json
+# Sentence VAEs on the Penn Treebank (d = 32, LSTM): the LM without z, Gaussian, annealing + word dropout, free bits,
+# BN-VAE and fixed-κ vMF (grids chosen on validation); every arm the same training budget, single-threaded, resumable.
+PTB_DIR ?= ../shared/data/ptb
+bench-text: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/text.py --data $(PTB_DIR) --out runs/text --minutes-per-arm 10 --steps-per-arm 756 --samples 50 --test-limit 200 --valid-samples 10 --valid-limit 200 --json benchmarks/results/text_ptb.json
 
 # The README's pictures: a 2-D latent model on MNIST (a few minutes), its manifold and latent scatter.
 pictures: $(STAMP)

@@ -153,3 +153,18 @@ def test_committed_mnist_best_weights_reproduce_the_table_figure(tmp_path):
 def test_boundary_cost_smoke(monkeypatch, tmp_path):
     result = _run("boundary_cost.py", "--smoke", "--json", str(tmp_path / "b.json"), monkeypatch=monkeypatch)
     assert result["step_ms_checked"] > 0 and result["step_ms_trusted"] > 0 and result["check_alone_ms"] > 0
+def test_text_smoke(monkeypatch, tmp_path):
+    """The PTB benchmark's arms end to end on a generated corpus (tiny model, one epoch each, K = 5)."""
+    result = _run("text.py", "--smoke", "--json", str(tmp_path / "t.json"), monkeypatch=monkeypatch)
+    names = [r["name"] for r in result["rows"]]
+    assert names == ["lm", "gaussian", "gaussian-anneal-wd", "free-bits", "bn", "vmf"]
+    lm = result["rows"][0]
+    assert lm["kl_nats"] == 0.0 and abs(lm["nll_nats"] + lm["elbo_nats"]) < 1e-3  # exact for the LM without z
+    assert all(r["perplexity_per_token"] > 1 for r in result["rows"])
+    assert json.loads((tmp_path / "t.json").read_text())["rows"]
+
+
+def test_text_speed_smoke(monkeypatch, tmp_path):
+    result = _run("text_speed.py", "--smoke", monkeypatch=monkeypatch)
+    assert result["train_step_ms"] > 0 and result["adaptive_train_step_ms"] > 0
+    assert 0 < result["softmax_share_of_step"] < 1

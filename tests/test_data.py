@@ -313,8 +313,8 @@ def test_bad_arrays(tmp_path, array, expected):
 
 def test_bad_sources_and_options(tmp_path):
     assert "no such file" in _err(D.load_dataset, str(tmp_path / "missing.npy"))
-    (tmp_path / "x.txt").write_text("1")
-    assert "unsupported file type" in _err(D.load_dataset, str(tmp_path / "x.txt"))
+    (tmp_path / "x.dat").write_text("1")  # (.txt is text now: bayesvae.text)
+    assert "unsupported file type" in _err(D.load_dataset, str(tmp_path / "x.dat"))
     (tmp_path / "trunc.npy").write_bytes(b"\x93NUMPY\x01\x00")
     assert "trunc.npy" in _err(D.load_dataset, str(tmp_path / "trunc.npy"))
     with pytest.raises(ConfigError, match="valid_fraction"):

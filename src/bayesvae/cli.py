@@ -29,6 +29,7 @@ from .checkpoint import atomic_write_bytes, atomic_write_text
 from .checkpoint import list_checkpoints as ckpt_list
 from .config import TrainConfig
 from .errors import BayesVAEError, ConfigError
+from .text import cli as text_cli
 from .training import Callback, TrainingInterrupted
 
 EXIT_PARTIAL, EXIT_USAGE, EXIT_IO, EXIT_SIGTERM, EXIT_SIGINT, EXIT_PIPE = 1, 2, 1, 143, 130, 141
@@ -235,6 +236,9 @@ def _on_ready(trainer, dataset, likelihood) -> None:
            f"train/valid/test {info['splits']['train']}/{info['splits']['valid']}/{info['splits']['test']})")
     if info.get("constant_columns"):
         _print(f"warning: constant columns {info['constant_columns']} carry no information")
+    from .text.runs import ready_lines
+    for line in ready_lines(info, trainer):
+        _print(line)
     how = trainer.run_state["data"]["preparation"]
     note = {"binarize": " (dynamic binarisation: a fresh draw each minibatch; valid/test binarised once, fixed seed)",
             "dequantize": " (uniform dequantisation of the pixel levels)"}.get(how, "")
@@ -371,9 +375,10 @@ def _train(args) -> int:
         else:
             posterior, posterior_options = _posterior_choice(args)
             spec = runs.DataSpec(args.data, args.data_dir, args.split_seed, args.valid_fraction, args.test_fraction,
-                                 args.limit, args.label_column)
+                                 args.limit, args.label_column, args.vocab_size, args.max_length,
+                                 args.long_sentences or "refuse")
             config = _train_config(args)
-            options = _likelihood_options(args)
+            options = {**_likelihood_options(args), **text_cli.likelihood_options(args)}
             trainer = runs.train(spec, out=args.out, train_config=config, likelihood=args.likelihood,
                                  likelihood_options=options, latent_dim=args.latent_dim,
                                  architecture=args.architecture, hidden=args.hidden, activation=args.activation,
@@ -455,6 +460,9 @@ def cmd_evaluate(args) -> int:
     result.update(processes=ranks.world_size(), device=str(device), precision=args.precision)
     if args.precision == "bf16":
         result["bf16_error_bound_nats"] = BF16_EVAL_TOLERANCE_NATS
+    if text_cli.is_text_run(run):
+        from .text.metrics import text_figures
+        result.update(text_figures(run.model, x, result))
     result.update(split=args.split, checkpoint=str(run.checkpoint), seconds=round(time.perf_counter() - t0, 2),
                   likelihood=run.model_config.likelihood, preparation=prepared.preparation)
     if args.json:
@@ -463,8 +471,9 @@ def cmd_evaluate(args) -> int:
         print(f"{args.split}: {result['num_examples']} examples, K = {result['num_samples']} importance samples"
               + (f" (networks in bf16: within {BF16_EVAL_TOLERANCE_NATS} nats of float32)"
                  if args.precision == "bf16" else ""))
+        per = ("per sentence" if "perplexity_per_token" in result else f"{result['nll_bits_per_dim']:.4f} bits/dim")
         print(f"  log-likelihood  {result['log_likelihood_nats']:.3f} nats   (NLL {result['nll_nats']:.3f} "
-              f"± {result['nll_nats_stderr']:.3f} nats, {result['nll_bits_per_dim']:.4f} bits/dim)")
+              f"± {result['nll_nats_stderr']:.3f} nats, {per})")
         print(f"  ELBO            {result['elbo_nats']:.3f} nats   (reconstruction NLL "
               f"{result['reconstruction_nll_nats']:.3f} + KL {result['kl_nats']:.3f})")
         bound = run.state.get("kl_bound")
@@ -479,6 +488,11 @@ def cmd_evaluate(args) -> int:
             print("  KL per dim      " + " ".join(f"{v:.2f}" for v in result["kl_per_dimension_nats"]))
         else:
             print("  KL per dim      (the KL does not split by dimension: vMF's KL is one constant)")
+        if "perplexity_per_token" in result:
+            print(f"  perplexity      {result['perplexity_per_token']:.2f} per token (IS; {result['tokens']} tokens: "
+                  f"{result['perplexity_tokens']}; ELBO bound {result['elbo_perplexity_bound_per_token']:.2f})")
+            print(f"  reconstruction  {100 * result['reconstruction_token_accuracy']:.1f}% of tokens (greedy from "
+                  "the posterior's mode)")
         if "nll_standardized_nats" in result:
             print(f"  (densities of the data in the file's units; on the standardised features the NLL is "
                   f"{result['nll_standardized_nats']:.3f} nats, lower by Σ ln s = "
@@ -491,11 +505,21 @@ def cmd_sample(args) -> int:
     from .grids import save_grid_png
 
     out = Path(args.out)
-    _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     if args.n <= 0:
         raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
     run = _load_run(args, device=_device(args))
     _refuse_for_run(args, run)
+    text_cli.check_text_output(run, out, {"--temperature": args.temperature})
+    if text_cli.is_text_run(run):  # sentences: greedy, or drawn word by word at --temperature with --draw
+        if args.temperature is not None and not args.draw:
+            raise ConfigError("--temperature applies to --draw (sampling word by word); without --draw the "
+                              "sentences are greedy")
+        torch.manual_seed(args.seed)
+        lines = text_cli.sample_sentences(run, args.n, (args.temperature or 1.0) if args.draw else None)
+        text_cli.write_sentences(out, lines, args.overwrite)
+        _print(f"wrote {args.n} {'sampled' if args.draw else 'greedy'} sentences from z ~ q(z) to {out}")
+        return 0
+    _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     torch.manual_seed(args.seed)
     x = run.model.sample(args.n, mean=not args.draw).cpu()
     _save_examples(out, x, run, args.overwrite, save_grid_png)
@@ -539,7 +563,6 @@ def cmd_reconstruct(args) -> int:
     from .grids import save_grid_png
 
     out = Path(args.out)
-    _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     if args.n <= 0:
         raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
     run = _load_run(args, device=_device(args))
@@ -547,6 +570,12 @@ def cmd_reconstruct(args) -> int:
     from .estimators import _on, model_device
 
     x, _, _ = _split_data(run, args.split)
+    text_cli.check_text_output(run, out, {})
+    if text_cli.is_text_run(run):  # input<TAB>greedy reconstruction, one sentence a line
+        text_cli.write_sentences(out, text_cli.reconstruction_lines(run, x[: args.n]), args.overwrite)
+        _print(f"wrote {min(args.n, x.shape[0])} greedy reconstructions (beside their inputs) to {out}")
+        return 0
+    _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     x = _on(x[: args.n], torch.device("cpu"))
     recon = run.model.reconstruct(_on(x, model_device(run.model))).cpu()
     if out.suffix == ".png" and len(run.model_config.data_shape) == 3:
@@ -859,6 +888,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", metavar="NAME",
                    help="a CSV column of integer class labels: taken out of the features (a label left in would be "
                         "modelled and scored as data), used to colour the latent pictures")
+    # text data only (a .txt file, one sentence per line, or a folder with train/valid/test.txt): bayesvae.text
+    p.add_argument("--vocab-size", type=int, help="text: keep the N most frequent training words (default: all); "
+                   "the others become <unk>")
+    p.add_argument("--max-length", type=int, help="text: the longest sentence in words (default: the longest found, "
+                   "at most 1000); longer ones are refused, or cut with --long-sentences cut")
+    p.add_argument("--long-sentences", choices=["refuse", "cut"], help="text: what to do with sentences longer "
+                   "than --max-length (default: refuse; cut says how many were cut)")
+    p.add_argument("--embedding-dim", type=int, help="text: word embedding size (default 256)")
+    p.add_argument("--cell", choices=["lstm", "gru"], help="text: recurrent cell of encoder and decoder (default lstm)")
+    p.add_argument("--word-dropout", type=float, help="text: replace each decoder input word by <unk> with this "
+                   "probability in training (Bowman et al. 2016); the reported loss stays the true -ELBO")
+    p.add_argument("--latent-every-step", action="store_true", help="text: z also joins the decoder input at every "
+                   "step (default: z sets the initial state only)")
+    p.add_argument("--softmax", choices=["full", "adaptive"], help="text: the output layer: full (default) or the "
+                   "adaptive softmax (Grave et al. 2017), also exact and normalised, cheaper on a large vocabulary")
+    p.add_argument("--no-latent", action="store_true", help="text: the LSTM language model without z (the control "
+                   "of every collapse comparison; KL exactly 0, its ELBO is its exact log-probability)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, active units, KL per dimension")
@@ -880,8 +926,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw from the model: PNG grid for images, .npy/.csv otherwise")
     _run_dir_args(p, reads_data=False)
     p.add_argument("-n", type=int, default=64, help="number of samples (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output file: .png (images), .npy or .csv")
-    p.add_argument("--draw", action="store_true", help="draw x ~ q(x|z) instead of showing E[x|z]")
+    p.add_argument("--out", required=True, help="output file: .png (images), .npy or .csv; .txt or .tsv (text)")
+    p.add_argument("--draw", action="store_true", help="draw x ~ q(x|z) instead of showing E[x|z] (text: sample word "
+                   "by word instead of greedy decoding)")
+    p.add_argument("--temperature", type=float, help="text with --draw: softmax temperature (default 1)")
     _device_arg(p)
     p.add_argument("--seed", type=_seed, default=0, help="seed of the prior draws (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")

@@ -741,7 +741,8 @@ def _load_path(source: str, label_column: str | None = None, **opts) -> Dataset:
     if suffix == ".npz":
         return _from_npz(path, **opts)
     raise _fail(where, f"unsupported file type {suffix or '(none)'}",
-                "Use .npy, .npz, .csv, or a folder of PNG/JPEG/BMP/GIF images")
+                "Use .npy, .npz, .csv, .txt (text, one sentence per line), or a folder of PNG/JPEG/BMP/GIF images "
+                "(or of train/valid/test.txt)")
 
 
 def _from_npz(path: Path, **opts) -> Dataset:
@@ -772,6 +773,10 @@ def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, val
     ``label_column`` names a CSV column that holds class labels (integers): it is taken out of the features.
     """
     _check_options(valid_fraction, test_fraction, limit)
+    from .text.corpus import is_text_source, load_text
+
+    if is_text_source(source):  # sentences: bayesvae.text (vocabulary on the training split)
+        return load_text(source, seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction, limit=limit)
     if label_column is not None and source in ("mnist", "digits"):
         raise ConfigError(f"--label-column is for CSV files; {source} has its labels already")
     if source == "mnist":
@@ -787,10 +792,15 @@ def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, val
 
 def source_kind(source: str) -> str | None:
     """The kind of a data source, found without reading its data: ``digits``, ``mnist``, ``npy``, ``npz`` (one
-    array), ``npz-split`` (its own train/valid/test arrays), ``csv`` or ``image-folder``; None for a path that does
-    not exist or a file type that is not data (the loader says why when it reads it)."""
+    array), ``npz-split`` (its own train/valid/test arrays), ``csv``, ``image-folder`` or ``text`` (a ``.txt`` file
+    or a folder with ``train.txt``); None for a path that does not exist or a file type that is not data (the
+    loader says why when it reads it)."""
     if source in ("digits", "mnist"):
         return source
+    from .text.corpus import is_text_source
+
+    if is_text_source(source):
+        return "text"
     path = Path(source).expanduser()
     if path.is_dir():
         return "image-folder"
@@ -816,7 +826,10 @@ def dataset_info(source: str, **kw) -> dict:
 # ----------------------------------------------------------------------------------------------------- likelihoods
 def default_likelihood(dataset: Dataset) -> str:
     """Bernoulli for binary data and grey images (trained with dynamic binarisation, the MNIST protocol);
-    a Gaussian with learned variance for colour images and tables, where a Bernoulli is no likelihood at all."""
+    a Gaussian with learned variance for colour images and tables, where a Bernoulli is no likelihood at all;
+    the autoregressive likelihood for text."""
+    if dataset.kind == "text":
+        return "autoregressive"
     if dataset.kind == "binary" or (dataset.kind == "image" and dataset.event_shape[0] == 1):
         return "bernoulli"
     return "gaussian-learned"

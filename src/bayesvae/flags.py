@@ -42,9 +42,9 @@ __all__ = ["DATA_KINDS", "FILE_KINDS", "Scope", "SCOPES", "RESUME_OPTIONS", "INV
            "scope_note", "reference_markdown", "applies"]
 
 #: The kinds of data source (:func:`bayesvae.data.source_kind`).
-DATA_KINDS = ("digits", "mnist", "npy", "npz", "npz-split", "csv", "image-folder")
+DATA_KINDS = ("digits", "mnist", "npy", "npz", "npz-split", "csv", "image-folder", "text")
 #: Sources that are files or folders of the user's (a run trained on one can be pointed at where it moved).
-FILE_KINDS = frozenset({"npy", "npz", "npz-split", "csv", "image-folder"})
+FILE_KINDS = frozenset({"npy", "npz", "npz-split", "csv", "image-folder", "text"})
 _SPLIT_BY_US = frozenset(DATA_KINDS) - {"mnist", "npz-split"}
 
 #: How a context value reads in a message ("it has no effect with ...").
@@ -56,6 +56,7 @@ _SAY = {
     ("data", "npz-split"): "an .npz file that holds its own train/valid/test arrays",
     ("data", "csv"): "a CSV file",
     ("data", "image-folder"): "a folder of images (labels come from its subfolders)",
+    ("data", "text"): "text (sentences, one per line)",
     ("mode", "resume"): "--resume (a resumed run keeps its data split, model and optimiser settings)",
     ("mode", "new"): "a new run",
     ("resumed", "digits"): "a resumed run on the embedded digits (they cannot move)",
@@ -67,7 +68,7 @@ _SAY = {
 }
 
 _SHORT = {"digits": "digits", "mnist": "mnist", "npy": ".npy", "npz": ".npz (one array)",
-          "npz-split": ".npz (own splits)", "csv": ".csv", "image-folder": "an image folder"}
+          "npz-split": ".npz (own splits)", "csv": ".csv", "image-folder": "an image folder", "text": "text"}
 
 #: Plot kinds grouped by what they read (``bayesvae.plots.KINDS``; a test checks the two agree).
 _PLOT_SPLIT_KINDS = frozenset({"latent", "reconstructions", "interpolation", "kl", "histograms", "sphere"})
@@ -132,6 +133,20 @@ SCOPES: dict[str, dict[str, Scope]] = {
                         posterior="diagonal-gaussian"),
         "lr_decay": _s("is the factor per epoch of --lr-schedule exponential",
                        "add --lr-schedule exponential, or drop --lr-decay", lr_schedule="exponential"),
+        **{dest: _s(f"is an option of sentence models ({what})", f"drop {flag}: these data are not text", data="text")
+           for dest, flag, what in (("vocab_size", "--vocab-size", "the vocabulary's size"),
+                                    ("max_length", "--max-length", "the longest sentence"),
+                                    ("long_sentences", "--long-sentences", "what to do with longer sentences"),
+                                    ("embedding_dim", "--embedding-dim", "the word embeddings' size"),
+                                    ("cell", "--cell", "the recurrent cell"),
+                                    ("word_dropout", "--word-dropout", "word dropout on the decoder's input"),
+                                    ("latent_every_step", "--latent-every-step", "z at every decoder step"),
+                                    ("softmax", "--softmax", "the output layer over the vocabulary"),
+                                    ("no_latent", "--no-latent", "the language model without z"))},
+    },
+    "sample": {
+        "temperature": _s("is the softmax temperature of sentences drawn word by word",
+                          "drop --temperature: this run's data are not text", data="text"),
     },
     "score": {
         "split": _s("chooses a split of the run's own data", "drop --split: --data is scored whole", source="split"),

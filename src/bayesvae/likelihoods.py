@@ -59,6 +59,9 @@ class Likelihood(nn.Module):
     support_text: str = "the real numbers"
     support_hint: str = ""
     """What to do with data off the support."""
+    data: str = "values"
+    """What the distribution is over: ``values`` (real or 0/1 arrays from a decoder's output) or ``tokens`` (id
+    rows of the text data source, with the recurrent model of ``architecture="rnn"``)."""
 
     def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -346,6 +349,16 @@ class ScaledDensity(Distribution):
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     cls.name: cls for cls in (Bernoulli, GaussianFixedVariance, GaussianLearnedVariance, GaussianSharedVariance)
 }
+
+
+def _register_text() -> None:
+    """The autoregressive likelihood of sentences lives with the text modules (``bayesvae.text``)."""
+    from .text.likelihood import Autoregressive
+
+    LIKELIHOODS[Autoregressive.name] = Autoregressive
+
+
+_register_text()
 
 
 def make_likelihood(name: str, **kwargs) -> Likelihood:

@@ -30,6 +30,7 @@ from .errors import ConfigError, IncompatibleCheckpointError, InputTypeError, Ou
 from .model import VAE, build_model
 from .objectives import TrainingObjective
 from .precision import choose_precision
+from .text import runs as text_hooks
 from .training import Callback, Trainer, recalibrate_batch_norm
 
 __all__ = ["DataSpec", "PreparedData", "prepare_data", "train", "resume", "load", "load_run", "LoadedRun",
@@ -55,8 +56,27 @@ class DataSpec:
     limit: int | None = None
     label_column: str | None = None
     """A CSV column of class labels, taken out of the features."""
+    vocab_size: int | None = None
+    """Text: keep the most frequent words of the training split (None: all)."""
+    max_length: int | None = None
+    """Text: the longest sentence in words (None: the longest found, at most ``text.corpus.MAX_WORDS``)."""
+    long_sentences: str = "refuse"
+    """Text: ``refuse`` or ``cut`` sentences longer than ``max_length``."""
 
-    def load(self) -> bdata.Dataset:
+    def load(self, vocabulary=None) -> bdata.Dataset:
+        from .text.corpus import is_text_source, load_text
+
+        if is_text_source(self.source):
+            if self.label_column is not None:
+                raise ConfigError("--label-column names a CSV column; text data have no labels")
+            return load_text(self.source, seed=self.seed, valid_fraction=self.valid_fraction,
+                             test_fraction=self.test_fraction, limit=self.limit, vocab_size=self.vocab_size,
+                             max_length=self.max_length, long_sentences=self.long_sentences, vocabulary=vocabulary)
+        for flag, value, default in (("--vocab-size", self.vocab_size, None), ("--max-length", self.max_length, None),
+                                     ("--long-sentences", self.long_sentences, "refuse")):
+            if value != default:
+                raise ConfigError(f"{flag} applies to text data (a .txt file or a folder with train.txt), not to "
+                                  f"{self.source!r}")
         return bdata.load_dataset(self.source, data_dir=self.data_dir, seed=self.seed,
                                   valid_fraction=self.valid_fraction, test_fraction=self.test_fraction,
                                   limit=self.limit, label_column=self.label_column)
@@ -252,7 +272,7 @@ def _run_state(model_config: ModelConfig, spec: DataSpec, dataset: bdata.Dataset
         "data": {**spec.__dict__, "split_seed": spec.seed, "fingerprint": dataset.fingerprint(), "kind": dataset.kind,
                  "preparation": prepared.preparation, "levels": prepared.levels,
                  "standardization": None if std is None else [std[0].tolist(), std[1].tolist()],
-                 "description": dataset.describe()},
+                 "description": dataset.describe(), **text_hooks.run_state(dataset)},
     }
 
 
@@ -267,10 +287,14 @@ def _make_trainer(model: VAE, config: TrainConfig, prepared: PreparedData, run_d
     objective = TrainingObjective(config.objective, config.samples, config.kl_warmup_epochs, config.free_bits,
                                   check_inputs=False)
     valid_objective = TrainingObjective(config.objective, config.samples, check_inputs=False)
-    return Trainer(model, objective, prepared.train, config, valid_data=prepared.valid, run_dir=run_dir,
-                   batch_transform=prepared.batch_transform, valid_objective=valid_objective,
-                   callbacks=[PreciseBatchNorm(), CollapseMonitor(on_warning), _MetricsLog(), *callbacks],
-                   run_state=run_state)
+    trainer = Trainer(model, objective, prepared.train, config, valid_data=prepared.valid, run_dir=run_dir,
+                      batch_transform=prepared.batch_transform, valid_objective=valid_objective,
+                      callbacks=[PreciseBatchNorm(), CollapseMonitor(on_warning), _MetricsLog(), *callbacks],
+                      run_state=run_state)
+    bucketed = text_hooks.bucketed(prepared.train, config.batch_size)  # text: length-bucketed batches
+    if bucketed is not None:
+        trainer.epoch_order = bucketed
+    return trainer
 
 
 class PreciseBatchNorm(Callback):
@@ -393,6 +417,8 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     if architecture == "conv":
         _check_conv_fits(dataset.event_shape)
     _refuse_constant_columns(dataset)
+    architecture, likelihood, likelihood_options = text_hooks.model_settings(dataset, architecture, likelihood,
+                                                                             dict(likelihood_options or {}), hidden)
     likelihood = likelihood or bdata.default_likelihood(dataset)
     check_likelihood_options(likelihood, likelihood_options or {})
     prepared = prepare_data(dataset, likelihood)
@@ -537,7 +563,7 @@ class LoadedRun:
     def dataset(self) -> bdata.Dataset:
         """The run's data, reloaded (from where ``--data``/``--data-dir`` point, if given); a fingerprint that
         differs from the stored one gives a warning (in ``notes``, and through ``say``)."""
-        ds = _load_moved(self.spec)
+        ds = _load_moved(self.spec, text_hooks.vocabulary_of(self.state))
         where = self.spec.data_dir if self.spec.source == "mnist" and self.spec.data_dir else self.spec.source
         note = rundir.compare_fingerprint(self.state.get("data", {}).get("fingerprint"), ds.fingerprint(), where)
         if note and note not in self.notes:
@@ -555,6 +581,13 @@ class LoadedRun:
         examples and their 0-based rows in the source. Data the run's preparation cannot turn into what the model
         was trained on are refused with the reason: other columns (by header), values off the run's grid of
         levels, grey levels for a model trained on 0/1 data."""
+        if text_hooks.vocabulary_of(self.state) is not None:  # text: the run's vocabulary and row width
+            x, rows, info = text_hooks.new_text(source, self.state, self.model_config.data_shape[0],
+                                                self.spec.long_sentences)
+            if self.say is not None:
+                self.say(f"{source}: {info['words']['train']} words, {info['unknown_words']['train']} of them not in "
+                         "the run's vocabulary (scored as <unk>)")
+            return x, rows
         label = self.spec.label_column
         if label is not None and label not in _csv_header(source):
             label = None  # new data without the label column: nothing to take out
@@ -657,13 +690,13 @@ def _check_columns(source: str, found, expected) -> None:
         "exactly these columns (a label column must be removed)")
 
 
-def _load_moved(spec: DataSpec) -> bdata.Dataset:
+def _load_moved(spec: DataSpec, vocabulary=None) -> bdata.Dataset:
     """Load a run's data; a missing file or MNIST directory says how to point the run at where they are now."""
     if spec.source not in ("digits", "mnist") and not Path(spec.source).exists():
         raise bdata.DataValidationError(f"the run's data {spec.source} no longer exist; if they moved, point the "
                                         "run at them with --data NEW_PATH")
     try:
-        return spec.load()
+        return spec.load(vocabulary) if vocabulary is not None else spec.load()
     except (FileNotFoundError, bdata.DataValidationError) as err:
         if spec.source != "mnist":
             raise
@@ -813,7 +846,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_minutes: float
     lock = rundir.RunLock(run_path, "train --resume") if ranks.is_main() else contextlib.nullcontext()
     with lock:
         run = load_run(run_path, "last", data=data, data_dir=data_dir, device=device)
-        dataset = _load_moved(run.spec)
+        dataset = _load_moved(run.spec, text_hooks.vocabulary_of(run.state))
         fingerprint = run.state["data"].get("fingerprint")
         if dataset.fingerprint() != fingerprint:
             raise IncompatibleCheckpointError(

@@ -256,6 +256,8 @@ class Trainer:
         self.clock: Callable[[], float] = time.perf_counter
         """The clock of epoch times and of the time budget (tests give a fake one)."""
         self._process_steps = 0
+        self.epoch_order: Callable[[int, int, int], torch.Tensor] = epoch_order
+        """The data order of an epoch, a function of (n, seed, epoch) (text: length-bucketed batches)."""
 
     # ----------------------------------------------------------------------------------------------- schedule
     #: Steps of each process that are not timed for the budget plan, and how often the plan is re-estimated.
@@ -494,7 +496,7 @@ class Trainer:
 
     def _run_epoch(self) -> dict[str, float]:
         cfg, st = self.config, self.state
-        order = epoch_order(self.train_data.shape[0], cfg.seed, st.epoch)
+        order = self.epoch_order(self.train_data.shape[0], cfg.seed, st.epoch)
         if self.train_data.device != order.device:
             order = order.to(self.train_data.device)
         first, start = st.step_in_epoch, self.clock()
