@@ -13,6 +13,7 @@ from .errors import (
     ConfigError,
     DataValidationError,
     IncompatibleCheckpointError,
+    InsufficientMemoryError,
     NonFiniteError,
     OutputExistsError,
     UnsafeCheckpointError,
@@ -39,7 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ModelConfig", "TrainConfig",
     "BayesVAEError", "CheckpointCorruptError", "CheckpointError", "CheckpointNotFoundError", "ConfigError",
-    "DataValidationError", "IncompatibleCheckpointError", "NonFiniteError", "OutputExistsError",
+    "DataValidationError", "IncompatibleCheckpointError", "InsufficientMemoryError", "NonFiniteError", "OutputExistsError",
     "UnsafeCheckpointError",
     "active_units", "bits_per_dim", "estimate_log_likelihood", "mutual_information", "per_dimension_kl",
     "Bernoulli", "GaussianFixedVariance", "GaussianLearnedVariance", "GaussianSharedVariance", "Likelihood",

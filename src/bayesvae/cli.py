@@ -231,6 +231,8 @@ def _on_ready(trainer, dataset, likelihood) -> None:
     _say_device()
     _print(f"data: {info['name']} ({info['kind']}, shape {info['event_shape']}, "
            f"train/valid/test {info['splits']['train']}/{info['splits']['valid']}/{info['splits']['test']})")
+    if info.get("layout"):
+        _print(f"data: {info['layout']}")
     if info.get("constant_columns"):
         _print(f"warning: constant columns {info['constant_columns']} carry no information")
     how = trainer.run_state["data"]["preparation"]
@@ -340,7 +342,7 @@ def cmd_train(args) -> int:
         else:
             posterior, posterior_options = _posterior_choice(args)
             spec = runs.DataSpec(args.data, args.data_dir, args.split_seed, args.valid_fraction, args.test_fraction,
-                                 args.limit, args.label_column)
+                                 args.limit, args.label_column, bdata.parse_image_shape(args.image_shape))
             config = _train_config(args)
             options = _likelihood_options(args)
             trainer = runs.train(spec, out=args.out, train_config=config, likelihood=args.likelihood,
@@ -582,7 +584,7 @@ def cmd_data_fetch(args) -> int:
 def cmd_data_info(args) -> int:
     if args.data_dir is not None and args.source != "mnist":
         raise ConfigError(f"--data-dir is the directory of the MNIST files; it has no effect for {args.source!r}")
-    info = bdata.dataset_info(args.source, data_dir=args.data_dir)
+    info = bdata.dataset_info(args.source, data_dir=args.data_dir, image_shape=args.image_shape)
     print(json.dumps(info, indent=2))
     return 0
 
@@ -773,6 +775,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", metavar="NAME",
                    help="a CSV column of integer class labels: taken out of the features (a label left in would be "
                         "modelled and scored as data), used to colour the latent pictures")
+    p.add_argument("--image-shape", nargs="+", metavar="H W [C]",
+                   help="a 2-D .npy/.npz array or CSV of flattened images: each row holds H*W*C pixels in row-major "
+                        "H, W, C order (C = 1 or 3); they are prepared and drawn as images. Without it, a square "
+                        "side is found (and printed) for 8-bit pixels; 'none' keeps the rows a table")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, active units, KL per dimension")
@@ -836,6 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("info", help="load and validate a data source and describe it")
     q.add_argument("source")
     q.add_argument("--data-dir")
+    q.add_argument("--image-shape", nargs="+", metavar="H W [C]",
+                   help="rows of flattened images (see train --image-shape)")
     q.set_defaults(func=cmd_data_info)
     _add_picture_commands(sub)
     return parser

@@ -55,11 +55,13 @@ class DataSpec:
     limit: int | None = None
     label_column: str | None = None
     """A CSV column of class labels, taken out of the features."""
+    image_shape: tuple[int, ...] | None = None
+    """Flattened images (``--image-shape``): (H, W, C); None finds a square side; () keeps a table."""
 
     def load(self) -> bdata.Dataset:
         return bdata.load_dataset(self.source, data_dir=self.data_dir, seed=self.seed,
                                   valid_fraction=self.valid_fraction, test_fraction=self.test_fraction,
-                                  limit=self.limit, label_column=self.label_column)
+                                  limit=self.limit, label_column=self.label_column, image_shape=self.image_shape)
 
 
 @dataclass(frozen=True)
@@ -538,7 +540,7 @@ class LoadedRun:
         if label is not None and label not in _csv_header(source):
             label = None  # new data without the label column: nothing to take out
         ds = bdata.load_dataset(source, data_dir=data_dir, valid_fraction=0.0, test_fraction=0.0, standardize=False,
-                                label_column=label)
+                                label_column=label, image_shape=self.spec.image_shape)
         if isinstance(ds.train, Rows):  # a large file stays on disk: prepared a batch at a time as it is scored
             return self._new_rows(source, ds), ds.rows("train")
         x = torch.cat([as_tensor(t) for t in (ds.train, ds.valid, ds.test)])
