@@ -550,11 +550,13 @@ def _npy_dataset(path: Path, a: np.ndarray, *, seed: int, valid_fraction: float,
     kept = {s: i[:limit] for s, i in idx.items()}
     n_kept = sum(len(i) for i in kept.values())
     values = n_kept * math.prod(a.shape[1:])
-    lazy = values * 4 > LAZY_BYTES
-    need = (len(a) * memory.STREAM_BYTES_PER_ROW + memory.STREAM_FIXED_BYTES if lazy else
-            values * memory.MEMORY_BYTES_PER_VALUE + len(a) * memory.STREAM_BYTES_PER_ROW)
-    memory.require(where, need, f"{'streaming' if lazy else 'reading'} {n_kept:,} examples of shape "
-                   f"{tuple(a.shape[1:])} ({a.dtype})", "Use a smaller file, or free memory")
+    in_memory = values * memory.MEMORY_BYTES_PER_VALUE + len(a) * memory.STREAM_BYTES_PER_ROW
+    # on disk when large, or when reading it in would not fit comfortably: both give the same values
+    lazy = values * 4 > LAZY_BYTES or in_memory > memory.HEADROOM * memory.available_bytes()
+    memory.require(where, len(a) * memory.STREAM_BYTES_PER_ROW + memory.STREAM_FIXED_BYTES,
+                   f"streaming {n_kept:,} examples of shape {tuple(a.shape[1:])} ({a.dtype}) from disk (the row "
+                   "lists of its splits and the buffers)", "Use a file with fewer rows (or a smaller --limit), or "
+                   "free memory")
     standardization, note, names = None, None, None
     if a.ndim in (3, 4):
         if image_shape is not None:

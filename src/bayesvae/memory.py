@@ -31,7 +31,7 @@ STREAM_FIXED_BYTES = 256 << 20  # its chunk buffers (checks, statistics, fingerp
 
 
 def gib(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.2f} GiB"
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def _cgroup_room() -> int | None:
