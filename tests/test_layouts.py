@@ -314,3 +314,82 @@ print(peak[0] - base, est)
                              check=True)
         grew, estimate = map(int, out.stdout.split())
         assert grew < estimate, (src, grew, estimate)
+
+
+# ------------------------------------------------------------------------------------------------------- data convert
+def _loads_the_same(src, npy, **kw):
+    a, b = bdata.load_dataset(str(src), **kw), bdata.load_dataset(str(npy))
+    assert a.fingerprint() == b.fingerprint() and (a.kind, a.event_shape) == (b.kind, b.event_shape)
+    for split in ("train", "valid", "test"):
+        assert torch.equal(as_tensor(getattr(a, split)), as_tensor(getattr(b, split))), split
+        la, lb = getattr(a, f"{split}_labels"), getattr(b, f"{split}_labels")
+        assert (la is None and lb is None) or torch.equal(la, lb), split
+    return a, b
+
+
+@pytest.mark.parametrize("pixels", [False, True])
+def test_convert_a_csv_streams_it_into_the_same_data(tmp_path, capsys, pixels):
+    import hashlib
+
+    rng = np.random.default_rng(10)
+    x = rng.integers(0, 256, (300, 64)) if pixels else rng.normal(size=(300, 5)) * [1, 1e3, 1e-3, 1, 1]
+    y = rng.integers(0, 4, 300)
+    names = [f"f{j}" for j in range(x.shape[1])]
+    cells = [[f"{v}" if pixels else f"{v:.9g}" for v in row] for row in x]
+    (tmp_path / "d.csv").write_text("kind," + ",".join(names) + "\n" +
+                                    "".join(f"{yy}," + ",".join(r) + "\n" for yy, r in zip(y, cells)))
+    out = tmp_path / "d.npy"
+    assert main(["data", "convert", str(tmp_path / "d.csv"), "--out", str(out), "--label-column", "kind"]) == 0
+    err = capsys.readouterr().err
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert f"SHA-256 {digest}" in err and "convert: 300 / 300 rows" in err
+    assert (tmp_path / "d.npy.sha256").read_text() == f"{digest}  d.npy\n"
+    assert np.load(out).dtype == (np.uint8 if pixels else np.float32)
+    assert np.load(tmp_path / "d.labels.npy").tolist() == y.tolist()
+    a, b = _loads_the_same(tmp_path / "d.csv", out, label_column="kind")
+    assert a.kind == ("image" if pixels else "tabular")
+    # never replaced without --overwrite; with it, a conversion without labels removes the old labels
+    assert main(["data", "convert", str(tmp_path / "d.csv"), "--out", str(out)]) == 2
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
+    assert main(["data", "convert", str(tmp_path / "d.csv"), "--out", str(out), "--overwrite"]) == 0  # kind: a feature
+    assert np.load(out).shape == (300, x.shape[1] + 1) and not (tmp_path / "d.labels.npy").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+
+
+def test_convert_an_image_folder_keeps_classes(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    for cls in ("cat", "dog"):
+        (tmp_path / "img" / cls).mkdir(parents=True)
+        for i in range(7):
+            mode = "RGB" if (cls, i) == ("dog", 3) else "L"
+            shape = (5, 6, 3) if mode == "RGB" else (5, 6)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(tmp_path / "img" / cls / f"{i}.png")
+    out = tmp_path / "img.npy"
+    assert main(["data", "convert", str(tmp_path / "img"), "--out", str(out)]) == 0
+    assert np.load(out).shape == (14, 3, 5, 6)  # one colour image: all colour, as the loader does
+    a, b = _loads_the_same(tmp_path / "img", out)
+    assert b.class_names == ("cat", "dog") and a.class_names == b.class_names
+
+
+def test_convert_an_npz_in_chunks(tmp_path, monkeypatch):
+    from bayesvae import convert as conv
+
+    rng = np.random.default_rng(12)
+    np.savez_compressed(tmp_path / "z.npz", x=rng.integers(0, 256, (10000, 4, 4), dtype=np.uint8),
+                        y=rng.integers(0, 3, 10000))
+    monkeypatch.setattr(conv, "_ROWS", 999)  # several chunks, the last one short
+    out = tmp_path / "z.npy"
+    result = conv.convert(tmp_path / "z.npz", out)
+    assert result["shape"] == [10000, 4, 4] and result["dtype"] == "uint8"
+    _loads_the_same(tmp_path / "z.npz", out)
+    np.savez(tmp_path / "s.npz", train=np.zeros((4, 2)), test=np.zeros((2, 2)))
+    with pytest.raises(bdata.DataValidationError, match="holds the splits"):
+        conv.convert(tmp_path / "s.npz", tmp_path / "s.npy")
+    bad = rng.normal(size=(50, 3))
+    bad[33, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", x=bad)
+    with pytest.raises(bdata.DataValidationError, match=r"nan\.npz: non-finite value nan at example 33, feature 2"):
+        conv.convert(tmp_path / "nan.npz", tmp_path / "nan.npy")
+    assert not (tmp_path / "nan.npy").exists() and not list(tmp_path.glob(".*part"))

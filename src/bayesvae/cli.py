@@ -589,6 +589,15 @@ def cmd_data_info(args) -> int:
     return 0
 
 
+def cmd_data_convert(args) -> int:
+    from .convert import convert
+
+    result = convert(args.source, args.out, label_column=args.label_column, overwrite=args.overwrite, say=_print)
+    _print(f"wrote {result['out']}: shape {tuple(result['shape'])}, {result['dtype']}, {result['bytes']:,} bytes; "
+           f"SHA-256 {result['sha256']}" + (f"; labels in {result['labels']}" if result["labels"] else ""))
+    return 0
+
+
 # ---- pictures and report (plots.py, report.py) ------------------------------------------------------------------
 def cmd_plot(args) -> int:
     from . import plots, runs
@@ -833,7 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("data", help="data sources: fetch, info")
+    p = sub.add_parser("data", help="data sources: fetch, info, convert")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     q = dsub.add_parser("fetch", help="download a data set into the cache, checksums verified")
     q.add_argument("name", help="mnist")
@@ -845,6 +854,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--image-shape", nargs="+", metavar="H W [C]",
                    help="rows of flattened images (see train --image-shape)")
     q.set_defaults(func=cmd_data_info)
+    q = dsub.add_parser("convert", help="stream a CSV, a folder of images or an .npz into a memory-mappable .npy "
+                        "(checked as for training; labels in a sidecar X.labels.npy; SHA-256 in X.npy.sha256)")
+    q.add_argument("source", help="a .csv file, a folder of images (subfolders = classes) or an .npz archive")
+    q.add_argument("--out", required=True, help="the .npy to write (never replaced without --overwrite)")
+    q.add_argument("--label-column", metavar="NAME",
+                   help="a CSV column of integer class labels: written to the sidecar X.labels.npy, not the features")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing output and its sidecars")
+    q.set_defaults(func=cmd_data_convert)
     _add_picture_commands(sub)
     return parser
 
