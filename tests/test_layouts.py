@@ -150,7 +150,7 @@ def test_cli_image_shape_is_stored_and_drawn(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- tables stream
-@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, np.int32])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, np.int32, ">f8"])
 def test_a_table_on_disk_equals_the_table_in_memory(tmp_path, monkeypatch, dtype):
     rng = np.random.default_rng(4)
     a = (rng.normal(3, 2, (3000, 7)) * [1, 10, 100, 1, 1, 0.1, 5]).astype(dtype)
@@ -393,3 +393,21 @@ def test_convert_an_npz_in_chunks(tmp_path, monkeypatch):
     with pytest.raises(bdata.DataValidationError, match=r"nan\.npz: non-finite value nan at example 33, feature 2"):
         conv.convert(tmp_path / "nan.npz", tmp_path / "nan.npy")
     assert not (tmp_path / "nan.npy").exists() and not list(tmp_path.glob(".*part"))
+
+
+def test_scoring_a_table_from_disk_equals_scoring_it_in_memory(tmp_path, monkeypatch):
+    rng = np.random.default_rng(13)
+    np.save(tmp_path / "t.npy", (rng.normal(size=(300, 4)) * [1, 10, 100, 1000]).astype(np.float32))
+    np.save(tmp_path / "new.npy", (rng.normal(size=(40, 4)) * [1, 10, 100, 1000]).astype(np.float32))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "t.npy"), "--epochs", "1", "--latent-dim", "2", "--hidden", "8",
+                 "--report-samples", "0", "--device", "cpu", "--out", str(out)]) == 0
+    run = runs.load_run(out)
+    mem, rows = run.new_data(str(tmp_path / "new.npy"))
+    monkeypatch.setattr(bdata, "LAZY_BYTES", 0)
+    disk, rows_disk = run.new_data(str(tmp_path / "new.npy"))
+    assert isinstance(disk, Rows) and isinstance(mem, torch.Tensor) and rows.tolist() == rows_disk.tolist()
+    assert torch.equal(as_tensor(disk), mem)
+    mean, std = (np.asarray(v, np.float32).astype(np.float64) for v in run.state["data"]["standardization"])
+    reference = (np.load(tmp_path / "new.npy").astype(np.float64) - mean) / std  # numpy, float64
+    assert np.allclose(mem.numpy(), reference, rtol=0, atol=1e-5)

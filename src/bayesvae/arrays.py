@@ -120,7 +120,8 @@ class Rows:
         """Rows of the underlying array (file row numbers) as float32 examples, in the order given."""
         rows = np.asarray(rows, dtype=np.int64)
         order = np.argsort(rows, kind="stable")
-        raw = np.empty((len(rows), *self.array.shape[1:]), dtype=self.array.dtype)
+        native = self.array.dtype.newbyteorder("=")  # a big-endian file is read into native order
+        raw = np.empty((len(rows), *self.array.shape[1:]), dtype=native)
         raw[order] = self.array[rows[order]]  # sorted reads: sequential pages of the file
         return self.convert(raw)
 

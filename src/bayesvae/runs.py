@@ -24,7 +24,7 @@ from . import checkpoint as ckpt
 from . import data as bdata
 from . import rundir
 from . import distributed as ranks
-from .arrays import PreparedRows, Rows, as_tensor
+from .arrays import PreparedRows, Rows, as_tensor, standardize_block
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, OutputExistsError
 from .model import VAE, build_model
@@ -551,8 +551,8 @@ class LoadedRun:
             raise bdata.DataValidationError(f"{source}: examples have shape {tuple(x.shape[1:])}, but the model was "
                                             f"trained on shape {self.model_config.data_shape}")
         std = data.get("standardization")
-        if std is not None:
-            x = (x - torch.tensor(std[0])) / torch.tensor(std[1])
+        if std is not None:  # as the training rows were, in float64 (the same values as a file scored from disk)
+            x = torch.from_numpy(standardize_block(x.numpy(), *_stored_standardization(std)))
         how = data.get("preparation", "none")
         if how == "binarize":
             bdata.check_likelihood_support(dataclasses.replace(ds, train=x), self.model_config.likelihood)
@@ -580,6 +580,11 @@ class LoadedRun:
                                             f"was trained on shape {self.model_config.data_shape}")
         data = self.state["data"]
         how = data.get("preparation", "none")
+        if data.get("standardization") is not None:  # a table: standardised as each batch is read
+            _check_columns(source, ds.feature_names, (data.get("description") or {}).get("feature_names"))
+            rows = ds.train
+            return Rows(rows.array, rows.index, rows.layout, pixels=rows.pixels,
+                        standardization=_stored_standardization(data["standardization"]))
         bdata.check_likelihood_support(ds, self.model_config.likelihood)
         if how == "dequantize" and not bdata.on_level_grid(ds.train, data["levels"]):
             raise bdata.DataValidationError(
@@ -592,6 +597,12 @@ class LoadedRun:
                 f"{source}: the run was trained on 0/1 data with a Bernoulli likelihood, but these data hold values "
                 "strictly between 0 and 1. Binarise them first, then score them")
         return ds.train
+
+
+def _stored_standardization(std) -> tuple[np.ndarray, np.ndarray]:
+    """A run's stored (mean, std) (float32 values) as the float64 arrays that standardise new rows."""
+    return (np.asarray(std[0], dtype=np.float32).astype(np.float64),
+            np.asarray(std[1], dtype=np.float32).astype(np.float64))
 
 
 def _csv_header(source: str) -> tuple[str, ...]:
