@@ -411,3 +411,27 @@ def test_scoring_a_table_from_disk_equals_scoring_it_in_memory(tmp_path, monkeyp
     mean, std = (np.asarray(v, np.float32).astype(np.float64) for v in run.state["data"]["standardization"])
     reference = (np.load(tmp_path / "new.npy").astype(np.float64) - mean) / std  # numpy, float64
     assert np.allclose(mem.numpy(), reference, rtol=0, atol=1e-5)
+
+
+def test_batches_read_ahead_in_a_thread_train_exactly_as_in_memory(tmp_path, monkeypatch):
+    """A split on disk is read a few batches ahead by a background thread; the run ends with the same weights as
+    the same file trained in memory (read when asked), bit for bit."""
+    import threading
+
+    path = _layout_file(tmp_path, "flat-u8")
+    threads = set()
+    real = Rows.read
+
+    def read(self, rows):
+        threads.add(threading.current_thread().name.split("_")[0])
+        return real(self, rows)
+    monkeypatch.setattr(Rows, "read", read)
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=4)
+    weights = {}
+    for lazy in (0, 1 << 62):
+        monkeypatch.setattr(bdata, "LAZY_BYTES", lazy)
+        trainer = runs.train(runs.DataSpec(path), out=None, train_config=cfg, latent_dim=2, hidden=(8,))
+        assert isinstance(trainer.train_data, Rows) == (lazy == 0)
+        weights[lazy] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert "bayesvae-prefetch" in threads
+    assert all(torch.equal(weights[0][k], weights[1 << 62][k]) for k in weights[0])
