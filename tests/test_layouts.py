@@ -303,7 +303,7 @@ def sample():
 src = sys.argv[1]
 path = Path(src)
 est = (bdata._csv_cells(path) * memory.CSV_BYTES_PER_CELL if src.endswith('.csv') else
-       100000 * 50 * memory.NPZ_BYTES_PER_VALUE)
+       100000 * 50 * (4 + memory.NPZ_BYTES_PER_VALUE))
 base = anon(); t = threading.Thread(target=sample); t.start()
 ds = bdata.load_dataset(src)
 stop.set(); t.join(); peak[0] = max(peak[0], anon())

@@ -273,7 +273,7 @@ MAX_IMAGE_PIXELS = 1 << 26  # one image: 67 M pixels (8192 x 8192)
 MAX_CSV_LINE_BYTES = 16 << 20
 
 
-def _check_declared_array(fp, where: str, total: int | None) -> int:
+def _check_declared_array(fp, where: str, total: int | None) -> tuple[int, int]:
     """Read a .npy header from ``fp`` (``total`` bytes long) and refuse an array whose declared size exceeds the
     bytes that hold it or the input limit (a header may claim 10^12 elements: nothing is allocated for it)."""
     from numpy.lib import format as npformat
@@ -297,7 +297,7 @@ def _check_declared_array(fp, where: str, total: int | None) -> int:
     if available is not None and nbytes > available:
         raise _fail(where, f"declares shape {shape} ({nbytes:,} bytes) but holds only {available:,} bytes "
                     "(truncated or corrupt)", "Save the array again with numpy.save")
-    return math.prod(shape)
+    return math.prod(shape), nbytes
 
 
 def _check_csv_lines(path: Path) -> None:
@@ -420,8 +420,9 @@ def _scan_table(a: np.ndarray, where: str) -> _TableScan:
         if scan.levels_255:
             scan.levels_255 = bool(((x >= 0) & (x <= 255) & (x == np.round(x))).all())
         if scan.grid_255:
-            scaled = x * 255
-            scan.grid_255 = bool(((x >= 0) & (x <= 1) & (np.abs(scaled - np.round(scaled)) <= 1e-3)).all())
+            with np.errstate(over="ignore", invalid="ignore"):  # huge values are simply off the grid
+                scaled = x * 255
+                scan.grid_255 = bool(((x >= 0) & (x <= 1) & (np.abs(scaled - np.round(scaled)) <= 1e-3)).all())
     return scan
 
 
@@ -591,8 +592,8 @@ def _npy_dataset(path: Path, a: np.ndarray, *, seed: int, valid_fraction: float,
                    lab["test"], None, std, classes, None if lazy else kept, note)
 
 
-def _npz_values(z, key: str, path: Path) -> int:
-    """The number of values array ``key`` of an .npz declares, after checking its header (nothing inflated)."""
+def _npz_values(z, key: str, path: Path) -> tuple[int, int]:
+    """(values, bytes) that array ``key`` of an .npz declares, after checking its header (nothing inflated)."""
     try:
         info = z.zip.getinfo(key if key in z.zip.namelist() else f"{key}.npy")
         if info.file_size > MAX_INPUT_BYTES:  # a decompression bomb: refused before inflating
@@ -626,9 +627,10 @@ def _read_npz(path: Path) -> dict:
         out: dict = {"splits": {}, "labels": {}}
         split_keys = [k for k in ("train", "valid", "test") if k in keys]
         data_keys = split_keys or [k for k in ("x", "X", "data") if k in keys][:1] or keys[:1]
-        values = sum(_npz_values(z, k, path) for k in data_keys)
-        memory.require(str(path), values * memory.NPZ_BYTES_PER_VALUE, f"reading {values:,} values into memory",
-                       _CONVERT_HINT.format(src=path))
+        declared = [_npz_values(z, k, path) for k in data_keys]
+        values, nbytes = sum(v for v, _ in declared), sum(b for _, b in declared)
+        memory.require(str(path), nbytes + values * memory.NPZ_BYTES_PER_VALUE, f"reading {values:,} values into "
+                       "memory", _CONVERT_HINT.format(src=path))
         if split_keys:
             if "train" not in split_keys:
                 raise _fail(str(path), f"has split arrays {split_keys} but no 'train'", "Add a 'train' array")

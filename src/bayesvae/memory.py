@@ -21,10 +21,13 @@ __all__ = ["available_bytes", "require", "gib", "HEADROOM"]
 #: everything else the process and the machine hold.
 HEADROOM = 0.8
 
-# Peak bytes per value of each preparation, rounded up from measurements (RssAnon over the load, 2-core machine).
+# Peak bytes per value of each preparation, rounded up from measurements of the growth of RssAnon while loading
+# (2-core machine, 2026-12-03; the estimate over the measurement in brackets): a CSV of 100,000 x 20 floats (1.25)
+# and of 20,000 x 784 pixels (1.36); 3,000 PNGs of 32x32x3 (2.15); an .npz of 100,000 x 28 x 28 uint8 (1.98) and
+# of 200,000 x 50 float64 (1.15).
 CSV_BYTES_PER_CELL = 72  # Python floats and lists while parsing, then float64, float32, the splits
 IMAGE_DIR_BYTES_PER_VALUE = 24  # decoded uint8 images, their stack, float32, the splits
-NPZ_BYTES_PER_VALUE = 20  # the decompressed array, float32, the splits
+NPZ_BYTES_PER_VALUE = 20  # on top of the decompressed array's own bytes: float32, the splits
 MEMORY_BYTES_PER_VALUE = 16  # an .npy read into memory: float32 splits and one prepared copy (valid/test draws)
 STREAM_BYTES_PER_ROW = 40  # an .npy that stays on disk: split indices, the epoch's permutation, row numbers
 STREAM_FIXED_BYTES = 256 << 20  # its chunk buffers (checks, statistics, fingerprint) and prefetched batches
