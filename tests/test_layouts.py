@@ -253,7 +253,7 @@ def test_sources_that_cannot_fit_are_refused_before_reading(tmp_path, monkeypatc
     monkeypatch.setenv("BAYESVAE_MEMORY_BYTES", "100000")  # 0.1 MB: not even the streamed .npy's buffers fit
     _forbid(monkeypatch, "_read_csv", "_read_image_dir", "_npz_array", "_scan_table", "_check_image_chunks")
     for src, figure in (("t.csv", "parsing about"), ("img", "decoding 20 images"), ("z.npz", "reading 100,000 values"),
-                        ("big.npy", "examples of shape (50,)")):
+                        ("big.npy", "streaming 20,000 examples of shape (50,)")):
         with pytest.raises(InsufficientMemoryError, match=re.escape(figure)) as info:
             bdata.load_dataset(str(tmp_path / src))
         assert "MiB" in str(info.value) and "refused before anything was allocated" in str(info.value)

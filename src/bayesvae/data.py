@@ -547,17 +547,16 @@ def _npy_dataset(path: Path, a: np.ndarray, *, seed: int, valid_fraction: float,
                     "Reshape it, e.g. x.reshape(len(x), -1) for vectors or x[:, None] for one feature")
     if len(a) == 0:
         raise _fail(where, "contains no examples", "Provide a non-empty array")
+    # checked before the split's permutation is drawn: even the row lists of 10^9 rows take gigabytes
+    memory.require(where, len(a) * memory.STREAM_BYTES_PER_ROW + memory.STREAM_FIXED_BYTES,
+                   f"streaming {len(a):,} examples of shape {tuple(a.shape[1:])} ({a.dtype}) from disk (the row "
+                   "lists of its splits and the buffers)", "Use a file with fewer rows, or free memory")
     idx = _split_indices(len(a), seed, valid_fraction, test_fraction, where)
     kept = {s: i[:limit] for s, i in idx.items()}
-    n_kept = sum(len(i) for i in kept.values())
-    values = n_kept * math.prod(a.shape[1:])
+    values = sum(len(i) for i in kept.values()) * math.prod(a.shape[1:])
     in_memory = values * memory.MEMORY_BYTES_PER_VALUE + len(a) * memory.STREAM_BYTES_PER_ROW
     # on disk when large, or when reading it in would not fit comfortably: both give the same values
     lazy = values * 4 > LAZY_BYTES or in_memory > memory.HEADROOM * memory.available_bytes()
-    memory.require(where, len(a) * memory.STREAM_BYTES_PER_ROW + memory.STREAM_FIXED_BYTES,
-                   f"streaming {n_kept:,} examples of shape {tuple(a.shape[1:])} ({a.dtype}) from disk (the row "
-                   "lists of its splits and the buffers)", "Use a file with fewer rows (or a smaller --limit), or "
-                   "free memory")
     standardization, note, names = None, None, None
     if a.ndim in (3, 4):
         if image_shape is not None:
