@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -114,6 +115,19 @@ def train_once(data: Path, out: Path, args, env: dict, extra: list[str]) -> dict
     epoch = float(re.search(r"epoch 1/1 .*\[([\d.]+) s\]", text).group(1))
     result.update(train_rows=train, epoch_seconds=epoch, examples_per_second=round(train / max(epoch, 0.05)))  # the log rounds to 0.1 s
     return result
+
+
+def cpu_info() -> str:
+    """The CPU's model name and its vector features, from /proc/cpuinfo (gpu_check.py names the CPU with it)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    name = " ".join(fields.get("model name\t", platform.machine()).split())
+    flags = set(fields.get("flags\t\t", "").split())
+    features = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(features) or 'no AVX2'})"
 
 
 def gib(b: float) -> float:
