@@ -78,12 +78,17 @@ def test_readme_figures_come_from_the_json_results(name):
 
 
 def test_memory_benchmark_smoke(monkeypatch, tmp_path):
-    """The memory benchmark end to end on a 4 MiB file (on the memory-mapped path) and its in-memory reference."""
-    result = _run("bench_memory.py", "--smoke", "--dir", str(tmp_path), "--json", str(tmp_path / "m.json"),
-                  monkeypatch=monkeypatch)
-    assert result["peak_rss_anon_gib"] > 0 and result["reference_peak_rss_anon_gib"] > 0
-    assert any(line.startswith("done: 1 epochs") for line in result["log"])
-    assert not list(tmp_path.glob("bayesvae-bench-memory-*"))  # the generated file was deleted
+    """The memory benchmark end to end on files of a few MiB of every layout (on the memory-mapped path) and their
+    in-memory references."""
+    result = _run("bench_memory.py", "--smoke", "--layouts", "flat2d,table,nchw4d,images3d", "--dir", str(tmp_path),
+                  "--json", str(tmp_path / "m.json"), monkeypatch=monkeypatch)
+    assert [r["layout"] for r in result["layouts"]] == ["flat2d", "table", "nchw4d", "images3d"]
+    for row in result["layouts"]:
+        assert row["peak_rss_anon_gib"] > 0 and row["reference_peak_rss_anon_gib"] > 0
+        assert row["examples_per_second"] > 0 and row["reference_examples_per_second"] > 0
+        assert any(line.startswith("done: 1 epochs") for line in row["log"])
+    assert "standardised" in result["layouts"][1]["what"] and result["machine"]["cores"] >= 1
+    assert not list(tmp_path.glob("bayesvae-bench-memory-*"))  # the generated files were deleted
 
 
 @needs_mnist

@@ -331,7 +331,7 @@ def test_check_likelihood_support(tmp_path):
     lo, hi = ds.value_range
     assert f"{lo:g}" in msg and f"{hi:g}" in msg and "gaussian" in msg.lower()
     D.check_likelihood_support(ds, "gaussian-learned")
-    np.save(tmp_path / "u.npy", np.arange(60, dtype=np.uint8).reshape(20, 3))
+    np.save(tmp_path / "u.npy", np.arange(60, dtype=np.int16).reshape(20, 3))  # a table (uint8 rows are pixels)
     raw = D.load_dataset(str(tmp_path / "u.npy"), standardize=False)
     assert "59" in _err(D.check_likelihood_support, raw, "bernoulli")
     D.check_likelihood_support(D.load_dataset("digits"), "bernoulli")

@@ -81,6 +81,9 @@ CASES: dict[tuple[str, str], list[tuple[dict, dict]]] = {
     ("train", "cell"): [({}, {"--cell": "gru"})],
     ("train", "softmax"): [({}, {"--softmax": "adaptive"})],
     ("train", "word_dropout"): [({}, {"--word-dropout": "0.3"})],
+    ("train", "image_shape"): [({}, {"--image-shape": ["4", "16"]})],
+    ("data info", "image_shape"): [({}, {"--image-shape": ["4", "16"]})],
+    ("data convert", "label_column"): [({}, {"--label-column": "kind"})],
 }
 RUN_CASES: dict[str, dict] = {  # options of the commands that read a run (dest -> options under test)
     "checkpoint": {"--checkpoint": "{other_checkpoint}"},
@@ -614,3 +617,17 @@ def test_data_fetch_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("BAYESVAE_DATA", str(default))
     a, b = _call(["data", "fetch", "mnist"]), _call(["data", "fetch", "mnist", "--cache-dir", str(chosen)])
     assert a[0] == b[0] == 0 and str(chosen) in b[2] and str(chosen) not in a[2]
+
+
+@pytest.mark.parametrize("kind", ["csv", "image-folder", "npz"])
+def test_data_convert_label_column(kind, sources, tmp_path):
+    """--label-column of `data convert` takes the labels out of a CSV into the sidecar; elsewhere it is refused."""
+    source = sources[kind]["--data"]
+    plain = _call(["data", "convert", source, "--out", str(tmp_path / "a.npy")])
+    labelled = _call(["data", "convert", source, "--out", str(tmp_path / "b.npy"), "--label-column", "kind"])
+    assert plain[0] == 0, plain
+    if kind == "csv":
+        assert labelled[0] == 0 and (tmp_path / "b.labels.npy").exists() and not (tmp_path / "a.labels.npy").exists()
+        assert np.load(tmp_path / "b.npy").shape[1] == np.load(tmp_path / "a.npy").shape[1] - 1
+    else:
+        assert labelled[0] == 2 and "--label-column" in labelled[2]

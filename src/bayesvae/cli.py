@@ -234,6 +234,8 @@ def _on_ready(trainer, dataset, likelihood) -> None:
     _say_device()
     _print(f"data: {info['name']} ({info['kind']}, shape {info['event_shape']}, "
            f"train/valid/test {info['splits']['train']}/{info['splits']['valid']}/{info['splits']['test']})")
+    if info.get("layout"):
+        _print(f"data: {info['layout']}")
     if info.get("constant_columns"):
         _print(f"warning: constant columns {info['constant_columns']} carry no information")
     from .text.runs import ready_lines
@@ -376,7 +378,7 @@ def _train(args) -> int:
             posterior, posterior_options = _posterior_choice(args)
             spec = runs.DataSpec(args.data, args.data_dir, args.split_seed, args.valid_fraction, args.test_fraction,
                                  args.limit, args.label_column, args.vocab_size, args.max_length,
-                                 args.long_sentences or "refuse")
+                                 args.long_sentences or "refuse", bdata.parse_image_shape(args.image_shape))
             config = _train_config(args)
             options = {**_likelihood_options(args), **text_cli.likelihood_options(args)}
             trainer = runs.train(spec, out=args.out, train_config=config, likelihood=args.likelihood,
@@ -666,8 +668,17 @@ def cmd_data_fetch(args) -> int:
 
 def cmd_data_info(args) -> int:
     _refuse(args, data=bdata.source_kind(args.source))
-    info = bdata.dataset_info(args.source, data_dir=args.data_dir)
+    info = bdata.dataset_info(args.source, data_dir=args.data_dir, image_shape=args.image_shape)
     print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_data_convert(args) -> int:
+    from .convert import convert
+
+    result = convert(args.source, args.out, label_column=args.label_column, overwrite=args.overwrite, say=_print)
+    _print(f"wrote {result['out']}: shape {tuple(result['shape'])}, {result['dtype']}, {result['bytes']:,} bytes; "
+           f"SHA-256 {result['sha256']}" + (f"; labels in {result['labels']}" if result["labels"] else ""))
     return 0
 
 
@@ -905,6 +916,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "adaptive softmax (Grave et al. 2017), also exact and normalised, cheaper on a large vocabulary")
     p.add_argument("--no-latent", action="store_true", help="text: the LSTM language model without z (the control "
                    "of every collapse comparison; KL exactly 0, its ELBO is its exact log-probability)")
+    p.add_argument("--image-shape", nargs="+", metavar="H W [C]",
+                   help="a 2-D .npy/.npz array or CSV of flattened images: each row holds H*W*C pixels in row-major "
+                        "H, W, C order (C = 1 or 3); they are prepared and drawn as images. Without it, a square "
+                        "side is found (and printed) for 8-bit pixels; 'none' keeps the rows a table")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, active units, KL per dimension")
@@ -964,7 +979,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("data", help="data sources: fetch, info")
+    p = sub.add_parser("data", help="data sources: fetch, info, convert")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     q = dsub.add_parser("fetch", help="download a data set into the cache, checksums verified")
     q.add_argument("name", help="mnist")
@@ -973,7 +988,17 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("info", help="load and validate a data source and describe it")
     q.add_argument("source", help="digits, mnist, or a path to a .npy, .npz, .csv file or a folder of images")
     q.add_argument("--data-dir", help="directory holding the MNIST IDX files")
+    q.add_argument("--image-shape", nargs="+", metavar="H W [C]",
+                   help="rows of flattened images (see train --image-shape)")
     q.set_defaults(func=cmd_data_info)
+    q = dsub.add_parser("convert", help="stream a CSV, a folder of images or an .npz into a memory-mappable .npy "
+                        "(checked as for training; labels in a sidecar X.labels.npy; SHA-256 in X.npy.sha256)")
+    q.add_argument("source", help="a .csv file, a folder of images (subfolders = classes) or an .npz archive")
+    q.add_argument("--out", required=True, help="the .npy to write (never replaced without --overwrite)")
+    q.add_argument("--label-column", metavar="NAME",
+                   help="a CSV column of integer class labels: written to the sidecar X.labels.npy, not the features")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing output and its sidecars")
+    q.set_defaults(func=cmd_data_convert)
     _add_picture_commands(sub)
     for command, leaf in flags._commands(parser):  # noqa: SLF001 - each option's help says where it applies
         for action in leaf._actions:  # noqa: SLF001

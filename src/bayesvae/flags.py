@@ -178,7 +178,14 @@ for _cmd in ("evaluate", "reconstruct", "encode", "score", "report", "plot"):
         _table["run_data"] = Scope({**(_rd.where if _rd else {}), "data": FILE_KINDS},
                                    "says where the run's data file or folder is now",
                                    "drop --data (built-in data do not move; MNIST: --data-dir)")
-SCOPES["data info"] = {"data_dir": _s("is the directory of the MNIST files", "drop --data-dir", data="mnist")}
+_FLAT = frozenset({"npy", "npz", "npz-split", "csv"})  # where a 2-D array of flattened images can be
+_IMAGE_SHAPE = _s("gives the image shape of the rows of a 2-D array (flattened images)",
+                  "drop it: these data are not rows of a 2-D array", data=_FLAT)
+SCOPES["train"]["image_shape"] = _IMAGE_SHAPE
+SCOPES["data info"] = {"data_dir": _s("is the directory of the MNIST files", "drop --data-dir", data="mnist"),
+                       "image_shape": _IMAGE_SHAPE}
+SCOPES["data convert"] = {"label_column": _s("names a column of a CSV file that holds class labels",
+                                             "drop it (an image folder's labels are its subfolders)", data="csv")}
 
 #: Options whose effect cannot show in a successful run's outputs, with the reason (the flag-matrix test skips
 #: them; each has tests of its own).

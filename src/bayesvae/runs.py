@@ -24,7 +24,7 @@ from . import checkpoint as ckpt
 from . import data as bdata
 from . import draws, rundir
 from . import distributed as ranks
-from .arrays import PreparedRows, Rows, as_tensor
+from .arrays import PreparedRows, Rows, as_tensor, standardize_block
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, InputTypeError, OutputExistsError
 from .model import VAE, build_model
@@ -62,6 +62,8 @@ class DataSpec:
     """Text: the longest sentence in words (None: the longest found, at most ``text.corpus.MAX_WORDS``)."""
     long_sentences: str = "refuse"
     """Text: ``refuse`` or ``cut`` sentences longer than ``max_length``."""
+    image_shape: tuple[int, ...] | None = None
+    """Flattened images (``--image-shape``): (H, W, C); None finds a square side; () keeps a table."""
 
     def load(self, vocabulary=None) -> bdata.Dataset:
         from .text.corpus import is_text_source, load_text
@@ -79,7 +81,7 @@ class DataSpec:
                                   f"{self.source!r}")
         return bdata.load_dataset(self.source, data_dir=self.data_dir, seed=self.seed,
                                   valid_fraction=self.valid_fraction, test_fraction=self.test_fraction,
-                                  limit=self.limit, label_column=self.label_column)
+                                  limit=self.limit, label_column=self.label_column, image_shape=self.image_shape)
 
 
 @dataclass(frozen=True)
@@ -592,7 +594,7 @@ class LoadedRun:
         if label is not None and label not in _csv_header(source):
             label = None  # new data without the label column: nothing to take out
         ds = bdata.load_dataset(source, data_dir=data_dir, valid_fraction=0.0, test_fraction=0.0, standardize=False,
-                                label_column=label)
+                                label_column=label, image_shape=self.spec.image_shape)
         if isinstance(ds.train, Rows):  # a large file stays on disk: prepared a batch at a time as it is scored
             return self._new_rows(source, ds), ds.rows("train")
         x = torch.cat([as_tensor(t) for t in (ds.train, ds.valid, ds.test)])
@@ -603,8 +605,8 @@ class LoadedRun:
             raise bdata.DataValidationError(f"{source}: examples have shape {tuple(x.shape[1:])}, but the model was "
                                             f"trained on shape {self.model_config.data_shape}")
         std = data.get("standardization")
-        if std is not None:
-            x = (x - torch.tensor(std[0])) / torch.tensor(std[1])
+        if std is not None:  # as the training rows were, in float64 (the same values as a file scored from disk)
+            x = torch.from_numpy(standardize_block(x.numpy(), *_stored_standardization(std)))
         how = data.get("preparation", "none")
         if how == "binarize":
             bdata.check_likelihood_support(dataclasses.replace(ds, train=x), self.model_config.likelihood)
@@ -632,6 +634,11 @@ class LoadedRun:
                                             f"was trained on shape {self.model_config.data_shape}")
         data = self.state["data"]
         how = data.get("preparation", "none")
+        if data.get("standardization") is not None:  # a table: standardised as each batch is read
+            _check_columns(source, ds.feature_names, (data.get("description") or {}).get("feature_names"))
+            rows = ds.train
+            return Rows(rows.array, rows.index, rows.layout, pixels=rows.pixels,
+                        standardization=_stored_standardization(data["standardization"]))
         bdata.check_likelihood_support(ds, self.model_config.likelihood)
         if how == "dequantize" and not bdata.on_level_grid(ds.train, data["levels"]):
             raise bdata.DataValidationError(
@@ -644,6 +651,12 @@ class LoadedRun:
                 f"{source}: the run was trained on 0/1 data with a Bernoulli likelihood, but these data hold values "
                 "strictly between 0 and 1. Binarise them first, then score them")
         return ds.train
+
+
+def _stored_standardization(std) -> tuple[np.ndarray, np.ndarray]:
+    """A run's stored (mean, std) (float32 values) as the float64 arrays that standardise new rows."""
+    return (np.asarray(std[0], dtype=np.float32).astype(np.float64),
+            np.asarray(std[1], dtype=np.float32).astype(np.float64))
 
 
 def _csv_header(source: str) -> tuple[str, ...]:
