@@ -492,3 +492,16 @@ def test_a_lost_rank_is_one_line_with_the_checkpoint_to_resume(run1, tmp_path, c
     err = capsys.readouterr().err
     assert "lost contact with another process" in err and "--resume" in err and "step-" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+
+
+def test_a_failed_overwrite_keeps_the_old_run(run1, tmp_path, capsys):
+    """`train --overwrite` that failed before its first checkpoint used to leave only run.json: the old run was
+    deleted first. Now it is set aside and put back; a replacement that commits a checkpoint replaces it."""
+    run = _copy(run1, tmp_path)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["train", *SMALL, "--epochs", "1", "--lr", "1e30", "--out", str(run), "--overwrite"]) == 2
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+    assert main(["evaluate", str(run), "--samples", "3"]) == 0
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(run), "--overwrite", "--report-samples", "0"]) == 0
+    assert not (run / ".replaced").exists() and len(ckpt.list_checkpoints(run)) == 1

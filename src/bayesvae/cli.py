@@ -807,6 +807,13 @@ def _run_dir_args(p, checkpoint_default: str = "best", *, reads_data: bool = Tru
                        "(default: where it was in training); checked against the run's data fingerprint")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line refusal (exit 2): the reason and where to look, not the whole usage block."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def _seed(text: str) -> int:
     """A seed: an integer in [0, 2**63) (argparse names the flag in its refusal, exit 2)."""
     try:
@@ -819,7 +826,7 @@ def _seed(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bayesvae", description="Variational autoencoders, exactly as derived.")
+    parser = _Parser(prog="bayesvae", description="Variational autoencoders, exactly as derived.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -1117,7 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error{'' if ranks.rank_from_env() == 0 else f' (rank {ranks.rank_from_env()})'}: {err}",
                   file=sys.stderr, flush=True)
         else:
-            _print(f"error: {err}")
+            _print(f"error: {_as_typed(str(err), args)}")
         return EXIT_USAGE
     except RuntimeError as err:
         if ranks.world_size_from_env() > 1 and _is_lost_peer(err) and not args.debug:
@@ -1166,6 +1173,23 @@ def _lost_rank(args, err: BaseException) -> None:
                  f"--resume {run}`" if committed else f"; {run} holds no committed checkpoint yet: start again")
     print(f"error (rank {ranks.rank_from_env()}): lost contact with another process of this torchrun job (one was "
           f"killed or failed; torchrun names it): {first}{where}", file=sys.stderr, flush=True)
+
+
+#: The library's names of values a subcommand's options set, as the user typed them (messages name the flag).
+_TYPED_NAMES = (("posterior option 'kappa'", "--kappa"), ("posterior option 'bn_tau'", "--posterior-bn tau"),
+                ("posterior option 'bn_gamma'", "--posterior-bn gamma"), ("num_samples must", "--samples must"),
+                ("valid_fraction + test_fraction", "--valid-fraction + --test-fraction"),
+                ("valid_fraction must", "--valid-fraction must"), ("test_fraction must", "--test-fraction must"),
+                ("limit must", "--limit must"), ("batch_size must", "--batch-size must"))
+
+
+def _as_typed(message: str, args) -> str:
+    """A library message with the library's names replaced by the flags that set them (when the flag exists here)."""
+    flags_here = set(getattr(args, "flag_of", {}).values())
+    for internal, flag in _TYPED_NAMES:
+        if internal in message and flag.split()[0] in flags_here:
+            message = message.replace(internal, flag)
+    return message
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

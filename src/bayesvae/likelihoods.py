@@ -20,6 +20,8 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions import Bernoulli as _TorchBernoulli
 
+from .errors import ConfigError
+
 __all__ = [
     "Likelihood",
     "Bernoulli",
@@ -364,8 +366,8 @@ _register_text()
 def make_likelihood(name: str, **kwargs) -> Likelihood:
     """Build a registered likelihood by name (only registered names: checkpoints cannot name arbitrary code)."""
     if name not in LIKELIHOODS:
-        raise ValueError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")
+        raise ConfigError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")
     try:
         return LIKELIHOODS[name](**kwargs)
     except TypeError as err:
-        raise ValueError(f"bad options for likelihood {name!r}: {err}") from None
+        raise ConfigError(f"bad options for likelihood {name!r}: {err}") from None

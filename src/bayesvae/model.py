@@ -96,9 +96,11 @@ class VAE(nn.Module):
             x = x.to(param.device)
         if x.dim() < 1 or x.shape[0] == 0 or (self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape):
             want = f"[B, {', '.join(map(str, self.data_shape))}]" if self.data_shape is not None else "[B, ...]"
+            fits = self.data_shape is not None and x.dim() >= 2 and math.prod(x.shape[1:]) == math.prod(self.data_shape)
+            hint = (f"; reshape it: x.reshape(-1, {', '.join(map(str, self.data_shape))})" if fits else
+                    "; these are not data of this model (another size per example)")
             raise DataValidationError(f"{name} must be a non-empty batch of shape {want} (B examples of the model's "
-                                      f"data shape), got shape {tuple(x.shape)}; reshape it, e.g. "
-                                      f"x.reshape(-1, {', '.join(map(str, self.data_shape or ('...',)))})")
+                                      f"data shape), got shape {tuple(x.shape)}{hint}")
         ref, version, with_values = self._checked
         if self._trusted or (ref is not None and ref() is x and version == x._version and (with_values or not values)):
             return x  # trusted, or this very tensor, unchanged, was checked a moment ago (a bound, then posterior)
@@ -167,6 +169,9 @@ class VAE(nn.Module):
         if z.dim() < 1 or z.shape[-1] != self.latent_dim:
             raise DataValidationError(f"z must have shape [..., {self.latent_dim}] (the latent dimension), got "
                                       f"{tuple(z.shape)}")
+        if not self._trusted and not bool(torch.isfinite(z).all()):
+            raise DataValidationError("z holds non-finite values (NaN or ±inf); the decoder's distribution of such "
+                                      "a z is not defined")
         lead = z.shape[:-1]
         params = _full_precision(self.decoder(z.reshape(-1, self.latent_dim)))
         return params.reshape(*lead, *params.shape[1:]), params.dim() - 1

@@ -182,6 +182,27 @@ def load_preset(name: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- run dirs
+#: Where ``--overwrite`` sets the old run aside until the new one has committed its first checkpoint.
+REPLACED = ".replaced"
+
+
+def _settle_replaced(out: Path) -> None:
+    """After training (or its failure): drop the old run set aside by ``--overwrite`` once the new run has a committed
+    checkpoint; otherwise put the old run back, so a replacement that failed before its first commit loses nothing."""
+    aside = out / REPLACED
+    if not aside.is_dir():
+        return
+    if ckpt.list_checkpoints(out):
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    for entry in out.iterdir():
+        if entry.name not in (rundir.LOCK_NAME, REPLACED):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    for entry in aside.iterdir():
+        entry.rename(out / entry.name)
+    aside.rmdir()
+
+
 def _prepare_run_dir(out: Path, overwrite: bool) -> rundir.RunLock:
     """Refuse an existing non-empty directory unless ``overwrite``, a file, or a directory inside a run; lock the
     run directory (a second writer fails), then clear it when overwriting; all before the first step.
@@ -204,12 +225,20 @@ def _prepare_run_dir(out: Path, overwrite: bool) -> rundir.RunLock:
         raise ConfigError(f"cannot write to output directory {out}: {err.strerror or err}; choose a writable --out") from None
     lock = rundir.RunLock(out).acquire()  # the atomic point: from here on, this process owns the directory
     try:
-        if overwrite:
+        if overwrite:  # the old run is set aside, not deleted, until the new one commits its first checkpoint
+            aside = out / REPLACED
+            keep_aside = aside.is_dir() and not ckpt.list_checkpoints(out)  # a replacement killed before its
+            if aside.exists() and not keep_aside:                           # first commit: the old run is there
+                shutil.rmtree(aside)
+            aside.mkdir(exist_ok=True)
             for entry in out.iterdir():
-                if entry.name == rundir.LOCK_NAME:
+                if entry.name in (rundir.LOCK_NAME, REPLACED):
                     continue
                 try:
-                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                    if keep_aside:
+                        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                    else:
+                        entry.rename(aside / entry.name)
                 except FileNotFoundError:
                     pass  # gone already: e.g. the temporary file of a writer that just lost the race for the lock
         probe = out / ".write-test"
@@ -470,6 +499,8 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
             on_ready(trainer, dataset, likelihood)
         trainer.fit()
     finally:
+        if held:  # the writer: an old run set aside by --overwrite goes, or comes back if nothing was committed
+            _settle_replaced(run_dir)
         for lock in held:
             lock.release()
     return trainer
