@@ -505,3 +505,24 @@ def test_a_failed_overwrite_keeps_the_old_run(run1, tmp_path, capsys):
     assert main(["evaluate", str(run), "--samples", "3"]) == 0
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(run), "--overwrite", "--report-samples", "0"]) == 0
     assert not (run / ".replaced").exists() and len(ckpt.list_checkpoints(run)) == 1
+
+
+def test_a_run_without_a_test_split_gets_a_whole_report(tmp_path, capsys):
+    """`--test-fraction 0` used to give a report with 5 failed sections whose advice could not be followed."""
+    from bayesvae.report import report_failures
+
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--test-fraction", "0", "--report-samples", "5",
+                 "--out", str(run)]) == 0
+    assert not report_failures(run / "report.html")
+    text = (run / "report.html").read_text()
+    assert "no test split" in text and "optimistic" in text
+
+
+def test_the_latent_title_fits_in_the_picture(run1):
+    """The title used to be clipped at the left ("atent space") next to the legend."""
+    fig = plots.plot(str(run1), "latent")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    box, frame = ax.title.get_window_extent(), fig.bbox
+    assert box.x0 >= frame.x0 - 0.5 and box.x1 <= frame.x1 + 0.5

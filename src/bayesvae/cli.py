@@ -373,6 +373,10 @@ def _train(args) -> int:
         ranks.set_deterministic(device)
     try:
         if args.resume:
+            if not Path(args.resume).is_dir():
+                from .errors import CheckpointNotFoundError
+                raise CheckpointNotFoundError(f"--resume {args.resume}: no run directory there; give the --out of "
+                                              "a run started with `bayesvae train`")
             trainer = _resume(args, callbacks, device)
         else:
             posterior, posterior_options = _posterior_choice(args)
@@ -588,7 +592,7 @@ def cmd_reconstruct(args) -> int:
         _save_examples(out, recon, run, args.overwrite, save_grid_png,
                        index=run.dataset().rows(args.split)[: x.shape[0]])
     _say_device()
-    _print(f"wrote {x.shape[0]} reconstructions (inputs beside them in PNG) to {out}")
+    _print(f"wrote {x.shape[0]} reconstructions{' (inputs beside them)' if out.suffix == '.png' else ''} to {out}")
     return 0
 
 
@@ -690,8 +694,8 @@ def cmd_plot(args) -> int:
     out = Path(args.out) if args.out else run_dir / "plots" / f"{args.kind}.png"
     if args.out is None and run_dir.is_dir():
         out.parent.mkdir(exist_ok=True)
+    _refuse(args, kind=args.kind)  # an option that does not apply is named first, before the output's checks
     _check_out(out, args.overwrite, (".png",))
-    _refuse(args, kind=args.kind)
     run = _load_run(args, device=_device(args))
     _refuse_for_run(args, run, kind=args.kind)
     options = {"split": args.split, "seed": args.seed}

@@ -412,7 +412,8 @@ def _refuse_constant_columns(dataset: bdata.Dataset) -> None:
         raise bdata.DataValidationError(
             f"{dataset.name}: column(s) {constant} take a single value in the training split "
             f"({len(dataset.train)} example(s)), so the model cannot give a density to any other value of them "
-            "(a test row with another value would get an NLL near 1e20). Drop these columns, or provide more rows")
+            "(a test row with another value would get an NLL near 1e20). Drop these columns, or provide more rows; "
+            "if each row is a flattened image, say its shape with --image-shape H W [C]")
 
 
 def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig = TrainConfig(),
