@@ -81,7 +81,7 @@ class _TableSpec(runs.DataSpec):
     table: np.ndarray | None = field(default=None, compare=False, repr=False)
     feature_names: tuple[str, ...] | None = field(default=None, compare=False)
 
-    def load(self) -> bdata.Dataset:
+    def load(self, vocabulary: object = None) -> bdata.Dataset:  # (a vocabulary is for text, never for a table)
         return bdata._assemble("X", "X", {"x": self.table}, {}, False, seed=self.seed,
                                valid_fraction=self.valid_fraction, test_fraction=0.0, standardize=True, limit=None,
                                feature_names=self.feature_names)
