@@ -13,6 +13,7 @@ from .errors import (
     ConfigError,
     DataValidationError,
     IncompatibleCheckpointError,
+    InputTypeError,
     InsufficientMemoryError,
     NonFiniteError,
     OutputExistsError,
