@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.bayesvae-installed
 
-.PHONY: env test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory gpu-check bench-vmf-bn bench-tabular pictures pictures-vmf clean campaign-figures
+.PHONY: env docs test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory gpu-check bench-vmf-bn bench-tabular pictures pictures-vmf clean campaign-figures
 
 env: $(STAMP)
 
@@ -19,6 +19,15 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The documentation site (docs/_build/html/index.html): every tutorial executed, warnings are errors.
+DOCS_STAMP := $(VENV)/.bayesvae-docs-installed
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e ".[test,docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
@@ -78,7 +87,7 @@ pictures-vmf: $(STAMP)
 	$(VENV)/bin/bayesvae plot runs/mnist-vmf-2d sphere --out docs/mnist-vmf-2d-circle.png --overwrite
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache docs/_build docs/gallery docs/sg_execution_times.rst
 
 # The fault campaign's figures for the README's Guarantees table: the default suite, then its counts gathered into
 # benchmarks/results/campaign.json (BAYESVAE_CAMPAIGN_SCALE=5 with test-all multiplies the campaign).
