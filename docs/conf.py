@@ -91,8 +91,6 @@ def _check_tutorial_times(app, exception) -> None:
     from sphinx.util import logging
 
     log = logging.getLogger(__name__)
-    for timing in sorted((DOCS / "gallery").glob("*.py.md5")):
-        pass  # (md5 files only; timings are read from the generated pages below)
     for page in sorted((DOCS / "gallery").glob("plot_*.rst")):
         match = re.search(r"\*\*Total running time of the script:\*\* \(\s*(\d+) minutes\s+([\d.]+) seconds\)",
                           page.read_text())
