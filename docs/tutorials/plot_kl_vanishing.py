@@ -89,7 +89,7 @@ for name, r in results.items():
     print(f"{name:24s} {r['nll_nats']:8.3f} {r['elbo_nats']:8.3f} {r['kl_nats']:7.3f} "
           f"{r['mutual_information_nats']:7.3f}  {r['active_units']:2d}/{r['latent_dim']}")
 
-fig, ax = plt.subplots(figsize=(6, 3))
+fig, ax = plt.subplots(figsize=(6, 3.6))
 width = 0.4
 for j, name in enumerate(["Gaussian", "Gaussian + BN, τ = 0.5"]):
     kl = results[name]["kl_per_dimension_nats"]
@@ -98,7 +98,7 @@ ax.axhline(floor / 16, color="black", ls="--", lw=1, label="BN floor per dimensi
 ax.set_xlabel("latent dimension")
 ax.set_ylabel("test KL, nats")
 ax.set_title("KL per dimension (the vMF KL does not split by dimension)", fontsize=9)
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
 fig.tight_layout()
 
 # %%
