@@ -79,7 +79,7 @@ class DiagonalNormal(Distribution):
         return (0.5 * self.logvar).exp()
 
     def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        """Eq. (23), the reparameterisation: z = μ + σ ⊙ ε, ε ~ N(0, I). Tensor[*sample_shape, B, d]."""
+        """Eq. (23), the reparameterisation: z = μ + σ ⊙ ε, ε ~ N(0, I). ``Tensor[*sample_shape, B, d]``."""
         eps = torch.randn(torch.Size(sample_shape) + self.loc.shape, dtype=self.loc.dtype, device=self.loc.device,
                           generator=generator)
         return self.loc + self.stddev * eps
