@@ -75,13 +75,13 @@ bench-vmf-bn: $(STAMP)
 bench-tabular: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/tabular.py --json benchmarks/results/tabular.json
 
-# The README's pictures: a 2-D latent model on MNIST (a few minutes), its manifold and latent scatter.
+# The pictures of docs/pictures.md and the README: a 2-D latent model on MNIST (a few minutes), its manifold and latent scatter.
 pictures: $(STAMP)
 	$(VENV)/bin/bayesvae train --data mnist --data-dir $(MNIST_DIR) --latent-dim 2 --hidden 512 --epochs 30 --max-minutes 6 --out runs/mnist-2d --overwrite --report-samples 200
 	$(VENV)/bin/bayesvae plot runs/mnist-2d manifold --out docs/mnist-2d-manifold.png --overwrite
 	$(VENV)/bin/bayesvae plot runs/mnist-2d latent --out docs/mnist-2d-latent.png --overwrite
 
-# The README's vMF picture: a d = 2 latent circle on MNIST (a few minutes).
+# The vMF picture of docs/pictures.md: a d = 2 latent circle on MNIST (a few minutes).
 pictures-vmf: $(STAMP)
 	$(VENV)/bin/bayesvae train --data mnist --data-dir $(MNIST_DIR) --latent-dim 2 --posterior vmf --kappa 50 --hidden 512 --epochs 30 --max-minutes 8 --out runs/mnist-vmf-2d --overwrite --report-samples 200
 	$(VENV)/bin/bayesvae plot runs/mnist-vmf-2d sphere --out docs/mnist-vmf-2d-circle.png --overwrite
@@ -89,7 +89,7 @@ pictures-vmf: $(STAMP)
 clean:
 	rm -rf $(VENV) runs .pytest_cache docs/_build docs/gallery docs/sg_execution_times.rst
 
-# The fault campaign's figures for the README's Guarantees table: the default suite, then its counts gathered into
+# The fault campaign's figures for the Guarantees table (docs/reliability.md): the default suite, then its counts gathered into
 # benchmarks/results/campaign.json (BAYESVAE_CAMPAIGN_SCALE=5 with test-all multiplies the campaign).
 campaign-figures: $(STAMP)
 	mkdir -p test-artifacts

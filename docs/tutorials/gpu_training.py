@@ -3,7 +3,8 @@ Training on a GPU and on several processes (rendered, not run)
 ==============================================================
 
 The site is built on a CPU, so this page is shown with its code but not executed. Everything here is described on
-the :doc:`scaling-out page <../scaling>`, with what is exact and what is not.
+the :doc:`scaling-out page <../scaling>`, with what is exact and what is not; the same code paths are tested on
+the CPU (several processes with gloo), and this version has no GPU figures yet.
 """
 
 # %%
