@@ -45,6 +45,7 @@ html_theme = "furo"
 html_title = f"bayesvae {release}"
 html_static_path = ["_static"] if (DOCS / "_static").is_dir() else []
 html_show_sourcelink = False
+html_css_files = ["bayesvae.css"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
