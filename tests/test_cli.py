@@ -694,3 +694,8 @@ def test_the_last_line_says_which_rule_ended_a_run_before_its_epochs(tmp_path, c
                  "--latent-dim", "2", "--report-samples", "0", "--out", str(tmp_path / "budget")]) == 0
     out = "".join(capsys.readouterr())
     assert "(time budget of 0.01 min used)" in out and "stopped early" not in out
+    # the epoch cap ending a run that had a budget to spare is no budget's doing (it used to say it was)
+    assert main(["train", "--data", "digits", "--epochs", "2", "--max-minutes", "5", "--hidden", "16",
+                 "--latent-dim", "2", "--report-samples", "0", "--out", str(tmp_path / "cap")]) == 0
+    done = [line for line in "".join(capsys.readouterr()).splitlines() if line.startswith("done:")][-1]
+    assert done.startswith("done: 2 epochs") and "budget" not in done

@@ -475,3 +475,20 @@ def test_version(how):
     proc = subprocess.run([sys.executable, *how, "--version"], capture_output=True, text=True, env=_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert f"bayesvae {bayesvae.__version__}" in proc.stdout and f"torch {torch.__version__}" in proc.stdout
+
+
+def test_a_lost_rank_is_one_line_with_the_checkpoint_to_resume(run1, tmp_path, capsys, monkeypatch):
+    """Under torchrun, a survivor whose peer was SIGKILLed used to print a ~40-line gloo traceback."""
+    from bayesvae import cli
+
+    def peer_gone(args):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+                           "[127.0.0.1]:29500\nmore lines of the traceback")
+    monkeypatch.setattr(cli, "cmd_train", peer_gone)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    run = _copy(run1, tmp_path)
+    assert main(["train", "--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "lost contact with another process" in err and "--resume" in err and "step-" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2

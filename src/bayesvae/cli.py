@@ -268,9 +268,10 @@ def _on_ready(trainer, dataset, likelihood) -> None:
         _print(f"processes: {ranks.world_size()} ({'NCCL' if trainer.device.type == 'cuda' else 'gloo'}); global "
                f"batch {trainer.config.batch_size} = {ranks.world_size()} x {trainer.config.batch_size // ranks.world_size()}")
     if trainer.world_size_changed:
-        _print(f"warning: this run was written by a different number of processes; continuing from step "
-               f"{trainer.state.global_step} with {ranks.world_size()}: the data order across processes and the random "
-               "draws changed, so it will not match an uninterrupted run bit for bit")
+        _print(f"note: this run was written by a different number of processes; continuing from step "
+               f"{trainer.state.global_step} with {ranks.world_size()}: the data order and the random draws are those "
+               "of the uninterrupted run (every step's draws come from (seed, step)), so it matches it up to the order "
+               "of float sums, not bit for bit (a vmf posterior's draws stay per process)")
     choice = trainer.run_state.get("precision_choice")
     if choice:
         _print(f"precision auto: {choice['chosen']} ({choice['reason']})")
@@ -412,7 +413,7 @@ def _train(args) -> int:
     best = f"; best validation loss {st.best_valid_loss:.3f} nats" if st.history and "valid_loss" in st.history[-1] else ""
     why = ""
     if st.stopped_early:  # say which rule ended the run before --epochs
-        why = (f" (time budget of {trainer.config.max_seconds / 60:g} min used)" if trainer.budget_spent
+        why = (f" (time budget of {trainer.config.max_seconds / 60:.3g} min used)" if trainer.budget_spent
                else " (stopped early: no validation improvement for --patience epochs)")
     _print(f"done: {st.epoch} epochs, {st.global_step} steps{best}{why}; run directory {trainer.run_dir}")
     return 0
@@ -1045,6 +1046,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _print(f"error: {err}")
         return EXIT_USAGE
+    except RuntimeError as err:
+        if ranks.world_size_from_env() > 1 and _is_lost_peer(err) and not args.debug:
+            _lost_rank(args, err)
+            return EXIT_IO
+        raise
     except OSError as err:  # a full disk, an I/O error: the message names the path; nothing half-written stays
         if isinstance(err, BrokenPipeError):
             return _quiet_broken_pipe()
@@ -1063,6 +1069,30 @@ def main(argv: list[str] | None = None) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
         ranks.shutdown()
+
+
+#: Words of gloo's and NCCL's errors when another process of the job is gone.
+_LOST_PEER_WORDS = ("connection closed by peer", "connection reset", "broken pipe", "socket timeout", "timed out",
+                    "nccl", "gloo", "no route to host", "connection refused")
+
+
+def _is_lost_peer(err: BaseException) -> bool:
+    text = str(err).lower()
+    return type(err).__name__ in ("DistBackendError", "DistNetworkError") or any(w in text for w in _LOST_PEER_WORDS)
+
+
+def _lost_rank(args, err: BaseException) -> None:
+    """One rank of a torchrun job lost its peers (one was killed, or its machine went away): say so in two lines,
+    with the last committed checkpoint and how to continue (the survivor cannot checkpoint without its peers)."""
+    run = getattr(args, "resume", None) or getattr(args, "out", None) or getattr(args, "run_dir", None)
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    where = ""
+    if args.command == "train" and run and Path(run).is_dir():
+        committed = ckpt_list(run)
+        where = (f"; the last committed checkpoint is {committed[-1]}: continue with `torchrun ... -m bayesvae train "
+                 f"--resume {run}`" if committed else f"; {run} holds no committed checkpoint yet: start again")
+    print(f"error (rank {ranks.rank_from_env()}): lost contact with another process of this torchrun job (one was "
+          f"killed or failed; torchrun names it): {first}{where}", file=sys.stderr, flush=True)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

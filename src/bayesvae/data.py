@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import draws
 from .arrays import Rows, iter_chunks
 from .errors import ConfigError, DataValidationError
 
@@ -852,7 +853,11 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None, *, valid
     if validate and x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
         raise DataValidationError("binarize: probabilities must lie in [0, 1] (found values outside, or NaN). "
                                   "Rescale the data to [0, 1] or use a Gaussian likelihood")
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    step = draws.current(rows=x.shape[0]) if generator is None and x.dim() >= 1 else None
+    if step is not None:  # within a training step: the step's draws, the same however many processes share it
+        u = step.uniform(x.shape[1:], dtype=x.dtype).to(x.device)
+    else:
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return (u < x).to(x.dtype)
 
 

@@ -172,7 +172,7 @@ INVISIBLE: dict[str, str] = {
     "overwrite": "matters only when the output exists (tests/test_cli.py: replace and refuse)",
     "deterministic": "selects deterministic kernels, which the CPU uses anyway",
     "evaluate batch_size": "by design the figures do not depend on it: every example draws its own samples "
-                           "(tests/test_estimators.py holds them equal across batch sizes)",
+                           "(tests/test_purity.py holds them equal across batch sizes)",
 }
 
 

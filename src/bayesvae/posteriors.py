@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, constraints, register_kl
 
+from . import draws
 from .errors import ConfigError
 from .priors import StandardNormal
 from .sphere import VonMisesFisher, log_vmf_normalizer, mean_resultant_length
@@ -79,9 +80,15 @@ class DiagonalNormal(Distribution):
         return (0.5 * self.logvar).exp()
 
     def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        """Eq. (23), the reparameterisation: z = μ + σ ⊙ ε, ε ~ N(0, I). ``Tensor[*sample_shape, B, d]``."""
-        eps = torch.randn(torch.Size(sample_shape) + self.loc.shape, dtype=self.loc.dtype, device=self.loc.device,
-                          generator=generator)
+        """Eq. (23), the reparameterisation: z = μ + σ ⊙ ε, ε ~ N(0, I). ``Tensor[*sample_shape, B, d]``. Within a
+        training step, ε comes from the step's draws (:mod:`bayesvae.draws`), the same for an example however many
+        processes share the batch."""
+        step = draws.current(rows=self.loc.shape[0]) if generator is None and self.loc.dim() == 2 else None
+        if step is not None:
+            eps = step.normal(tuple(sample_shape), self.loc.shape[1:], dtype=self.loc.dtype).to(self.loc.device)
+        else:
+            eps = torch.randn(torch.Size(sample_shape) + self.loc.shape, dtype=self.loc.dtype,
+                              device=self.loc.device, generator=generator)
         return self.loc + self.stddev * eps
 
     def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:

@@ -146,8 +146,8 @@ def _evaluate(ctx: plots.PlotContext, num_samples: int, max_examples: int, seed:
 
 def _metrics_html(ev: dict, ctx: plots.PlotContext) -> str:
     n, total, k = ev["num_examples"], ev["split_size"], ev["num_samples"]
-    subset = (f"the first {n} of {total} test examples (at most {n} are evaluated, for speed)" if n < total
-              else f"all {n} test examples")
+    subset = (f"the first {n} of {total} {ctx.split} examples (at most {n} are evaluated, for speed)" if n < total
+              else f"all {n} {ctx.split} examples")
     prep = {"binarize": "binarised once with a fixed seed (the dynamic-binarisation protocol)",
             "dequantize": f"uniformly dequantised from {ev.get('dequantization_levels')} levels (fixed seed); "
                           "bits/dim include the D·ln L term, so they are those of the discrete data",
@@ -417,9 +417,20 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
             raise
         run = load_run(run_dir, "last", **where)  # a run without validation data has no "best" pointer
         checkpoint = "last (no best checkpoint)"
-    ctx = plots.PlotContext(run.model, run=run, run_dir=run_dir)
     state = run.state
     desc = (state.get("data") or {}).get("description") or {}
+    sizes = desc.get("splits") or {}
+    split = "test"
+    if sizes.get("test") == 0:  # --test-fraction 0: the validation split stands in, and the page says so
+        split = "valid" if sizes.get("valid") else "train"
+        note = (f"this run has no test split (--test-fraction 0): the report's figures and pictures are of the "
+                f"{'validation' if split == 'valid' else 'training'} split, which "
+                f"{'also chose the checkpoint' if split == 'valid' else 'the model was trained on'}, so they are "
+                "optimistic; hold out a test split for an honest figure")
+        run.notes.append(note)
+        if say is not None:
+            say(f"note: {note}")
+    ctx = plots.PlotContext(run.model, run=run, run_dir=run_dir, split=split)
     mc = state.get("model_config") or {}
     tc = state.get("train_config") or {}
     sections = _Sections()
@@ -434,7 +445,8 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
         evaluation.update(_evaluate(ctx, num_samples, max_examples, seed))
         return _metrics_html(evaluation, ctx)
 
-    sections.add("metrics", "Test metrics", metrics_section)
+    sections.add("metrics", "Test metrics" if split == "test" else f"Metrics of the {split} split (no test split)",
+                 metrics_section)
 
     def plot_section(kind: str) -> Callable[[], str]:
         def build() -> str:

@@ -22,7 +22,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import data as bdata
-from . import rundir
+from . import draws, rundir
 from . import distributed as ranks
 from .arrays import PreparedRows, Rows, as_tensor
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
@@ -90,7 +90,9 @@ class PreparedData:
 def _dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """(k + u) / levels with k the integer level and u ~ U[0, 1): a density on [0, 1] for discrete pixels."""
     k = torch.round(x * (levels - 1))
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    step = draws.current(rows=x.shape[0]) if generator is None else None
+    u = (step.uniform(x.shape[1:], dtype=x.dtype).to(x.device) if step is not None
+         else torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device))
     return (k + u) / levels
 
 

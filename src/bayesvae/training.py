@@ -33,6 +33,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed as ranks
+from . import draws
 from .arrays import as_tensor
 from .config import TrainConfig, to_dict
 from .errors import CheckpointCorruptError, ConfigError, NonFiniteError
@@ -277,9 +278,12 @@ class Trainer:
 
     @property
     def budget_spent(self) -> bool:
-        """The time budget is used up: its plan's steps are done, or its seconds are spent."""
+        """The time budget ended the run: its plan's steps (fewer than the epoch cap's) are done, or its seconds are
+        spent. A plan as long as ``epochs`` allows ends with the epoch cap, which is no budget's doing."""
+        cap = self.config.epochs * self.steps_per_epoch
         return bool(self.config.max_seconds
-                    and (self._budget_reached() or self.state.train_seconds >= self.config.max_seconds))
+                    and ((self._budget_reached() and self.state.planned_steps < cap)
+                         or self.state.train_seconds >= self.config.max_seconds))
 
     def _time_step(self, seconds: float, elapsed: float) -> None:
         """Account one step's time and, with a budget, re-estimate how many steps fit: after the warm-up, then every
@@ -501,10 +505,16 @@ class Trainer:
             step_start = self.clock()
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             mine = self._rank_share(idx)
-            batch = self._to_device(self.train_data[mine])
-            if self.batch_transform is not None:
-                batch = self.batch_transform(batch)
-            metrics = self.train_step(batch, mine) if self.world_size == 1 else self.train_step(batch, mine, idx.shape[0])
+            part = ranks.shard(idx.shape[0]) if self.world_size > 1 else range(idx.shape[0])
+            # the step's draws from (seed, step) for the whole global batch; this rank keeps its rows
+            step_draws = draws.StepDraws(cfg.seed, st.global_step, idx.shape[0], slice(part.start, part.stop),
+                                         self.device)
+            with draws.step_draws(step_draws):
+                batch = self._to_device(self.train_data[mine])
+                if self.batch_transform is not None:
+                    batch = self.batch_transform(batch)
+                metrics = (self.train_step(batch, mine) if self.world_size == 1
+                           else self.train_step(batch, mine, idx.shape[0]))
             st.step_in_epoch, st.global_step = b + 1, st.global_step + 1
             now = self.clock()
             st.train_seconds += now - last  # per step, so a checkpoint in mid-epoch keeps the time spent
