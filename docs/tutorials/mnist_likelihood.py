@@ -12,7 +12,7 @@ of 84.94 nats (``make bench-table-best``).
 # %%
 # Fetch the data and train with the preset
 # ----------------------------------------
-# ```bayesvae data fetch mnist``` downloads the four IDX files into the cache and checks their SHA-256. The preset
+# ``bayesvae data fetch mnist`` downloads the four IDX files into the cache and verifies their checksums. The preset
 # ``mnist-best`` is a JSON file of settings (explicit flags still win); ``--precision auto`` times float32 and bf16
 # steps on this machine and keeps the faster.
 from bayesvae.cli import main
