@@ -78,12 +78,17 @@ def test_readme_figures_come_from_the_json_results(name):
 
 
 def test_memory_benchmark_smoke(monkeypatch, tmp_path):
-    """The memory benchmark end to end on a 4 MiB file (on the memory-mapped path) and its in-memory reference."""
-    result = _run("bench_memory.py", "--smoke", "--dir", str(tmp_path), "--json", str(tmp_path / "m.json"),
-                  monkeypatch=monkeypatch)
-    assert result["peak_rss_anon_gib"] > 0 and result["reference_peak_rss_anon_gib"] > 0
-    assert any(line.startswith("done: 1 epochs") for line in result["log"])
-    assert not list(tmp_path.glob("bayesvae-bench-memory-*"))  # the generated file was deleted
+    """The memory benchmark end to end on files of a few MiB of every layout (on the memory-mapped path) and their
+    in-memory references."""
+    result = _run("bench_memory.py", "--smoke", "--layouts", "flat2d,table,nchw4d,images3d", "--dir", str(tmp_path),
+                  "--json", str(tmp_path / "m.json"), monkeypatch=monkeypatch)
+    assert [r["layout"] for r in result["layouts"]] == ["flat2d", "table", "nchw4d", "images3d"]
+    for row in result["layouts"]:
+        assert row["peak_rss_anon_gib"] > 0 and row["reference_peak_rss_anon_gib"] > 0
+        assert row["examples_per_second"] > 0 and row["reference_examples_per_second"] > 0
+        assert any(line.startswith("done: 1 epochs") for line in row["log"])
+    assert "standardised" in result["layouts"][1]["what"] and result["machine"]["cores"] >= 1
+    assert not list(tmp_path.glob("bayesvae-bench-memory-*"))  # the generated files were deleted
 
 
 @needs_mnist
@@ -153,3 +158,18 @@ def test_committed_mnist_best_weights_reproduce_the_table_figure(tmp_path):
 def test_boundary_cost_smoke(monkeypatch, tmp_path):
     result = _run("boundary_cost.py", "--smoke", "--json", str(tmp_path / "b.json"), monkeypatch=monkeypatch)
     assert result["step_ms_checked"] > 0 and result["step_ms_trusted"] > 0 and result["check_alone_ms"] > 0
+def test_text_smoke(monkeypatch, tmp_path):
+    """The PTB benchmark's arms end to end on a generated corpus (tiny model, one epoch each, K = 5)."""
+    result = _run("text.py", "--smoke", "--json", str(tmp_path / "t.json"), monkeypatch=monkeypatch)
+    names = [r["name"] for r in result["rows"]]
+    assert names == ["lm", "gaussian", "gaussian-anneal-wd", "free-bits", "bn", "vmf"]
+    lm = result["rows"][0]
+    assert lm["kl_nats"] == 0.0 and abs(lm["nll_nats"] + lm["elbo_nats"]) < 1e-3  # exact for the LM without z
+    assert all(r["perplexity_per_token"] > 1 for r in result["rows"])
+    assert json.loads((tmp_path / "t.json").read_text())["rows"]
+
+
+def test_text_speed_smoke(monkeypatch, tmp_path):
+    result = _run("text_speed.py", "--smoke", monkeypatch=monkeypatch)
+    assert result["train_step_ms"] > 0 and result["adaptive_train_step_ms"] > 0
+    assert 0 < result["softmax_share_of_step"] < 1

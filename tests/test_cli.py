@@ -181,7 +181,9 @@ def test_sample_is_reproducible_with_a_seed(digits_run, tmp_path):
         assert main(["sample", str(digits_run), "-n", "5", "--seed", seed, "--out", str(path)]) == 0
     assert a.read_bytes() == b.read_bytes() and a.read_bytes() != c.read_bytes()
     x = np.load(a)
-    assert x.shape == (5, 64) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (5, 1, 8, 8) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1  # the data's layout
+    # ... which `score --data` takes (an (n, 64) file used to be refused by the run that wrote it)
+    assert main(["score", str(digits_run), "--data", str(a), "--samples", "3", "--out", str(tmp_path / "s.csv")]) == 0
 
 
 def test_reconstruct_png(digits_run, tmp_path):
@@ -202,11 +204,12 @@ def test_encode(digits_run, tmp_path, suffix):
         return
     with open(out, newline="") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["z0", "z1", "z2", "z3", "label"]
+    assert rows[0] == ["index", "z0", "z1", "z2", "z3", "label"]  # index: the row in the source, as in `score`
     assert len(rows) == 1 + N_TEST_DIGITS
-    labels = [int(r[4]) for r in rows[1:]]
+    labels = [int(r[5]) for r in rows[1:]]
     assert set(labels) <= set(range(10)) and len(set(labels)) == 10
-    assert all(math.isfinite(float(v)) for r in rows[1:] for v in r[:4])
+    assert all(math.isfinite(float(v)) for r in rows[1:] for v in r[1:5])
+    assert len({int(r[0]) for r in rows[1:]}) == N_TEST_DIGITS
 
 
 def test_score_csv(digits_run, tmp_path):
@@ -301,7 +304,7 @@ def test_csv_with_header(tmp_path, capsys):
     lines = out.read_text().splitlines()
     assert lines[0] == "height,width,depth" and len(lines) == 8
     assert main(["encode", str(tmp_path / "run"), "--out", str(tmp_path / "z.csv")]) == 0
-    assert (tmp_path / "z.csv").read_text().splitlines()[0] == "z0,z1,z2,z3"  # no labels: no label column
+    assert (tmp_path / "z.csv").read_text().splitlines()[0] == "index,z0,z1,z2,z3"  # no labels: no label column
 
 
 def test_image_folder(tmp_path, capsys):
@@ -318,7 +321,7 @@ def test_image_folder(tmp_path, capsys):
         assert img.mode == "RGB"
         _grid_scale(img, 2, 2)
     assert main(["sample", str(tmp_path / "run"), "-n", "3", "--out", str(tmp_path / "s.npy")]) == 0
-    assert np.load(tmp_path / "s.npy").shape == (3, 3 * 8 * 8)
+    assert np.load(tmp_path / "s.npy").shape == (3, 3, 8, 8)  # images in their own layout
 
 
 def test_data_info(tmp_path, capsys):

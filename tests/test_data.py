@@ -313,8 +313,8 @@ def test_bad_arrays(tmp_path, array, expected):
 
 def test_bad_sources_and_options(tmp_path):
     assert "no such file" in _err(D.load_dataset, str(tmp_path / "missing.npy"))
-    (tmp_path / "x.txt").write_text("1")
-    assert "unsupported file type" in _err(D.load_dataset, str(tmp_path / "x.txt"))
+    (tmp_path / "x.dat").write_text("1")  # (.txt is text now: bayesvae.text)
+    assert "unsupported file type" in _err(D.load_dataset, str(tmp_path / "x.dat"))
     (tmp_path / "trunc.npy").write_bytes(b"\x93NUMPY\x01\x00")
     assert "trunc.npy" in _err(D.load_dataset, str(tmp_path / "trunc.npy"))
     with pytest.raises(ConfigError, match="valid_fraction"):
@@ -331,7 +331,7 @@ def test_check_likelihood_support(tmp_path):
     lo, hi = ds.value_range
     assert f"{lo:g}" in msg and f"{hi:g}" in msg and "gaussian" in msg.lower()
     D.check_likelihood_support(ds, "gaussian-learned")
-    np.save(tmp_path / "u.npy", np.arange(60, dtype=np.uint8).reshape(20, 3))
+    np.save(tmp_path / "u.npy", np.arange(60, dtype=np.int16).reshape(20, 3))  # a table (uint8 rows are pixels)
     raw = D.load_dataset(str(tmp_path / "u.npy"), standardize=False)
     assert "59" in _err(D.check_likelihood_support, raw, "bernoulli")
     D.check_likelihood_support(D.load_dataset("digits"), "bernoulli")

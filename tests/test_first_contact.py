@@ -492,3 +492,37 @@ def test_a_lost_rank_is_one_line_with_the_checkpoint_to_resume(run1, tmp_path, c
     err = capsys.readouterr().err
     assert "lost contact with another process" in err and "--resume" in err and "step-" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+
+
+def test_a_failed_overwrite_keeps_the_old_run(run1, tmp_path, capsys):
+    """`train --overwrite` that failed before its first checkpoint used to leave only run.json: the old run was
+    deleted first. Now it is set aside and put back; a replacement that commits a checkpoint replaces it."""
+    run = _copy(run1, tmp_path)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["train", *SMALL, "--epochs", "1", "--lr", "1e30", "--out", str(run), "--overwrite"]) == 2
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+    assert main(["evaluate", str(run), "--samples", "3"]) == 0
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(run), "--overwrite", "--report-samples", "0"]) == 0
+    assert not (run / ".replaced").exists() and len(ckpt.list_checkpoints(run)) == 1
+
+
+def test_a_run_without_a_test_split_gets_a_whole_report(tmp_path, capsys):
+    """`--test-fraction 0` used to give a report with 5 failed sections whose advice could not be followed."""
+    from bayesvae.report import report_failures
+
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--test-fraction", "0", "--report-samples", "5",
+                 "--out", str(run)]) == 0
+    assert not report_failures(run / "report.html")
+    text = (run / "report.html").read_text()
+    assert "no test split" in text and "optimistic" in text
+
+
+def test_the_latent_title_fits_in_the_picture(run1):
+    """The title used to be clipped at the left ("atent space") next to the legend."""
+    fig = plots.plot(str(run1), "latent")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    box, frame = ax.title.get_window_extent(), fig.bbox
+    assert box.x0 >= frame.x0 - 0.5 and box.x1 <= frame.x1 + 0.5

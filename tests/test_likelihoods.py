@@ -158,7 +158,7 @@ def test_checkpoint_of_the_old_running_sigma_loads_as_fully_weighted():
     torch.testing.assert_close(lik.scoring_log_sigma().exp(), torch.tensor(math.sqrt(0.9 * 0.09 + 0.1 * 0.01)))
 
 
-@pytest.mark.parametrize("name", sorted(LIKELIHOODS))
+@pytest.mark.parametrize("name", sorted(n for n, c in LIKELIHOODS.items() if c.data == "values"))  # tokens: test_text_*
 def test_contract_shapes_for_every_likelihood(name):
     lik = make_likelihood(name)
     params = _params(lik)

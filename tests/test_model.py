@@ -10,7 +10,7 @@ from bayesvae.likelihoods import LIKELIHOODS
 
 @pytest.mark.parametrize("architecture,shape", [("mlp", (1, 8, 8)), ("mlp", (5,)), ("conv", (1, 28, 28)),
                                                 ("conv", (3, 9, 7))])
-@pytest.mark.parametrize("likelihood", sorted(LIKELIHOODS))
+@pytest.mark.parametrize("likelihood", sorted(n for n, c in LIKELIHOODS.items() if c.data == "values"))
 def test_every_architecture_and_likelihood_has_consistent_shapes(architecture, shape, likelihood):
     if architecture == "conv" and len(shape) != 3:
         pytest.skip("conv needs images")

@@ -14,6 +14,7 @@ from .errors import (
     ConfigError,
     DataValidationError,
     IncompatibleCheckpointError,
+    InsufficientMemoryError,
     NonFiniteError,
     OutputExistsError,
     UnsafeCheckpointError,
@@ -52,7 +53,8 @@ def __getattr__(name: str):
 __all__ = [
     "ModelConfig", "TrainConfig",
     "BayesVAEError", "CheckpointCorruptError", "CheckpointError", "CheckpointNotFoundError", "ConfigError",
-    "DataValidationError", "IncompatibleCheckpointError", "InputTypeError", "NonFiniteError", "OutputExistsError",
+    "DataValidationError", "IncompatibleCheckpointError", "InputTypeError", "InsufficientMemoryError", "NonFiniteError",
+    "OutputExistsError",
     "UnsafeCheckpointError",
     "active_units", "bits_per_dim", "estimate_log_likelihood", "mutual_information", "per_dimension_kl",
     "Bernoulli", "GaussianFixedVariance", "GaussianLearnedVariance", "GaussianSharedVariance", "Likelihood",

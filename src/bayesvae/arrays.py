@@ -17,31 +17,74 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-__all__ = ["Rows", "PreparedRows", "as_tensor", "iter_chunks", "PREPARED_CHUNK"]
+__all__ = ["Rows", "PreparedRows", "as_tensor", "iter_chunks", "PREPARED_CHUNK", "column_moments",
+           "standardize_block"]
 
 #: Rows per generator of a prepared (binarised or dequantised) lazy split.
 PREPARED_CHUNK = 1024
 _READ_ROWS = 8192
 
 
-def _float(a: np.ndarray) -> torch.Tensor:
+def _float(a: np.ndarray, pixels: bool) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(a))
-    return t.to(torch.float32).div_(255.0) if t.dtype == torch.uint8 else t.to(torch.float32)
+    return t.to(torch.float32).div_(255.0) if pixels else t.to(torch.float32)
+
+
+def standardize_block(block: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x - mean) / std of a block of table rows, computed as every standardised value is: the raw values as float32
+    first, then float64 arithmetic, then float32 (so on-disk and in-memory splits hold the same bits)."""
+    x = np.asarray(block).astype(np.float32).astype(np.float64)
+    with np.errstate(over="ignore"):
+        return ((x - mean) / std).astype(np.float32)
+
+
+def column_moments(blocks) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, std) of the columns of a stream of 2-D blocks, in one pass, in float64: each block's mean and
+    sum of squared deviations are exact two-pass figures, merged with Chan et al.'s pairwise update (no cancellation
+    from summing squares). The values are taken as float32 first, like every standardised value."""
+    n, mean, m2 = 0, None, None
+    for block in blocks:
+        x = np.asarray(block).astype(np.float32).astype(np.float64)
+        if not len(x):
+            continue
+        k, mb = len(x), x.mean(axis=0)
+        m2b = ((x - mb) ** 2).sum(axis=0)
+        if mean is None:
+            n, mean, m2 = k, mb, m2b
+            continue
+        delta, total = mb - mean, n + k
+        mean = mean + delta * (k / total)
+        m2 = m2 + m2b + delta**2 * (n * k / total)
+        n = total
+    if mean is None:
+        raise ValueError("column_moments: no rows")
+    return n, mean, np.sqrt(m2 / n)
 
 
 class Rows:
     """Rows ``index`` of ``array`` (shape [N, ...] in its file layout) as examples [n, *event_shape].
 
-    ``layout``: ``NHW`` (a channel axis is added), ``NHWC`` (moved first), or ``N...`` (as stored)."""
+    ``layout``: ``NHW`` (a channel axis is added), ``NHWC`` (moved first), ``N...`` (as stored), or for flattened
+    images ``flat:H,W,C`` (each row of H*W*C pixels in row-major H, W, C order becomes [C, H, W]).
+    ``pixels``: whether the values are 8-bit levels 0-255 that become k / 255 (default: when the dtype is uint8;
+    False for 0/1 data stored as uint8, True for levels 0-255 stored in another dtype).
+    ``standardization``: float64 (mean, std) of a table's columns, applied as each batch is read."""
 
-    def __init__(self, array: np.ndarray, index: np.ndarray | None = None, layout: str = "N..."):
-        self.array, self.layout = array, layout
+    def __init__(self, array: np.ndarray, index: np.ndarray | None = None, layout: str = "N...", *,
+                 pixels: bool | None = None, standardization: tuple[np.ndarray, np.ndarray] | None = None):
+        self.array, self.layout, self.standardization = array, layout, standardization
+        self.pixels = array.dtype == np.uint8 if pixels is None else bool(pixels)
         self.index = np.arange(len(array), dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
         rest = tuple(array.shape[1:])
         if layout == "NHW":
             rest = (1, *rest)
         elif layout == "NHWC":
             rest = (rest[2], rest[0], rest[1])
+        elif layout.startswith("flat:"):
+            h, w, c = (int(v) for v in layout[5:].split(","))
+            if h * w * c != math.prod(rest):
+                raise ValueError(f"layout {layout} does not fit rows of shape {rest}")
+            rest = (c, h, w)
         self.event_shape = rest
 
     # tensor-like surface used by the trainer and the estimators
@@ -71,19 +114,29 @@ class Rows:
         return self.array.dtype
 
     def _view(self, index: np.ndarray) -> "Rows":
-        return Rows(self.array, index, self.layout)
+        return Rows(self.array, index, self.layout, pixels=self.pixels, standardization=self.standardization)
 
     def read(self, rows: np.ndarray) -> torch.Tensor:
         """Rows of the underlying array (file row numbers) as float32 examples, in the order given."""
         rows = np.asarray(rows, dtype=np.int64)
         order = np.argsort(rows, kind="stable")
-        raw = np.empty((len(rows), *self.array.shape[1:]), dtype=self.array.dtype)
+        native = self.array.dtype.newbyteorder("=")  # a big-endian file is read into native order
+        raw = np.empty((len(rows), *self.array.shape[1:]), dtype=native)
         raw[order] = self.array[rows[order]]  # sorted reads: sequential pages of the file
-        x = _float(raw)
+        return self.convert(raw)
+
+    def convert(self, raw: np.ndarray) -> torch.Tensor:
+        """Raw rows (file layout and dtype) as float32 examples [n, *event_shape]."""
+        if self.standardization is not None:
+            return torch.from_numpy(standardize_block(raw, *self.standardization))
+        x = _float(raw, self.pixels)
         if self.layout == "NHW":
             x = x.unsqueeze(1)
         elif self.layout == "NHWC":
             x = x.permute(0, 3, 1, 2).contiguous()
+        elif self.layout.startswith("flat:"):
+            c, h, w = self.event_shape
+            x = x.reshape(len(x), h, w, c).permute(0, 3, 1, 2).contiguous() if c > 1 else x.reshape(len(x), 1, h, w)
         return x
 
     def __getitem__(self, key):

@@ -29,6 +29,7 @@ from .checkpoint import atomic_write_bytes, atomic_write_text
 from .checkpoint import list_checkpoints as ckpt_list
 from .config import TrainConfig
 from .errors import BayesVAEError, ConfigError
+from .text import cli as text_cli
 from .training import Callback, TrainingInterrupted
 
 EXIT_PARTIAL, EXIT_USAGE, EXIT_IO, EXIT_SIGTERM, EXIT_SIGINT, EXIT_PIPE = 1, 2, 1, 143, 130, 141
@@ -233,8 +234,13 @@ def _on_ready(trainer, dataset, likelihood) -> None:
     _say_device()
     _print(f"data: {info['name']} ({info['kind']}, shape {info['event_shape']}, "
            f"train/valid/test {info['splits']['train']}/{info['splits']['valid']}/{info['splits']['test']})")
+    if info.get("layout"):
+        _print(f"data: {info['layout']}")
     if info.get("constant_columns"):
         _print(f"warning: constant columns {info['constant_columns']} carry no information")
+    from .text.runs import ready_lines
+    for line in ready_lines(info, trainer):
+        _print(line)
     how = trainer.run_state["data"]["preparation"]
     note = {"binarize": " (dynamic binarisation: a fresh draw each minibatch; valid/test binarised once, fixed seed)",
             "dequantize": " (uniform dequantisation of the pixel levels)"}.get(how, "")
@@ -367,13 +373,18 @@ def _train(args) -> int:
         ranks.set_deterministic(device)
     try:
         if args.resume:
+            if not Path(args.resume).is_dir():
+                from .errors import CheckpointNotFoundError
+                raise CheckpointNotFoundError(f"--resume {args.resume}: no run directory there; give the --out of "
+                                              "a run started with `bayesvae train`")
             trainer = _resume(args, callbacks, device)
         else:
             posterior, posterior_options = _posterior_choice(args)
             spec = runs.DataSpec(args.data, args.data_dir, args.split_seed, args.valid_fraction, args.test_fraction,
-                                 args.limit, args.label_column)
+                                 args.limit, args.label_column, args.vocab_size, args.max_length,
+                                 args.long_sentences or "refuse", bdata.parse_image_shape(args.image_shape))
             config = _train_config(args)
-            options = _likelihood_options(args)
+            options = {**_likelihood_options(args), **text_cli.likelihood_options(args)}
             trainer = runs.train(spec, out=args.out, train_config=config, likelihood=args.likelihood,
                                  likelihood_options=options, latent_dim=args.latent_dim,
                                  architecture=args.architecture, hidden=args.hidden, activation=args.activation,
@@ -455,6 +466,9 @@ def cmd_evaluate(args) -> int:
     result.update(processes=ranks.world_size(), device=str(device), precision=args.precision)
     if args.precision == "bf16":
         result["bf16_error_bound_nats"] = BF16_EVAL_TOLERANCE_NATS
+    if text_cli.is_text_run(run):
+        from .text.metrics import text_figures
+        result.update(text_figures(run.model, x, result))
     result.update(split=args.split, checkpoint=str(run.checkpoint), seconds=round(time.perf_counter() - t0, 2),
                   likelihood=run.model_config.likelihood, preparation=prepared.preparation)
     if args.json:
@@ -463,8 +477,9 @@ def cmd_evaluate(args) -> int:
         print(f"{args.split}: {result['num_examples']} examples, K = {result['num_samples']} importance samples"
               + (f" (networks in bf16: within {BF16_EVAL_TOLERANCE_NATS} nats of float32)"
                  if args.precision == "bf16" else ""))
+        per = ("per sentence" if "perplexity_per_token" in result else f"{result['nll_bits_per_dim']:.4f} bits/dim")
         print(f"  log-likelihood  {result['log_likelihood_nats']:.3f} nats   (NLL {result['nll_nats']:.3f} "
-              f"± {result['nll_nats_stderr']:.3f} nats, {result['nll_bits_per_dim']:.4f} bits/dim)")
+              f"± {result['nll_nats_stderr']:.3f} nats, {per})")
         print(f"  ELBO            {result['elbo_nats']:.3f} nats   (reconstruction NLL "
               f"{result['reconstruction_nll_nats']:.3f} + KL {result['kl_nats']:.3f})")
         bound = run.state.get("kl_bound")
@@ -479,6 +494,11 @@ def cmd_evaluate(args) -> int:
             print("  KL per dim      " + " ".join(f"{v:.2f}" for v in result["kl_per_dimension_nats"]))
         else:
             print("  KL per dim      (the KL does not split by dimension: vMF's KL is one constant)")
+        if "perplexity_per_token" in result:
+            print(f"  perplexity      {result['perplexity_per_token']:.2f} per token (IS; {result['tokens']} tokens: "
+                  f"{result['perplexity_tokens']}; ELBO bound {result['elbo_perplexity_bound_per_token']:.2f})")
+            print(f"  reconstruction  {100 * result['reconstruction_token_accuracy']:.1f}% of tokens (greedy from "
+                  "the posterior's mode)")
         if "nll_standardized_nats" in result:
             print(f"  (densities of the data in the file's units; on the standardised features the NLL is "
                   f"{result['nll_standardized_nats']:.3f} nats, lower by Σ ln s = "
@@ -491,11 +511,21 @@ def cmd_sample(args) -> int:
     from .grids import save_grid_png
 
     out = Path(args.out)
-    _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     if args.n <= 0:
         raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
     run = _load_run(args, device=_device(args))
     _refuse_for_run(args, run)
+    text_cli.check_text_output(run, out, {"--temperature": args.temperature})
+    if text_cli.is_text_run(run):  # sentences: greedy, or drawn word by word at --temperature with --draw
+        if args.temperature is not None and not args.draw:
+            raise ConfigError("--temperature applies to --draw (sampling word by word); without --draw the "
+                              "sentences are greedy")
+        torch.manual_seed(args.seed)
+        lines = text_cli.sample_sentences(run, args.n, (args.temperature or 1.0) if args.draw else None)
+        text_cli.write_sentences(out, lines, args.overwrite)
+        _print(f"wrote {args.n} {'sampled' if args.draw else 'greedy'} sentences from z ~ q(z) to {out}")
+        return 0
+    _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     torch.manual_seed(args.seed)
     x = run.model.sample(args.n, mean=not args.draw).cpu()
     _save_examples(out, x, run, args.overwrite, save_grid_png)
@@ -539,7 +569,6 @@ def cmd_reconstruct(args) -> int:
     from .grids import save_grid_png
 
     out = Path(args.out)
-    _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     if args.n <= 0:
         raise bdata.DataValidationError(f"-n must be a positive integer, got {args.n}")
     run = _load_run(args, device=_device(args))
@@ -547,6 +576,12 @@ def cmd_reconstruct(args) -> int:
     from .estimators import _on, model_device
 
     x, _, _ = _split_data(run, args.split)
+    text_cli.check_text_output(run, out, {})
+    if text_cli.is_text_run(run):  # input<TAB>greedy reconstruction, one sentence a line
+        text_cli.write_sentences(out, text_cli.reconstruction_lines(run, x[: args.n]), args.overwrite)
+        _print(f"wrote {min(args.n, x.shape[0])} greedy reconstructions (beside their inputs) to {out}")
+        return 0
+    _check_out(out, args.overwrite, (".png", ".npy", ".csv"))
     x = _on(x[: args.n], torch.device("cpu"))
     recon = run.model.reconstruct(_on(x, model_device(run.model))).cpu()
     if out.suffix == ".png" and len(run.model_config.data_shape) == 3:
@@ -557,7 +592,7 @@ def cmd_reconstruct(args) -> int:
         _save_examples(out, recon, run, args.overwrite, save_grid_png,
                        index=run.dataset().rows(args.split)[: x.shape[0]])
     _say_device()
-    _print(f"wrote {x.shape[0]} reconstructions (inputs beside them in PNG) to {out}")
+    _print(f"wrote {x.shape[0]} reconstructions{' (inputs beside them)' if out.suffix == '.png' else ''} to {out}")
     return 0
 
 
@@ -637,8 +672,17 @@ def cmd_data_fetch(args) -> int:
 
 def cmd_data_info(args) -> int:
     _refuse(args, data=bdata.source_kind(args.source))
-    info = bdata.dataset_info(args.source, data_dir=args.data_dir)
+    info = bdata.dataset_info(args.source, data_dir=args.data_dir, image_shape=args.image_shape)
     print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_data_convert(args) -> int:
+    from .convert import convert
+
+    result = convert(args.source, args.out, label_column=args.label_column, overwrite=args.overwrite, say=_print)
+    _print(f"wrote {result['out']}: shape {tuple(result['shape'])}, {result['dtype']}, {result['bytes']:,} bytes; "
+           f"SHA-256 {result['sha256']}" + (f"; labels in {result['labels']}" if result["labels"] else ""))
     return 0
 
 
@@ -650,8 +694,8 @@ def cmd_plot(args) -> int:
     out = Path(args.out) if args.out else run_dir / "plots" / f"{args.kind}.png"
     if args.out is None and run_dir.is_dir():
         out.parent.mkdir(exist_ok=True)
+    _refuse(args, kind=args.kind)  # an option that does not apply is named first, before the output's checks
     _check_out(out, args.overwrite, (".png",))
-    _refuse(args, kind=args.kind)
     run = _load_run(args, device=_device(args))
     _refuse_for_run(args, run, kind=args.kind)
     options = {"split": args.split, "seed": args.seed}
@@ -767,6 +811,13 @@ def _run_dir_args(p, checkpoint_default: str = "best", *, reads_data: bool = Tru
                        "(default: where it was in training); checked against the run's data fingerprint")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line refusal (exit 2): the reason and where to look, not the whole usage block."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def _seed(text: str) -> int:
     """A seed: an integer in [0, 2**63) (argparse names the flag in its refusal, exit 2)."""
     try:
@@ -779,7 +830,7 @@ def _seed(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bayesvae", description="Variational autoencoders, exactly as derived.")
+    parser = _Parser(prog="bayesvae", description="Variational autoencoders, exactly as derived.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -859,6 +910,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", metavar="NAME",
                    help="a CSV column of integer class labels: taken out of the features (a label left in would be "
                         "modelled and scored as data), used to colour the latent pictures")
+    # text data only (a .txt file, one sentence per line, or a folder with train/valid/test.txt): bayesvae.text
+    p.add_argument("--vocab-size", type=int, help="text: keep the N most frequent training words (default: all); "
+                   "the others become <unk>")
+    p.add_argument("--max-length", type=int, help="text: the longest sentence in words (default: the longest found, "
+                   "at most 1000); longer ones are refused, or cut with --long-sentences cut")
+    p.add_argument("--long-sentences", choices=["refuse", "cut"], help="text: what to do with sentences longer "
+                   "than --max-length (default: refuse; cut says how many were cut)")
+    p.add_argument("--embedding-dim", type=int, help="text: word embedding size (default 256)")
+    p.add_argument("--cell", choices=["lstm", "gru"], help="text: recurrent cell of encoder and decoder (default lstm)")
+    p.add_argument("--word-dropout", type=float, help="text: replace each decoder input word by <unk> with this "
+                   "probability in training (Bowman et al. 2016); the reported loss stays the true -ELBO")
+    p.add_argument("--latent-every-step", action="store_true", help="text: z also joins the decoder input at every "
+                   "step (default: z sets the initial state only)")
+    p.add_argument("--softmax", choices=["full", "adaptive"], help="text: the output layer: full (default) or the "
+                   "adaptive softmax (Grave et al. 2017), also exact and normalised, cheaper on a large vocabulary")
+    p.add_argument("--no-latent", action="store_true", help="text: the LSTM language model without z (the control "
+                   "of every collapse comparison; KL exactly 0, its ELBO is its exact log-probability)")
+    p.add_argument("--image-shape", nargs="+", metavar="H W [C]",
+                   help="a 2-D .npy/.npz array or CSV of flattened images: each row holds H*W*C pixels in row-major "
+                        "H, W, C order (C = 1 or 3); they are prepared and drawn as images. Without it, a square "
+                        "side is found (and printed) for 8-bit pixels; 'none' keeps the rows a table")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, active units, KL per dimension")
@@ -880,8 +952,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw from the model: PNG grid for images, .npy/.csv otherwise")
     _run_dir_args(p, reads_data=False)
     p.add_argument("-n", type=int, default=64, help="number of samples (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output file: .png (images), .npy or .csv")
-    p.add_argument("--draw", action="store_true", help="draw x ~ q(x|z) instead of showing E[x|z]")
+    p.add_argument("--out", required=True, help="output file: .png (images), .npy or .csv; .txt or .tsv (text)")
+    p.add_argument("--draw", action="store_true", help="draw x ~ q(x|z) instead of showing E[x|z] (text: sample word "
+                   "by word instead of greedy decoding)")
+    p.add_argument("--temperature", type=float, help="text with --draw: softmax temperature (default 1)")
     _device_arg(p)
     p.add_argument("--seed", type=_seed, default=0, help="seed of the prior draws (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -916,7 +990,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("data", help="data sources: fetch, info")
+    p = sub.add_parser("data", help="data sources: fetch, info, convert")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     q = dsub.add_parser("fetch", help="download a data set into the cache, checksums verified")
     q.add_argument("name", help="mnist")
@@ -925,7 +999,17 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("info", help="load and validate a data source and describe it")
     q.add_argument("source", help="digits, mnist, or a path to a .npy, .npz, .csv file or a folder of images")
     q.add_argument("--data-dir", help="directory holding the MNIST IDX files")
+    q.add_argument("--image-shape", nargs="+", metavar="H W [C]",
+                   help="rows of flattened images (see train --image-shape)")
     q.set_defaults(func=cmd_data_info)
+    q = dsub.add_parser("convert", help="stream a CSV, a folder of images or an .npz into a memory-mappable .npy "
+                        "(checked as for training; labels in a sidecar X.labels.npy; SHA-256 in X.npy.sha256)")
+    q.add_argument("source", help="a .csv file, a folder of images (subfolders = classes) or an .npz archive")
+    q.add_argument("--out", required=True, help="the .npy to write (never replaced without --overwrite)")
+    q.add_argument("--label-column", metavar="NAME",
+                   help="a CSV column of integer class labels: written to the sidecar X.labels.npy, not the features")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing output and its sidecars")
+    q.set_defaults(func=cmd_data_convert)
     _add_picture_commands(sub)
     for command, leaf in flags._commands(parser):  # noqa: SLF001 - each option's help says where it applies
         for action in leaf._actions:  # noqa: SLF001
@@ -1044,7 +1128,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error{'' if ranks.rank_from_env() == 0 else f' (rank {ranks.rank_from_env()})'}: {err}",
                   file=sys.stderr, flush=True)
         else:
-            _print(f"error: {err}")
+            _print(f"error: {_as_typed(str(err), args)}")
         return EXIT_USAGE
     except RuntimeError as err:
         if ranks.world_size_from_env() > 1 and _is_lost_peer(err) and not args.debug:
@@ -1093,6 +1177,23 @@ def _lost_rank(args, err: BaseException) -> None:
                  f"--resume {run}`" if committed else f"; {run} holds no committed checkpoint yet: start again")
     print(f"error (rank {ranks.rank_from_env()}): lost contact with another process of this torchrun job (one was "
           f"killed or failed; torchrun names it): {first}{where}", file=sys.stderr, flush=True)
+
+
+#: The library's names of values a subcommand's options set, as the user typed them (messages name the flag).
+_TYPED_NAMES = (("posterior option 'kappa'", "--kappa"), ("posterior option 'bn_tau'", "--posterior-bn tau"),
+                ("posterior option 'bn_gamma'", "--posterior-bn gamma"), ("num_samples must", "--samples must"),
+                ("valid_fraction + test_fraction", "--valid-fraction + --test-fraction"),
+                ("valid_fraction must", "--valid-fraction must"), ("test_fraction must", "--test-fraction must"),
+                ("limit must", "--limit must"), ("batch_size must", "--batch-size must"))
+
+
+def _as_typed(message: str, args) -> str:
+    """A library message with the library's names replaced by the flags that set them (when the flag exists here)."""
+    flags_here = set(getattr(args, "flag_of", {}).values())
+    for internal, flag in _TYPED_NAMES:
+        if internal in message and flag.split()[0] in flags_here:
+            message = message.replace(internal, flag)
+    return message
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -69,7 +69,7 @@ class ModelConfig:
     """Shape of one example: ``[C, H, W]`` for images, ``[D]`` for vectors."""
     latent_dim: int = 20
     architecture: str = "mlp"
-    """``mlp`` or ``conv`` (images only)."""
+    """``mlp``, ``conv`` (images only) or ``rnn`` (text: recurrent encoder, autoregressive likelihood)."""
     hidden: tuple[int, ...] = (400,)
     """Hidden layer widths of the MLP encoder; the decoder mirrors them."""
     activation: str = "relu"
@@ -101,10 +101,13 @@ class ModelConfig:
         _positive_int("latent_dim", self.latent_dim)
         for i, h in enumerate(self.hidden):
             _positive_int(f"hidden[{i}]", h)
-        if self.architecture not in ("mlp", "conv"):
-            raise ConfigError(f"option 'architecture' must be 'mlp' or 'conv', got {self.architecture!r}")
+        if self.architecture not in ("mlp", "conv", "rnn"):
+            raise ConfigError(f"option 'architecture' must be 'mlp', 'conv' or 'rnn' (text), got {self.architecture!r}")
         if self.architecture == "conv" and len(self.data_shape) != 3:
             raise ConfigError(f"architecture 'conv' needs image data [C, H, W], got data_shape {self.data_shape}; use 'mlp'")
+        if (self.likelihood == "autoregressive") != (self.architecture == "rnn"):
+            raise ConfigError(f"likelihood {self.likelihood!r} with architecture {self.architecture!r}: text (token "
+                              "rows) takes the autoregressive likelihood with architecture 'rnn', and only them")
         if not isinstance(self.standardized, bool):
             raise ConfigError(f"option 'standardized' must be true or false, got {self.standardized!r}")
         if not isinstance(self.likelihood_options, dict):

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import draws
-from .arrays import Rows, iter_chunks
+from . import draws, memory
+from .arrays import Rows, column_moments, iter_chunks, standardize_block
 from .errors import ConfigError, DataValidationError
 
 __all__ = [
@@ -71,6 +71,7 @@ class Dataset:
     standardization: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, std) from the train split
     class_names: tuple[str, ...] | None = None  # label i means class_names[i] (image subfolders, digits, mnist)
     source_rows: dict | None = None  # split -> int64 array: each example's 0-based row (example number) in its source
+    layout: str | None = None  # how a 2-D array of pixels was taken (flattened images: the shape found or given)
 
     def rows(self, split: str) -> np.ndarray:
         """The 0-based position of each example of ``split`` in the file it came from (for a CSV with a header, line
@@ -110,7 +111,7 @@ class Dataset:
         if not parts or lo < 0 or hi > 1:
             return None
 
-        if all(isinstance(t, Rows) and t.raw_dtype == np.uint8 for t in parts):
+        if all(isinstance(t, Rows) and t.pixels and t.standardization is None for t in parts):
             return 256  # 8-bit pixels, k / 255, by construction
         on_grid = on_level_grid
         if all(on_grid(t, 256) for t in parts):
@@ -141,6 +142,8 @@ class Dataset:
         }
         if self.class_names is not None:
             info["classes"] = list(self.class_names)
+        if self.layout is not None:
+            info["layout"] = self.layout
         if self.feature_names is not None:
             info["feature_names"] = list(self.feature_names)
         if self.standardization is not None:  # constant columns were divided by the 1e-8 floor, not by zero
@@ -270,7 +273,7 @@ MAX_IMAGE_PIXELS = 1 << 26  # one image: 67 M pixels (8192 x 8192)
 MAX_CSV_LINE_BYTES = 16 << 20
 
 
-def _check_declared_array(fp, where: str, total: int | None) -> None:
+def _check_declared_array(fp, where: str, total: int | None) -> tuple[int, int]:
     """Read a .npy header from ``fp`` (``total`` bytes long) and refuse an array whose declared size exceeds the
     bytes that hold it or the input limit (a header may claim 10^12 elements: nothing is allocated for it)."""
     from numpy.lib import format as npformat
@@ -294,6 +297,7 @@ def _check_declared_array(fp, where: str, total: int | None) -> None:
     if available is not None and nbytes > available:
         raise _fail(where, f"declares shape {shape} ({nbytes:,} bytes) but holds only {available:,} bytes "
                     "(truncated or corrupt)", "Save the array again with numpy.save")
+    return math.prod(shape), nbytes
 
 
 def _check_csv_lines(path: Path) -> None:
@@ -333,14 +337,6 @@ def _open_npy(path: Path) -> np.ndarray:
     return a
 
 
-def _read_npy(path: Path) -> tuple[np.ndarray, bool]:
-    return _array_to_examples(np.asarray(_open_npy(path)), str(path))
-
-
-def _is_lazy_image_stack(a: np.ndarray) -> bool:
-    return a.ndim in (3, 4) and a.dtype.kind in "biuf" and a.size * 4 > LAZY_BYTES
-
-
 def _check_image_chunks(a: np.ndarray, where: str) -> tuple[str, bool]:
     """Validate a (memory-mapped) image stack chunk by chunk; returns (layout, whether every value is 0 or 1)."""
     _check_dtype(a, where)
@@ -364,28 +360,252 @@ def _check_image_chunks(a: np.ndarray, where: str) -> tuple[str, bool]:
     return layout, binary
 
 
-def _lazy_npy(path: Path, a: np.ndarray, *, seed: int, valid_fraction: float, test_fraction: float,
-              standardize: bool | None, limit: int | None) -> "Dataset":
-    """A large image stack that stays on disk: memory-mapped, checked in chunks, split into row lists."""
+# ------------------------------------------------------------------------------------------ tables and flat pixels
+#: A square side is looked for in 2-D pixel arrays from 8 x 8 up (a narrower table of pixels stays a vector).
+AUTO_SQUARE_MIN = 64
+
+
+@dataclass
+class _TableScan:
+    """What one chunked pass over a 2-D array found, on its values as float32 (the loader's view of them)."""
+
+    col_min: np.ndarray
+    col_max: np.ndarray
+    zero_one: bool = True  # every value 0 or 1
+    levels_255: bool = True  # every value an integer in [0, 255]
+    grid_255: bool = True  # every value k / 255 in [0, 1]
+    zero_255: bool = True  # every value 0 or 255
+
+    @property
+    def low(self) -> float:
+        return float(self.col_min.min()) if self.col_min.size else 0.0
+
+    @property
+    def high(self) -> float:
+        return float(self.col_max.max()) if self.col_max.size else 0.0
+
+
+def _scan_table(a: np.ndarray, where: str) -> _TableScan:
+    """Check a 2-D array (in memory or memory-mapped) in chunks of rows: no NaN/inf, nothing float32 cannot hold
+    (named by row and column); collect the column ranges and what kind of values it holds."""
+    _check_dtype(a, where)
+    width = a.shape[1]
+    scan = _TableScan(np.full(width, np.inf), np.full(width, -np.inf))
+    for i in range(0, len(a), _CHECK_ROWS):
+        block = np.asarray(a[i : i + _CHECK_ROWS])
+        if block.dtype.kind == "f":
+            bad = ~np.isfinite(block)
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise _fail(where, f"non-finite value {block[r, c]} at {_locate((r + i, c), a.shape)}",
+                            "Remove or impute missing/infinite values before training")
+        with np.errstate(over="ignore"):
+            x = block.astype(np.float32)
+        if block.dtype.kind == "f" and block.dtype.itemsize > 4 and not np.isfinite(x).all():
+            r, c = np.argwhere(~np.isfinite(x))[0]
+            raise _fail(where, f"value {block[r, c]:g} at {_locate((r + i, c), a.shape)} overflows float32 (max "
+                        f"{_F32_MAX:.3g})", "Rescale the data (e.g. divide by a constant or take logs)")
+        if not x.size:
+            continue
+        scan.col_min = np.minimum(scan.col_min, x.min(axis=0))
+        scan.col_max = np.maximum(scan.col_max, x.max(axis=0))
+        if scan.zero_255:
+            scan.zero_255 = bool(((x == 0) | (x == 255)).all())
+        if block.dtype == np.uint8:
+            scan.zero_one = scan.zero_one and bool((block <= 1).all())
+            scan.grid_255 = scan.grid_255 and bool((block <= 1).all())
+            continue
+        if scan.zero_one:
+            scan.zero_one = bool(((x == 0) | (x == 1)).all())
+        if scan.levels_255:
+            scan.levels_255 = bool(((x >= 0) & (x <= 255) & (x == np.round(x))).all())
+        if scan.grid_255:
+            with np.errstate(over="ignore", invalid="ignore"):  # huge values are simply off the grid
+                scaled = x * 255
+                scan.grid_255 = bool(((x >= 0) & (x <= 1) & (np.abs(scaled - np.round(scaled)) <= 1e-3)).all())
+    return scan
+
+
+def parse_image_shape(values) -> tuple[int, ...] | None:
+    """``--image-shape``: None (find a square side), ``()`` or ``none`` (a table, never images), (H, W) or
+    (H, W, C) with C = 1 or 3."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = values.replace(",", " ").split()
+    values = list(values)
+    if [str(v).lower() for v in values] in ([], ["none"]):
+        return ()
+    try:
+        shape = tuple(int(v) for v in values)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) not in (2, 3) or min(shape) < 1 or (len(shape) == 3 and shape[2] not in (1, 3)):
+        raise ConfigError(f"--image-shape {' '.join(map(str, values))}: give H W (grey) or H W C with C = 1 or 3 "
+                          "(each row holds the pixels in row-major H, W, C order), or 'none' for a table")
+    return shape if len(shape) == 3 else (*shape, 1)
+
+
+@dataclass(frozen=True)
+class _FlatLayout:
+    image: bool  # examples are pixels (prepared like images), not a table
+    pixels: bool  # values are levels 0-255 that become k / 255
+    layout: str  # "N..." (vectors) or "flat:H,W,C"
+    note: str | None = None
+
+
+def _flat_layout(scan: _TableScan, width: int, uint8: bool, image_shape, where: str) -> _FlatLayout:
+    """Whether a 2-D array holds flattened images: uint8 values, or values on the k/255 grid in [0, 1], or (with a
+    square side of at least 8 x 8, or ``image_shape``) integers 0-255; 0/1 data stay binary vectors unless
+    ``image_shape`` says they are images. ``image_shape`` = () keeps a table."""
+    if image_shape == ():
+        return _FlatLayout(False, False, "N...")
+    if image_shape is not None:
+        h, w, c = image_shape
+        if h * w * c != width:
+            raise _fail(where, f"--image-shape {h} {w} {c} holds {h * w * c} pixels, but each row has {width} values",
+                        "Give the shape of the images that were flattened into the rows")
+        if scan.zero_one and not uint8 or uint8 and scan.zero_one:
+            pixels = False
+        elif uint8 or (scan.levels_255 and scan.high > 1):
+            pixels = True
+        elif scan.low >= 0 and scan.high <= 1:
+            pixels = False
+        else:
+            raise _fail(where, f"--image-shape: values from {scan.low:g} to {scan.high:g} are not pixels",
+                        "Images are uint8, integers 0-255, or values in [0, 1]; drop --image-shape for a table")
+        return _FlatLayout(True, pixels, f"flat:{h},{w},{c}",
+                           f"flattened images of {h} x {w}{' x 3' if c == 3 else ''} (--image-shape)")
+    if scan.zero_one:
+        return _FlatLayout(False, False, "N...")
+    side = math.isqrt(width)
+    square = side * side == width and width >= AUTO_SQUARE_MIN
+    if not (uint8 or scan.grid_255 or (scan.levels_255 and square)):
+        return _FlatLayout(False, False, "N...")
+    pixels = uint8 or not scan.grid_255
+    what = "8-bit pixels" if pixels else "pixels on the k/255 grid"
+    if square:
+        return _FlatLayout(True, pixels, f"flat:{side},{side},1",
+                           f"{what}: each row of {width} values taken as a {side} x {side} image (a square side; "
+                           "--image-shape H W [C] sets another shape, --image-shape none keeps a table)")
+    return _FlatLayout(True, pixels, "N...", f"{what}: rows of {width} values, no square side, so they are not drawn "
+                       "as images (--image-shape H W [C] gives their shape, --image-shape none keeps a table)")
+
+
+def _column_statistics(chunks, width: int, col_min, col_max, names, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Training mean and std (floored at 1e-8: a constant column gives zeros, not NaN) in one float64 pass; refuses
+    a column whose standardised values would overflow float32 (the range of every split is in col_min/col_max)."""
+    _, mean, std = column_moments(chunks)
+    std = np.maximum(std, 1e-8)
+    with np.errstate(over="ignore"):
+        reach = np.maximum(np.abs(col_max.astype(np.float64) - mean), np.abs(col_min.astype(np.float64) - mean)) / std
+    if not np.all(reach <= _F32_MAX):
+        col = int(np.argwhere(~(reach <= _F32_MAX))[0][0])
+        raise _fail(where, f"standardising column {names[col] if names else col} overflows float32 (its train values "
+                    "are constant)", "Drop the constant column or pass standardize=False")
+    return mean, std
+
+
+def _sidecar_labels(path: Path, n: int) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    """Labels that ``bayesvae data convert`` kept beside ``X.npy``: ``X.labels.npy`` (int64, one per row) and the
+    class names in ``X.labels.json``."""
+    label_path = path.with_name(path.stem + ".labels.npy")
+    if not label_path.is_file():
+        return None, None
+    where = str(label_path)
+    y = np.asarray(_open_npy(label_path))
+    _check_dtype(y, where)
+    y = _labels(y, n, where)
+    classes = None
+    meta = path.with_name(path.stem + ".labels.json")
+    if meta.is_file():
+        import json
+
+        try:
+            classes = json.loads(meta.read_text(encoding="utf-8")).get("classes")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise _fail(str(meta), f"is not a readable JSON object ({exc})", "Convert the data again") from None
+        if classes is not None:
+            if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)) or (
+                    len(y) and y.max() >= len(classes)):
+                raise _fail(str(meta), "'classes' must be a list of names covering every label",
+                            "Convert the data again")
+            classes = tuple(classes)
+    return y, classes
+
+
+def _npy_dataset(path: Path, a: np.ndarray, *, seed: int, valid_fraction: float, test_fraction: float,
+                 standardize: bool | None, limit: int | None, image_shape=None) -> "Dataset":
+    """Any .npy layout (a table, flattened images, an image stack), memory-mapped and checked in chunks. Its splits
+    are row lists into the file (:class:`Rows`): they stay on disk when their float32 examples would take more than
+    :data:`LAZY_BYTES`, and are read into memory (chunk by chunk, the same values) otherwise."""
     where = str(path)
-    if standardize:
-        raise ConfigError(f"standardize=True is only for tabular data, but {where} holds images")
-    layout, binary = _check_image_chunks(a, where)
+    _check_dtype(a, where)
+    if a.ndim not in (2, 3, 4):
+        raise _fail(where, f"expected a 2-D table [N, D] or an image stack [N, H, W], [N, C, H, W] or "
+                    f"[N, H, W, C] (C = 1 or 3), found shape {tuple(a.shape)}",
+                    "Reshape it, e.g. x.reshape(len(x), -1) for vectors or x[:, None] for one feature")
+    if len(a) == 0:
+        raise _fail(where, "contains no examples", "Provide a non-empty array")
+    # checked before the split's permutation is drawn: even the row lists of 10^9 rows take gigabytes
+    memory.require(where, len(a) * memory.STREAM_BYTES_PER_ROW + memory.STREAM_FIXED_BYTES,
+                   f"streaming {len(a):,} examples of shape {tuple(a.shape[1:])} ({a.dtype}) from disk (the row "
+                   "lists of its splits and the buffers)", "Use a file with fewer rows, or free memory")
     idx = _split_indices(len(a), seed, valid_fraction, test_fraction, where)
-    splits = {s: Rows(a, i[:limit], layout) for s, i in idx.items()}
-    return Dataset(where, "binary" if binary else "image", splits["train"], splits["valid"], splits["test"])
+    kept = {s: i[:limit] for s, i in idx.items()}
+    values = sum(len(i) for i in kept.values()) * math.prod(a.shape[1:])
+    in_memory = values * memory.MEMORY_BYTES_PER_VALUE + len(a) * memory.STREAM_BYTES_PER_ROW
+    # on disk when large, or when reading it in would not fit comfortably: both give the same values
+    lazy = values * 4 > LAZY_BYTES or in_memory > memory.HEADROOM * memory.available_bytes()
+    standardization, note, names = None, None, None
+    if a.ndim in (3, 4):
+        if image_shape is not None:
+            raise ConfigError(f"--image-shape is for 2-D arrays of flattened images; {where} holds images of shape "
+                              f"{tuple(a.shape[1:])} already: drop it")
+        if standardize:
+            raise ConfigError(f"standardize=True is only for tabular data, but {where} holds images")
+        layout, binary = _check_image_chunks(a, where)
+        kind, pixels = ("binary" if binary else "image"), None
+    else:
+        scan = _scan_table(a, where)
+        flat = _flat_layout(scan, a.shape[1], a.dtype == np.uint8, image_shape, where)
+        layout, pixels, note = flat.layout, flat.pixels, flat.note
+        if flat.image:
+            if standardize:
+                raise ConfigError(f"standardize=True is only for tabular data, but {where} holds pixels ({note})")
+            kind = "binary" if (scan.zero_255 if pixels else scan.zero_one) else "image"
+        else:
+            kind = "binary" if scan.zero_one else "tabular"
+            if standardize if standardize is not None else kind == "tabular":
+                base = Rows(a, kept["train"])
+                standardization = _column_statistics((b.numpy() for b in iter_chunks(base)), a.shape[1],
+                                                     scan.col_min, scan.col_max, names, where)
+                kind = "tabular"
+    labels, classes = _sidecar_labels(path, len(a))
+    splits = {s: Rows(a, i, layout, pixels=pixels, standardization=standardization) for s, i in kept.items()}
+    lab = {s: (torch.from_numpy(labels[i]) if labels is not None else None) for s, i in kept.items()}
+    if not lazy:
+        splits = {s: r.to_tensor() for s, r in splits.items()}
+    std = None if standardization is None else tuple(torch.from_numpy(v.astype(np.float32)) for v in standardization)
+    return Dataset(where, kind, splits["train"], splits["valid"], splits["test"], lab["train"], lab["valid"],
+                   lab["test"], None, std, classes, None if lazy else kept, note)
 
 
-def _npz_array(z, key: str, path: Path) -> np.ndarray:
+def _npz_values(z, key: str, path: Path) -> tuple[int, int]:
+    """(values, bytes) that array ``key`` of an .npz declares, after checking its header (nothing inflated)."""
     try:
         info = z.zip.getinfo(key if key in z.zip.namelist() else f"{key}.npy")
         if info.file_size > MAX_INPUT_BYTES:  # a decompression bomb: refused before inflating
             raise _fail(f"{path} [array '{key}']", f"inflates to {info.file_size:,} bytes, over the "
                         f"{MAX_INPUT_BYTES:,}-byte input limit", "Use a smaller array")
         with z.zip.open(info) as member:
-            _check_declared_array(member, f"{path} [array '{key}']", info.file_size)
+            return _check_declared_array(member, f"{path} [array '{key}']", info.file_size)
     except (KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError) as exc:
         raise _fail(f"{path} [array '{key}']", f"cannot be read ({exc})", "Save it with numpy.savez") from None
+
+
+def _npz_array(z, key: str, path: Path) -> np.ndarray:
+    _npz_values(z, key, path)
     try:
         return z[key]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
@@ -405,6 +625,11 @@ def _read_npz(path: Path) -> dict:
         keys = list(z.files)
         out: dict = {"splits": {}, "labels": {}}
         split_keys = [k for k in ("train", "valid", "test") if k in keys]
+        data_keys = split_keys or [k for k in ("x", "X", "data") if k in keys][:1] or keys[:1]
+        declared = [_npz_values(z, k, path) for k in data_keys]
+        values, nbytes = sum(v for v, _ in declared), sum(b for _, b in declared)
+        memory.require(str(path), nbytes + values * memory.NPZ_BYTES_PER_VALUE, f"reading {values:,} values into "
+                       "memory", _CONVERT_HINT.format(src=path))
         if split_keys:
             if "train" not in split_keys:
                 raise _fail(str(path), f"has split arrays {split_keys} but no 'train'", "Add a 'train' array")
@@ -588,6 +813,7 @@ def _load_mnist_split(directory: Path, prefix: str, count: int) -> tuple[np.ndar
 
 def _load_mnist(data_dir: str | None, limit: int | None) -> Dataset:
     directory = Path(data_dir).expanduser() if data_dir else default_cache_dir("mnist")
+    memory.require(str(directory), 70_000 * 784 * 10, "reading MNIST into memory", "Free memory and try again")
     train_x, train_y = _load_mnist_split(directory, "train", _MNIST_TRAIN + _MNIST_VALID)
     test_x, test_y = _load_mnist_split(directory, "t10k", 10_000)
     parts = {"train": (train_x[:_MNIST_TRAIN], train_y[:_MNIST_TRAIN]),
@@ -629,26 +855,45 @@ def _check_options(valid_fraction: float, test_fraction: float, limit: int | Non
         raise ConfigError(f"limit must be a positive integer, got {limit}")
 
 
-def _standardize(splits: dict, names, where: str) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
-    """z-score every column with the TRAIN split's mean and std (no peeking at valid/test); the std is floored at
-    1e-8 so a constant column gives zeros instead of NaN."""
-    train = splits["train"].astype(np.float64)
-    mean, std = train.mean(axis=0), np.maximum(train.std(axis=0), 1e-8)
-    out = {}
-    for s, x in splits.items():
-        with np.errstate(over="ignore"):
-            z = ((x.astype(np.float64) - mean) / std).astype(np.float32)
-        if not np.isfinite(z).all():
-            col = int(np.argwhere(~np.isfinite(z))[0][1])
-            raise _fail(where, f"standardising {s} column {names[col] if names else col} overflows float32 (its "
-                        "train values are constant)", "Drop the constant column or pass standardize=False")
-        out[s] = z
+def _standardize(splits: dict, names, where: str, col_range) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
+    """z-score every column with the TRAIN split's mean and std (no peeking at valid/test), computed as for a file
+    that stays on disk (:func:`_column_statistics`, :func:`bayesvae.arrays.standardize_block`), so both hold the
+    same values."""
+    train = splits["train"]
+    chunks = (train[i : i + _CHECK_ROWS] for i in range(0, len(train), _CHECK_ROWS))
+    mean, std = _column_statistics(chunks, train.shape[1], *col_range, names, where)
+    out = {s: np.concatenate([standardize_block(x[i : i + _CHECK_ROWS], mean, std)
+                              for i in range(0, len(x), _CHECK_ROWS)]) if len(x) else x.astype(np.float32)
+           for s, x in splits.items()}
     return out, (torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32)))
+
+
+def _flat_pixels(splits: dict, uint8: bool, image_shape, where: str) -> tuple[dict, bool, str | None]:
+    """2-D in-memory splits (CSV, .npz) that hold flattened images (see :func:`_flat_layout`) become images: levels
+    0-255 divided by 255 (in float32, as a uint8 batch is), rows reshaped to [C, H, W]. Returns (splits, is_image,
+    note)."""
+    parts = [a for a in splits.values() if len(a)]
+    width = next(iter(splits.values())).shape[1]
+    scans = [_scan_table(a, where) for a in parts]
+    scan = _TableScan(np.min([t.col_min for t in scans], axis=0), np.max([t.col_max for t in scans], axis=0),
+                      all(t.zero_one for t in scans), all(t.levels_255 for t in scans),
+                      all(t.grid_255 for t in scans), all(t.zero_255 for t in scans))
+    flat = _flat_layout(scan, width, uint8, image_shape, where)
+    if not flat.image:
+        return splits, False, None
+    out = {}
+    for s, a in splits.items():
+        x = a.astype(np.float32) / np.float32(255.0) if flat.pixels else a.astype(np.float32)
+        if flat.layout.startswith("flat:"):
+            h, w, c = (int(v) for v in flat.layout[5:].split(","))
+            x = np.ascontiguousarray(x.reshape(len(x), h, w, c).transpose(0, 3, 1, 2))
+        out[s] = x
+    return out, True, flat.note
 
 
 def _assemble(name: str, where: str, splits: dict, labels: dict, is_image: bool, *, seed: int, valid_fraction: float,
               test_fraction: float, standardize: bool | None, limit: int | None, feature_names=None,
-              class_names=None) -> Dataset:
+              class_names=None, image_shape=None, uint8: bool = False) -> Dataset:
     rows = None
     if "x" in splits:  # one array: split it with the fixed-seed permutation
         x, y = splits.pop("x"), labels.pop("x", None)
@@ -667,18 +912,27 @@ def _assemble(name: str, where: str, splits: dict, labels: dict, is_image: bool,
     # a split missing from an .npz stays empty (it is not carved out of "train")
     splits = {s: splits.get(s, np.zeros((0, *shapes["train"]), np.float32))[:limit] for s in ("train", "valid", "test")}
     labels = {s: labels.get(s, np.zeros(0, np.int64))[:limit] for s in splits} if labels else {}
-    values = np.concatenate([a.ravel() for a in splits.values()])
-    kind = "binary" if ((values == 0) | (values == 1)).all() else ("image" if is_image else "tabular")
+    note = None
+    if is_image and image_shape is not None:
+        raise ConfigError(f"--image-shape is for 2-D arrays of flattened images; {where} holds images already: "
+                          "drop it")
+    if not is_image:
+        splits, is_image, note = _flat_pixels(splits, uint8, image_shape, where)
+    binary = all(bool(((a == 0) | (a == 1)).all()) for a in splits.values())
+    kind = "binary" if binary else ("image" if is_image else "tabular")
     standardization = None
     if standardize if standardize is not None else kind == "tabular":
         if is_image:
-            raise ConfigError(f"standardize=True is only for tabular data, but {where} holds images")
-        splits, standardization = _standardize(splits, feature_names, where)
+            raise ConfigError(f"standardize=True is only for tabular data, but {where} holds images"
+                              + (f" ({note})" if note else ""))
+        col_range = (np.min([a.min(axis=0) for a in splits.values() if len(a)], axis=0),
+                     np.max([a.max(axis=0) for a in splits.values() if len(a)], axis=0))
+        splits, standardization = _standardize(splits, feature_names, where, col_range)
         kind = "tabular"
     t = {s: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for s, a in splits.items()}
     lab = {s: (torch.from_numpy(labels[s]) if s in labels else None) for s in ("train", "valid", "test")}
     return Dataset(name, kind, t["train"], t["valid"], t["test"], lab["train"], lab["valid"], lab["test"],
-                   feature_names, standardization, class_names, rows)
+                   feature_names, standardization, class_names, rows, note)
 
 
 def _load_digits(**opts) -> Dataset:
@@ -712,7 +966,38 @@ def _take_label_column(x: np.ndarray, header, label_column: str | None, where: s
     return np.delete(x, j, axis=1), y.astype(np.int64), tuple(h for i, h in enumerate(header) if i != j)
 
 
-def _load_path(source: str, label_column: str | None = None, **opts) -> Dataset:
+def _csv_cells(path: Path) -> int:
+    """About how many cells a CSV holds: its size times the cells per byte of its first 1 MiB (a line-based
+    estimate, made before parsing; a file of one long line counts as one row)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+    if not head:
+        return 0
+    cells = head.count(b",") + max(head.count(b"\n"), 1)
+    return int(size * cells / len(head)) + 1
+
+
+def _image_dir_values(root: Path) -> tuple[int, int]:
+    """(files, values) a folder of images will decode to, from the listing and the first image's header."""
+    files, _, _ = _image_files(root)
+    if not files:
+        return 0, 0
+    from PIL import Image
+
+    try:
+        with Image.open(files[0]) as img:
+            size, mode = img.size, img.mode
+    except Exception:  # noqa: BLE001 - unreadable: the loader names the file with its reason
+        return len(files), 0
+    return len(files), len(files) * size[0] * size[1] * (1 if mode in ("1", "L", "LA") else 3)
+
+
+_CONVERT_HINT = ("Convert it into a memory-mappable .npy that trains from disk with `bayesvae data convert {src} --out "
+                 "DATA.npy` (it streams, with the same checks), then train with --data DATA.npy")
+
+
+def _load_path(source: str, label_column: str | None = None, image_shape=None, **opts) -> Dataset:
     path = Path(source).expanduser()
     if not path.exists():
         raise _fail(source, "no such file or directory", "Use 'digits', 'mnist', or a path to a .npy, .npz, .csv "
@@ -722,32 +1007,43 @@ def _load_path(source: str, label_column: str | None = None, **opts) -> Dataset:
         raise ConfigError(f"--label-column names a column of a CSV file, but {where} is not one (an .npz file "
                           "carries labels in an array named 'y'; a folder of images in its subfolders)")
     if path.is_dir():
+        if image_shape is not None:
+            raise ConfigError(f"--image-shape is for 2-D arrays of flattened images; {where} is a folder of images, "
+                              "whose shape is known: drop it")
+        files, values = _image_dir_values(path)
+        memory.require(where, values * memory.IMAGE_DIR_BYTES_PER_VALUE, f"decoding {files:,} images into memory",
+                       _CONVERT_HINT.format(src=where))
         x, y, classes = _read_image_dir(path)
         return _assemble(where, where, {"x": x}, {"x": y} if y is not None else {}, True, class_names=classes, **opts)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        raw = _open_npy(path)
-        if _is_lazy_image_stack(raw) and len(raw):
-            return _lazy_npy(path, raw, **opts)
-        x, is_image = _array_to_examples(np.asarray(raw), where)
-        if len(x) == 0:
-            raise _fail(where, "contains no examples", "Provide a non-empty array")
-        return _assemble(where, where, {"x": x}, {}, is_image, **opts)
+        if label_column is not None:
+            raise ConfigError(f"--label-column names a column of a CSV file, but {where} is an .npy file (its labels "
+                              f"are the sidecar {path.stem}.labels.npy that `bayesvae data convert` writes)")
+        return _npy_dataset(path, _open_npy(path), image_shape=image_shape, **opts)
     if suffix == ".csv":
+        cells = _csv_cells(path)
+        memory.require(where, cells * memory.CSV_BYTES_PER_CELL, f"parsing about {cells:,} CSV cells into memory",
+                       _CONVERT_HINT.format(src=where))
         x, header = _read_csv(path)
         x, y, header = _take_label_column(x, header, label_column, where)
         return _assemble(where, where, {"x": x}, {"x": y} if y is not None else {}, False, feature_names=header,
-                         **opts)
+                         image_shape=image_shape, **opts)
+    if label_column is not None:
+        raise ConfigError(f"--label-column names a column of a CSV file, but {where} is not one (an .npz file "
+                          "carries labels in an array named 'y'; a folder of images in its subfolders)")
     if suffix == ".npz":
-        return _from_npz(path, **opts)
+        return _from_npz(path, image_shape=image_shape, **opts)
     raise _fail(where, f"unsupported file type {suffix or '(none)'}",
-                "Use .npy, .npz, .csv, or a folder of PNG/JPEG/BMP/GIF images")
+                "Use .npy, .npz, .csv, .txt (text, one sentence per line), or a folder of PNG/JPEG/BMP/GIF images "
+                "(or of train/valid/test.txt)")
 
 
 def _from_npz(path: Path, **opts) -> Dataset:
     where = str(path)
     content = _read_npz(path)
     raw = content["splits"] or {"x": content["x"]}
+    uint8 = all(a.dtype == np.uint8 for a in raw.values())
     splits, kinds = {}, set()
     for s, a in raw.items():
         splits[s], is_image = _array_to_examples(a, f"{where} [array '{s}']")
@@ -758,22 +1054,33 @@ def _from_npz(path: Path, **opts) -> Dataset:
         raise _fail(where, "contains no examples", "Provide a non-empty array")
     raw_labels = content["labels"] if content["splits"] else ({"x": content["y"]} if content["y"] is not None else {})
     labels = {s: _labels(y, len(splits[s]), f"{where} [labels of '{s}']") for s, y in raw_labels.items()}
-    return _assemble(where, where, splits, labels, kinds.pop(), **opts)
+    return _assemble(where, where, splits, labels, kinds.pop(), uint8=uint8, **opts)
 
 
 def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, valid_fraction: float = 0.1,
                  test_fraction: float = 0.1, standardize: bool | None = None, limit: int | None = None,
-                 label_column: str | None = None) -> Dataset:
-    """Load ``digits``, ``mnist`` or a path (.npy, .npz, .csv, image folder) into validated float32 tensors.
+                 label_column: str | None = None, image_shape=None) -> Dataset:
+    """Load ``digits``, ``mnist`` or a path (.npy, .npz, .csv, image folder) into validated float32 tensors (or, for
+    a large .npy, splits that stay on disk).
 
     ``data_dir`` is where the MNIST IDX files live (default: :func:`default_cache_dir`); MNIST uses its fixed
     protocol split (59,600 / 400 / 10,000) and ignores seed and fractions.  ``limit`` keeps the first ``limit``
     examples of each split (for quick tests).  ``standardize`` defaults to True for tabular data only.
     ``label_column`` names a CSV column that holds class labels (integers): it is taken out of the features.
+    ``image_shape``: for a 2-D array or CSV of flattened images, (H, W) or (H, W, C) (see
+    :func:`parse_image_shape`); None finds a square side; () keeps a table. Every source first estimates the memory
+    its preparation needs and is refused (:class:`InsufficientMemoryError`) when that cannot fit.
     """
     _check_options(valid_fraction, test_fraction, limit)
+    from .text.corpus import is_text_source, load_text
+
+    if is_text_source(source):  # sentences: bayesvae.text (vocabulary on the training split)
+        return load_text(source, seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction, limit=limit)
+    image_shape = parse_image_shape(image_shape)
     if label_column is not None and source in ("mnist", "digits"):
         raise ConfigError(f"--label-column is for CSV files; {source} has its labels already")
+    if image_shape is not None and source in ("mnist", "digits"):
+        raise ConfigError(f"--image-shape is for 2-D arrays of flattened images; {source} holds images already")
     if source == "mnist":
         if standardize:
             raise ConfigError("standardize=True is only for tabular data, but mnist holds images")
@@ -782,15 +1089,20 @@ def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, val
                 limit=limit)
     if source == "digits":
         return _load_digits(**opts)
-    return _load_path(source, label_column=label_column, **opts)
+    return _load_path(source, label_column=label_column, image_shape=image_shape, **opts)
 
 
 def source_kind(source: str) -> str | None:
     """The kind of a data source, found without reading its data: ``digits``, ``mnist``, ``npy``, ``npz`` (one
-    array), ``npz-split`` (its own train/valid/test arrays), ``csv`` or ``image-folder``; None for a path that does
-    not exist or a file type that is not data (the loader says why when it reads it)."""
+    array), ``npz-split`` (its own train/valid/test arrays), ``csv``, ``image-folder`` or ``text`` (a ``.txt`` file
+    or a folder with ``train.txt``); None for a path that does not exist or a file type that is not data (the
+    loader says why when it reads it)."""
     if source in ("digits", "mnist"):
         return source
+    from .text.corpus import is_text_source
+
+    if is_text_source(source):
+        return "text"
     path = Path(source).expanduser()
     if path.is_dir():
         return "image-folder"
@@ -816,7 +1128,10 @@ def dataset_info(source: str, **kw) -> dict:
 # ----------------------------------------------------------------------------------------------------- likelihoods
 def default_likelihood(dataset: Dataset) -> str:
     """Bernoulli for binary data and grey images (trained with dynamic binarisation, the MNIST protocol);
-    a Gaussian with learned variance for colour images and tables, where a Bernoulli is no likelihood at all."""
+    a Gaussian with learned variance for colour images and tables, where a Bernoulli is no likelihood at all;
+    the autoregressive likelihood for text."""
+    if dataset.kind == "text":
+        return "autoregressive"
     if dataset.kind == "binary" or (dataset.kind == "image" and dataset.event_shape[0] == 1):
         return "bernoulli"
     return "gaussian-learned"

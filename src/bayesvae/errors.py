@@ -49,3 +49,8 @@ class ConfigError(BayesVAEError, ValueError):
 
 class OutputExistsError(BayesVAEError, FileExistsError):
     """An output path exists and ``overwrite`` was not requested."""
+
+
+class InsufficientMemoryError(DataValidationError, MemoryError):
+    """A data source's preparation would not fit in the memory available; refused before allocating, with the
+    estimate, the memory available and the way out (``bayesvae data convert``, a smaller file)."""

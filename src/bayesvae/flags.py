@@ -42,9 +42,9 @@ __all__ = ["DATA_KINDS", "FILE_KINDS", "Scope", "SCOPES", "RESUME_OPTIONS", "INV
            "scope_note", "reference_markdown", "applies"]
 
 #: The kinds of data source (:func:`bayesvae.data.source_kind`).
-DATA_KINDS = ("digits", "mnist", "npy", "npz", "npz-split", "csv", "image-folder")
+DATA_KINDS = ("digits", "mnist", "npy", "npz", "npz-split", "csv", "image-folder", "text")
 #: Sources that are files or folders of the user's (a run trained on one can be pointed at where it moved).
-FILE_KINDS = frozenset({"npy", "npz", "npz-split", "csv", "image-folder"})
+FILE_KINDS = frozenset({"npy", "npz", "npz-split", "csv", "image-folder", "text"})
 _SPLIT_BY_US = frozenset(DATA_KINDS) - {"mnist", "npz-split"}
 
 #: How a context value reads in a message ("it has no effect with ...").
@@ -56,6 +56,7 @@ _SAY = {
     ("data", "npz-split"): "an .npz file that holds its own train/valid/test arrays",
     ("data", "csv"): "a CSV file",
     ("data", "image-folder"): "a folder of images (labels come from its subfolders)",
+    ("data", "text"): "text (sentences, one per line)",
     ("mode", "resume"): "--resume (a resumed run keeps its data split, model and optimiser settings)",
     ("mode", "new"): "a new run",
     ("resumed", "digits"): "a resumed run on the embedded digits (they cannot move)",
@@ -67,7 +68,7 @@ _SAY = {
 }
 
 _SHORT = {"digits": "digits", "mnist": "mnist", "npy": ".npy", "npz": ".npz (one array)",
-          "npz-split": ".npz (own splits)", "csv": ".csv", "image-folder": "an image folder"}
+          "npz-split": ".npz (own splits)", "csv": ".csv", "image-folder": "an image folder", "text": "text"}
 
 #: Plot kinds grouped by what they read (``bayesvae.plots.KINDS``; a test checks the two agree).
 _PLOT_SPLIT_KINDS = frozenset({"latent", "reconstructions", "interpolation", "kl", "histograms", "sphere"})
@@ -132,6 +133,20 @@ SCOPES: dict[str, dict[str, Scope]] = {
                         posterior="diagonal-gaussian"),
         "lr_decay": _s("is the factor per epoch of --lr-schedule exponential",
                        "add --lr-schedule exponential, or drop --lr-decay", lr_schedule="exponential"),
+        **{dest: _s(f"is an option of sentence models ({what})", f"drop {flag}: these data are not text", data="text")
+           for dest, flag, what in (("vocab_size", "--vocab-size", "the vocabulary's size"),
+                                    ("max_length", "--max-length", "the longest sentence"),
+                                    ("long_sentences", "--long-sentences", "what to do with longer sentences"),
+                                    ("embedding_dim", "--embedding-dim", "the word embeddings' size"),
+                                    ("cell", "--cell", "the recurrent cell"),
+                                    ("word_dropout", "--word-dropout", "word dropout on the decoder's input"),
+                                    ("latent_every_step", "--latent-every-step", "z at every decoder step"),
+                                    ("softmax", "--softmax", "the output layer over the vocabulary"),
+                                    ("no_latent", "--no-latent", "the language model without z"))},
+    },
+    "sample": {
+        "temperature": _s("is the softmax temperature of sentences drawn word by word",
+                          "drop --temperature: this run's data are not text", data="text"),
     },
     "score": {
         "split": _s("chooses a split of the run's own data", "drop --split: --data is scored whole", source="split"),
@@ -163,7 +178,14 @@ for _cmd in ("evaluate", "reconstruct", "encode", "score", "report", "plot"):
         _table["run_data"] = Scope({**(_rd.where if _rd else {}), "data": FILE_KINDS},
                                    "says where the run's data file or folder is now",
                                    "drop --data (built-in data do not move; MNIST: --data-dir)")
-SCOPES["data info"] = {"data_dir": _s("is the directory of the MNIST files", "drop --data-dir", data="mnist")}
+_FLAT = frozenset({"npy", "npz", "npz-split", "csv"})  # where a 2-D array of flattened images can be
+_IMAGE_SHAPE = _s("gives the image shape of the rows of a 2-D array (flattened images)",
+                  "drop it: these data are not rows of a 2-D array", data=_FLAT)
+SCOPES["train"]["image_shape"] = _IMAGE_SHAPE
+SCOPES["data info"] = {"data_dir": _s("is the directory of the MNIST files", "drop --data-dir", data="mnist"),
+                       "image_shape": _IMAGE_SHAPE}
+SCOPES["data convert"] = {"label_column": _s("names a column of a CSV file that holds class labels",
+                                             "drop it (an image folder's labels are its subfolders)", data="csv")}
 
 #: Options whose effect cannot show in a successful run's outputs, with the reason (the flag-matrix test skips
 #: them; each has tests of its own).

@@ -20,6 +20,8 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions import Bernoulli as _TorchBernoulli
 
+from .errors import ConfigError
+
 __all__ = [
     "Likelihood",
     "Bernoulli",
@@ -59,6 +61,9 @@ class Likelihood(nn.Module):
     support_text: str = "the real numbers"
     support_hint: str = ""
     """What to do with data off the support."""
+    data: str = "values"
+    """What the distribution is over: ``values`` (real or 0/1 arrays from a decoder's output) or ``tokens`` (id
+    rows of the text data source, with the recurrent model of ``architecture="rnn"``)."""
 
     def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -348,11 +353,21 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
 }
 
 
+def _register_text() -> None:
+    """The autoregressive likelihood of sentences lives with the text modules (``bayesvae.text``)."""
+    from .text.likelihood import Autoregressive
+
+    LIKELIHOODS[Autoregressive.name] = Autoregressive
+
+
+_register_text()
+
+
 def make_likelihood(name: str, **kwargs) -> Likelihood:
     """Build a registered likelihood by name (only registered names: checkpoints cannot name arbitrary code)."""
     if name not in LIKELIHOODS:
-        raise ValueError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")
+        raise ConfigError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")
     try:
         return LIKELIHOODS[name](**kwargs)
     except TypeError as err:
-        raise ValueError(f"bad options for likelihood {name!r}: {err}") from None
+        raise ConfigError(f"bad options for likelihood {name!r}: {err}") from None

@@ -85,6 +85,8 @@ class VAE(nn.Module):
             raise InputTypeError(f"{name} must be a torch.Tensor (or a numpy array) of shape [B, "
                                  f"{', '.join(map(str, self.data_shape or ('...',)))}], got {type(x).__name__}")
         param = next(self.parameters(), None)
+        if getattr(self.likelihood_head, "data", "values") == "tokens":
+            return self._check_tokens(x, name, param)
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         if x.dtype == torch.uint8:
             x = x.to(dtype) / 255.0
@@ -94,9 +96,11 @@ class VAE(nn.Module):
             x = x.to(param.device)
         if x.dim() < 1 or x.shape[0] == 0 or (self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape):
             want = f"[B, {', '.join(map(str, self.data_shape))}]" if self.data_shape is not None else "[B, ...]"
+            fits = self.data_shape is not None and x.dim() >= 2 and math.prod(x.shape[1:]) == math.prod(self.data_shape)
+            hint = (f"; reshape it: x.reshape(-1, {', '.join(map(str, self.data_shape))})" if fits else
+                    "; these are not data of this model (another size per example)")
             raise DataValidationError(f"{name} must be a non-empty batch of shape {want} (B examples of the model's "
-                                      f"data shape), got shape {tuple(x.shape)}; reshape it, e.g. "
-                                      f"x.reshape(-1, {', '.join(map(str, self.data_shape or ('...',)))})")
+                                      f"data shape), got shape {tuple(x.shape)}{hint}")
         ref, version, with_values = self._checked
         if self._trusted or (ref is not None and ref() is x and version == x._version and (with_values or not values)):
             return x  # trusted, or this very tensor, unchanged, was checked a moment ago (a bound, then posterior)
@@ -118,6 +122,24 @@ class VAE(nn.Module):
                     f"likelihood ({self.likelihood_head.support_text}), the first at index {where}: {float(x[where]):g}; its log-likelihood "
                     f"would be no density of these data. {self.likelihood_head.support_hint}".rstrip())
         self._checked = (weakref.ref(x), x._version, values)
+        return x
+
+    def _check_tokens(self, x: torch.Tensor, name: str, param) -> torch.Tensor:
+        """Rows of token ids (text): integers in [0, V), of the model's row width, on the model's device."""
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise DataValidationError(f"{name} must hold token ids (an integer tensor of shape [B, "
+                                      f"{', '.join(map(str, self.data_shape or ('T',)))}]), got dtype {x.dtype}; "
+                                      "encode sentences with the run's vocabulary")
+        x = x.long()
+        if param is not None and x.device != param.device:
+            x = x.to(param.device)
+        if x.dim() != 2 or x.shape[0] == 0 or (self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape):
+            raise DataValidationError(f"{name} must be a non-empty batch of token rows of shape [B, "
+                                      f"{', '.join(map(str, self.data_shape or ('T',)))}], got {tuple(x.shape)}")
+        vocab = getattr(self.likelihood_head, "vocab_size", None)
+        if not self._trusted and vocab is not None and bool(((x < -1) | (x >= vocab)).any()):  # -1: padding
+            raise DataValidationError(f"{name} holds token ids outside [0, {vocab}) (the vocabulary's size; -1 "
+                                      "pads after <eos>)")
         return x
 
     def __getstate__(self) -> dict:  # pickle and deepcopy: the memo of the last checked tensor is a weak reference
@@ -147,6 +169,9 @@ class VAE(nn.Module):
         if z.dim() < 1 or z.shape[-1] != self.latent_dim:
             raise DataValidationError(f"z must have shape [..., {self.latent_dim}] (the latent dimension), got "
                                       f"{tuple(z.shape)}")
+        if not self._trusted and not bool(torch.isfinite(z).all()):
+            raise DataValidationError("z holds non-finite values (NaN or ±inf); the decoder's distribution of such "
+                                      "a z is not defined")
         lead = z.shape[:-1]
         params = _full_precision(self.decoder(z.reshape(-1, self.latent_dim)))
         return params.reshape(*lead, *params.shape[1:]), params.dim() - 1
@@ -202,9 +227,15 @@ class VAE(nn.Module):
 
 def build_model(config: ModelConfig) -> VAE:
     """Build the VAE a ``ModelConfig`` describes (checkpoints rebuild models this way, by registered names only)."""
-    likelihood = make_likelihood(config.likelihood, **config.likelihood_options)
     posterior = make_posterior(config.posterior, config.latent_dim, config.posterior_options)
     prior = make_prior(config.prior, config.latent_dim)
+    if config.architecture == "rnn":  # text: a recurrent encoder and an autoregressive likelihood (bayesvae.text)
+        from .text.model import build_text_parts
+
+        encoder, decoder, likelihood = build_text_parts(config, posterior)
+        return VAE(encoder, decoder, likelihood, config.latent_dim, posterior, prior, data_shape=config.data_shape,
+                   config=config)
+    likelihood = make_likelihood(config.likelihood, **config.likelihood_options)
     shape, d, m = config.data_shape, config.latent_dim, likelihood.num_params
     out_shape = (m * shape[0], *shape[1:])
     if config.architecture == "mlp":

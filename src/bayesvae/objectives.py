@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.distributions import Distribution, kl_divergence
 
-from .errors import DataValidationError
+from .errors import ConfigError, DataValidationError, InputTypeError
 from .likelihoods import batch_fitting
 
 __all__ = ["ELBOTerms", "log_importance_weights", "elbo_terms", "elbo", "iwae_bound", "check_num_samples",
@@ -29,7 +29,7 @@ KL_MODES = ("analytic", "sampled", "auto")
 def check_num_samples(num_samples, name: str = "num_samples") -> int:
     """Validate a sample count (a ValueError, not an assert, so it also holds under ``python -O``)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {num_samples!r}")
+        raise ConfigError(f"{name} must be a positive integer, got {num_samples!r}")
     return num_samples
 
 
@@ -42,6 +42,9 @@ def _check_x(x) -> None:
 def checked_data(model, x, name: str = "x", *, values: bool = True) -> torch.Tensor:
     """``x`` converted and checked by the model (:meth:`bayesvae.VAE.check_data`: type, dtype, device, shape,
     finite values on the likelihood's support); a model of one's own without ``check_data`` gets the basic check."""
+    if not callable(getattr(model, "posterior", None)) or not callable(getattr(model, "likelihood", None)):
+        raise InputTypeError(f"model must be a bayesvae.VAE (or offer posterior(x), likelihood(z) and prior), got "
+                             f"{type(model).__name__}")
     check = getattr(model, "check_data", None)
     if check is not None:
         return check(x, name, values=values)

@@ -825,6 +825,8 @@ def applicable_kinds(run) -> list[str]:
     for kind in KINDS:
         if kind in IMAGE_KINDS and not ctx.is_image or kind in TABULAR_KINDS and ctx.is_image:
             continue
+        if kind in TABULAR_KINDS and getattr(ctx.model.likelihood_head, "name", "") == "autoregressive":
+            continue  # text: no feature histograms (the report shows sentences)
         if kind == "manifold" and ctx.latent_dim < 2:
             continue
         if (kind in EUCLIDEAN_KINDS and ctx.is_sphere) or (kind == "sphere" and not ctx.is_sphere):
@@ -841,7 +843,7 @@ def plot(run, kind: str, **options):
                   split=options.pop("split", "test"))
     if kind not in applicable_kinds(ctx):
         why = ("needs image data" if kind in IMAGE_KINDS and not ctx.is_image else
-               "is for tabular data" if kind in TABULAR_KINDS and ctx.is_image else
+               "is for tabular data" if kind in TABULAR_KINDS else
                "assumes a latent in R^d (this one is on the unit sphere; see the sphere kind)"
                if kind in EUCLIDEAN_KINDS and ctx.is_sphere else
                "is for a latent on the unit sphere (--posterior vmf)" if kind == "sphere" else

@@ -458,13 +458,19 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
     kinds = plots.applicable_kinds(ctx)
     order = ["curves", "latent", "sphere", "explorer", "manifold", "samples", "reconstructions", "interpolation",
              "traversals", "kl", "histograms"]
+    is_text = run.model_config.architecture == "rnn"
     for kind in order:
         if kind == "explorer":
-            sections.add("explorer", "Latent explorer",
-                         lambda: _explorer_html(ctx, explorer_grid, 2000))
+            if not is_text:  # text: decoded sentences in the Sentences section instead
+                sections.add("explorer", "Latent explorer",
+                             lambda: _explorer_html(ctx, explorer_grid, 2000))
         elif kind in kinds:
             sections.add(kind, _CAPTIONS[kind][0], plot_section(kind))
-    if not ctx.is_image:
+    if is_text:
+        from .text.report import sentences_html
+
+        sections.add("sentences", "Sentences", lambda: sentences_html(run, ctx.x, evaluation, seed))
+    elif not ctx.is_image:
         sections.add("images", "Image pictures", lambda: (
             '<p class="note">Manifold, samples, reconstructions, interpolation and traversal pictures need image '
             f"data; this run's data are vectors of {math.prod(ctx.data_shape)} features, so the report shows "

@@ -24,12 +24,13 @@ from . import checkpoint as ckpt
 from . import data as bdata
 from . import draws, rundir
 from . import distributed as ranks
-from .arrays import PreparedRows, Rows, as_tensor
+from .arrays import PreparedRows, Rows, as_tensor, standardize_block
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, InputTypeError, OutputExistsError
 from .model import VAE, build_model
 from .objectives import TrainingObjective
 from .precision import choose_precision
+from .text import runs as text_hooks
 from .training import Callback, Trainer, recalibrate_batch_norm
 
 __all__ = ["DataSpec", "PreparedData", "prepare_data", "train", "resume", "load", "load_run", "LoadedRun",
@@ -55,11 +56,32 @@ class DataSpec:
     limit: int | None = None
     label_column: str | None = None
     """A CSV column of class labels, taken out of the features."""
+    vocab_size: int | None = None
+    """Text: keep the most frequent words of the training split (None: all)."""
+    max_length: int | None = None
+    """Text: the longest sentence in words (None: the longest found, at most ``text.corpus.MAX_WORDS``)."""
+    long_sentences: str = "refuse"
+    """Text: ``refuse`` or ``cut`` sentences longer than ``max_length``."""
+    image_shape: tuple[int, ...] | None = None
+    """Flattened images (``--image-shape``): (H, W, C); None finds a square side; () keeps a table."""
 
-    def load(self) -> bdata.Dataset:
+    def load(self, vocabulary=None) -> bdata.Dataset:
+        from .text.corpus import is_text_source, load_text
+
+        if is_text_source(self.source):
+            if self.label_column is not None:
+                raise ConfigError("--label-column names a CSV column; text data have no labels")
+            return load_text(self.source, seed=self.seed, valid_fraction=self.valid_fraction,
+                             test_fraction=self.test_fraction, limit=self.limit, vocab_size=self.vocab_size,
+                             max_length=self.max_length, long_sentences=self.long_sentences, vocabulary=vocabulary)
+        for flag, value, default in (("--vocab-size", self.vocab_size, None), ("--max-length", self.max_length, None),
+                                     ("--long-sentences", self.long_sentences, "refuse")):
+            if value != default:
+                raise ConfigError(f"{flag} applies to text data (a .txt file or a folder with train.txt), not to "
+                                  f"{self.source!r}")
         return bdata.load_dataset(self.source, data_dir=self.data_dir, seed=self.seed,
                                   valid_fraction=self.valid_fraction, test_fraction=self.test_fraction,
-                                  limit=self.limit, label_column=self.label_column)
+                                  limit=self.limit, label_column=self.label_column, image_shape=self.image_shape)
 
 
 @dataclass(frozen=True)
@@ -160,6 +182,27 @@ def load_preset(name: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- run dirs
+#: Where ``--overwrite`` sets the old run aside until the new one has committed its first checkpoint.
+REPLACED = ".replaced"
+
+
+def _settle_replaced(out: Path) -> None:
+    """After training (or its failure): drop the old run set aside by ``--overwrite`` once the new run has a committed
+    checkpoint; otherwise put the old run back, so a replacement that failed before its first commit loses nothing."""
+    aside = out / REPLACED
+    if not aside.is_dir():
+        return
+    if ckpt.list_checkpoints(out):
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    for entry in out.iterdir():
+        if entry.name not in (rundir.LOCK_NAME, REPLACED):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    for entry in aside.iterdir():
+        entry.rename(out / entry.name)
+    aside.rmdir()
+
+
 def _prepare_run_dir(out: Path, overwrite: bool) -> rundir.RunLock:
     """Refuse an existing non-empty directory unless ``overwrite``, a file, or a directory inside a run; lock the
     run directory (a second writer fails), then clear it when overwriting; all before the first step.
@@ -182,12 +225,20 @@ def _prepare_run_dir(out: Path, overwrite: bool) -> rundir.RunLock:
         raise ConfigError(f"cannot write to output directory {out}: {err.strerror or err}; choose a writable --out") from None
     lock = rundir.RunLock(out).acquire()  # the atomic point: from here on, this process owns the directory
     try:
-        if overwrite:
+        if overwrite:  # the old run is set aside, not deleted, until the new one commits its first checkpoint
+            aside = out / REPLACED
+            keep_aside = aside.is_dir() and not ckpt.list_checkpoints(out)  # a replacement killed before its
+            if aside.exists() and not keep_aside:                           # first commit: the old run is there
+                shutil.rmtree(aside)
+            aside.mkdir(exist_ok=True)
             for entry in out.iterdir():
-                if entry.name == rundir.LOCK_NAME:
+                if entry.name in (rundir.LOCK_NAME, REPLACED):
                     continue
                 try:
-                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                    if keep_aside:
+                        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                    else:
+                        entry.rename(aside / entry.name)
                 except FileNotFoundError:
                     pass  # gone already: e.g. the temporary file of a writer that just lost the race for the lock
         probe = out / ".write-test"
@@ -252,7 +303,7 @@ def _run_state(model_config: ModelConfig, spec: DataSpec, dataset: bdata.Dataset
         "data": {**spec.__dict__, "split_seed": spec.seed, "fingerprint": dataset.fingerprint(), "kind": dataset.kind,
                  "preparation": prepared.preparation, "levels": prepared.levels,
                  "standardization": None if std is None else [std[0].tolist(), std[1].tolist()],
-                 "description": dataset.describe()},
+                 "description": dataset.describe(), **text_hooks.run_state(dataset)},
     }
 
 
@@ -267,10 +318,14 @@ def _make_trainer(model: VAE, config: TrainConfig, prepared: PreparedData, run_d
     objective = TrainingObjective(config.objective, config.samples, config.kl_warmup_epochs, config.free_bits,
                                   check_inputs=False)
     valid_objective = TrainingObjective(config.objective, config.samples, check_inputs=False)
-    return Trainer(model, objective, prepared.train, config, valid_data=prepared.valid, run_dir=run_dir,
-                   batch_transform=prepared.batch_transform, valid_objective=valid_objective,
-                   callbacks=[PreciseBatchNorm(), CollapseMonitor(on_warning), _MetricsLog(), *callbacks],
-                   run_state=run_state)
+    trainer = Trainer(model, objective, prepared.train, config, valid_data=prepared.valid, run_dir=run_dir,
+                      batch_transform=prepared.batch_transform, valid_objective=valid_objective,
+                      callbacks=[PreciseBatchNorm(), CollapseMonitor(on_warning), _MetricsLog(), *callbacks],
+                      run_state=run_state)
+    bucketed = text_hooks.bucketed(prepared.train, config.batch_size)  # text: length-bucketed batches
+    if bucketed is not None:
+        trainer.epoch_order = bucketed
+    return trainer
 
 
 class PreciseBatchNorm(Callback):
@@ -357,7 +412,8 @@ def _refuse_constant_columns(dataset: bdata.Dataset) -> None:
         raise bdata.DataValidationError(
             f"{dataset.name}: column(s) {constant} take a single value in the training split "
             f"({len(dataset.train)} example(s)), so the model cannot give a density to any other value of them "
-            "(a test row with another value would get an NLL near 1e20). Drop these columns, or provide more rows")
+            "(a test row with another value would get an NLL near 1e20). Drop these columns, or provide more rows; "
+            "if each row is a flattened image, say its shape with --image-shape H W [C]")
 
 
 def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig = TrainConfig(),
@@ -393,6 +449,8 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     if architecture == "conv":
         _check_conv_fits(dataset.event_shape)
     _refuse_constant_columns(dataset)
+    architecture, likelihood, likelihood_options = text_hooks.model_settings(dataset, architecture, likelihood,
+                                                                             dict(likelihood_options or {}), hidden)
     likelihood = likelihood or bdata.default_likelihood(dataset)
     check_likelihood_options(likelihood, likelihood_options or {})
     prepared = prepare_data(dataset, likelihood)
@@ -442,6 +500,8 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
             on_ready(trainer, dataset, likelihood)
         trainer.fit()
     finally:
+        if held:  # the writer: an old run set aside by --overwrite goes, or comes back if nothing was committed
+            _settle_replaced(run_dir)
         for lock in held:
             lock.release()
     return trainer
@@ -537,7 +597,7 @@ class LoadedRun:
     def dataset(self) -> bdata.Dataset:
         """The run's data, reloaded (from where ``--data``/``--data-dir`` point, if given); a fingerprint that
         differs from the stored one gives a warning (in ``notes``, and through ``say``)."""
-        ds = _load_moved(self.spec)
+        ds = _load_moved(self.spec, text_hooks.vocabulary_of(self.state))
         where = self.spec.data_dir if self.spec.source == "mnist" and self.spec.data_dir else self.spec.source
         note = rundir.compare_fingerprint(self.state.get("data", {}).get("fingerprint"), ds.fingerprint(), where)
         if note and note not in self.notes:
@@ -555,11 +615,18 @@ class LoadedRun:
         examples and their 0-based rows in the source. Data the run's preparation cannot turn into what the model
         was trained on are refused with the reason: other columns (by header), values off the run's grid of
         levels, grey levels for a model trained on 0/1 data."""
+        if text_hooks.vocabulary_of(self.state) is not None:  # text: the run's vocabulary and row width
+            x, rows, info = text_hooks.new_text(source, self.state, self.model_config.data_shape[0],
+                                                self.spec.long_sentences)
+            if self.say is not None:
+                self.say(f"{source}: {info['words']['train']} words, {info['unknown_words']['train']} of them not in "
+                         "the run's vocabulary (scored as <unk>)")
+            return x, rows
         label = self.spec.label_column
         if label is not None and label not in _csv_header(source):
             label = None  # new data without the label column: nothing to take out
         ds = bdata.load_dataset(source, data_dir=data_dir, valid_fraction=0.0, test_fraction=0.0, standardize=False,
-                                label_column=label)
+                                label_column=label, image_shape=self.spec.image_shape)
         if isinstance(ds.train, Rows):  # a large file stays on disk: prepared a batch at a time as it is scored
             return self._new_rows(source, ds), ds.rows("train")
         x = torch.cat([as_tensor(t) for t in (ds.train, ds.valid, ds.test)])
@@ -570,8 +637,8 @@ class LoadedRun:
             raise bdata.DataValidationError(f"{source}: examples have shape {tuple(x.shape[1:])}, but the model was "
                                             f"trained on shape {self.model_config.data_shape}")
         std = data.get("standardization")
-        if std is not None:
-            x = (x - torch.tensor(std[0])) / torch.tensor(std[1])
+        if std is not None:  # as the training rows were, in float64 (the same values as a file scored from disk)
+            x = torch.from_numpy(standardize_block(x.numpy(), *_stored_standardization(std)))
         how = data.get("preparation", "none")
         if how == "binarize":
             bdata.check_likelihood_support(dataclasses.replace(ds, train=x), self.model_config.likelihood)
@@ -599,6 +666,11 @@ class LoadedRun:
                                             f"was trained on shape {self.model_config.data_shape}")
         data = self.state["data"]
         how = data.get("preparation", "none")
+        if data.get("standardization") is not None:  # a table: standardised as each batch is read
+            _check_columns(source, ds.feature_names, (data.get("description") or {}).get("feature_names"))
+            rows = ds.train
+            return Rows(rows.array, rows.index, rows.layout, pixels=rows.pixels,
+                        standardization=_stored_standardization(data["standardization"]))
         bdata.check_likelihood_support(ds, self.model_config.likelihood)
         if how == "dequantize" and not bdata.on_level_grid(ds.train, data["levels"]):
             raise bdata.DataValidationError(
@@ -611,6 +683,12 @@ class LoadedRun:
                 f"{source}: the run was trained on 0/1 data with a Bernoulli likelihood, but these data hold values "
                 "strictly between 0 and 1. Binarise them first, then score them")
         return ds.train
+
+
+def _stored_standardization(std) -> tuple[np.ndarray, np.ndarray]:
+    """A run's stored (mean, std) (float32 values) as the float64 arrays that standardise new rows."""
+    return (np.asarray(std[0], dtype=np.float32).astype(np.float64),
+            np.asarray(std[1], dtype=np.float32).astype(np.float64))
 
 
 def _csv_header(source: str) -> tuple[str, ...]:
@@ -657,13 +735,13 @@ def _check_columns(source: str, found, expected) -> None:
         "exactly these columns (a label column must be removed)")
 
 
-def _load_moved(spec: DataSpec) -> bdata.Dataset:
+def _load_moved(spec: DataSpec, vocabulary=None) -> bdata.Dataset:
     """Load a run's data; a missing file or MNIST directory says how to point the run at where they are now."""
     if spec.source not in ("digits", "mnist") and not Path(spec.source).exists():
         raise bdata.DataValidationError(f"the run's data {spec.source} no longer exist; if they moved, point the "
                                         "run at them with --data NEW_PATH")
     try:
-        return spec.load()
+        return spec.load(vocabulary) if vocabulary is not None else spec.load()
     except (FileNotFoundError, bdata.DataValidationError) as err:
         if spec.source != "mnist":
             raise
@@ -813,7 +891,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_minutes: float
     lock = rundir.RunLock(run_path, "train --resume") if ranks.is_main() else contextlib.nullcontext()
     with lock:
         run = load_run(run_path, "last", data=data, data_dir=data_dir, device=device)
-        dataset = _load_moved(run.spec)
+        dataset = _load_moved(run.spec, text_hooks.vocabulary_of(run.state))
         fingerprint = run.state["data"].get("fingerprint")
         if dataset.fingerprint() != fingerprint:
             raise IncompatibleCheckpointError(

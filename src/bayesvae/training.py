@@ -140,6 +140,46 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+class _Prefetch:
+    """The batches of an epoch in order, the next ``depth`` read ahead by one background thread when the split is
+    read from disk (a :class:`bayesvae.arrays.Rows`), so reading overlaps the step; in-memory tensors are indexed
+    when asked. Reading takes no random numbers (binarisation and dequantisation happen in the step), so the batches,
+    and resume, are the same with and without it."""
+
+    def __init__(self, data, order: torch.Tensor, batch_size: int, first: int, stop: int, share, depth: int = 2):
+        self.data, self.order, self.batch_size, self.share = data, order, batch_size, share
+        self.next, self.stop, self.pending = first, stop, {}
+        self.pool = None
+        if not isinstance(data, torch.Tensor) and hasattr(data, "read"):
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bayesvae-prefetch")
+            self.depth = depth
+
+    def _indices(self, b: int):
+        idx = self.order[b * self.batch_size : (b + 1) * self.batch_size]
+        return idx, self.share(idx)
+
+    def take(self, b: int):
+        """(global batch indices, this rank's indices, its examples) of step ``b``."""
+        if self.pool is None:
+            idx, mine = self._indices(b)
+            return idx, mine, self.data[mine]
+        while self.next < min(self.stop, b + 1 + self.depth):
+            i, m = self._indices(self.next)
+            self.pending[self.next] = (i, m, self.pool.submit(self.data.__getitem__, m))
+            self.next += 1
+        idx, mine, future = self.pending.pop(b)
+        return idx, mine, future.result()
+
+    def __enter__(self) -> "_Prefetch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def learning_rate_at(config: TrainConfig, progress: float, horizon: float | None = None) -> float:
     """The learning rate after ``progress`` epochs (a float), from the configured schedule. ``horizon``: the epochs
     a total-dependent schedule (cosine) spans; default ``config.epochs`` (a time budget plans a shorter one)."""
@@ -256,6 +296,8 @@ class Trainer:
         self.clock: Callable[[], float] = time.perf_counter
         """The clock of epoch times and of the time budget (tests give a fake one)."""
         self._process_steps = 0
+        self.epoch_order: Callable[[int, int, int], torch.Tensor] = epoch_order
+        """The data order of an epoch, a function of (n, seed, epoch) (text: length-bucketed batches)."""
 
     # ----------------------------------------------------------------------------------------------- schedule
     #: Steps of each process that are not timed for the budget plan, and how often the plan is re-estimated.
@@ -494,49 +536,53 @@ class Trainer:
 
     def _run_epoch(self) -> dict[str, float]:
         cfg, st = self.config, self.state
-        order = epoch_order(self.train_data.shape[0], cfg.seed, st.epoch)
+        order = self.epoch_order(self.train_data.shape[0], cfg.seed, st.epoch)
         if self.train_data.device != order.device:
             order = order.to(self.train_data.device)
         first, start = st.step_in_epoch, self.clock()
         last = start
-        for b in range(first, self.steps_per_epoch):
-            if self._budget_reached():
-                break  # the budget's plan ends mid-epoch: validate and checkpoint what was trained
-            step_start = self.clock()
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            mine = self._rank_share(idx)
-            part = ranks.shard(idx.shape[0]) if self.world_size > 1 else range(idx.shape[0])
-            # the step's draws from (seed, step) for the whole global batch; this rank keeps its rows
-            step_draws = draws.StepDraws(cfg.seed, st.global_step, idx.shape[0], slice(part.start, part.stop),
-                                         self.device)
-            with draws.step_draws(step_draws):
-                batch = self._to_device(self.train_data[mine])
-                if self.batch_transform is not None:
-                    batch = self.batch_transform(batch)
-                metrics = (self.train_step(batch, mine) if self.world_size == 1
-                           else self.train_step(batch, mine, idx.shape[0]))
-            st.step_in_epoch, st.global_step = b + 1, st.global_step + 1
-            now = self.clock()
-            st.train_seconds += now - last  # per step, so a checkpoint in mid-epoch keeps the time spent
-            last = now
-            self._time_step(now - step_start, st.train_seconds)
-            if "skipped" not in metrics:
-                st.epoch_count += 1
-                for k, v in metrics.items():
-                    st.epoch_sums[k] = st.epoch_sums.get(k, 0.0) + v
-            metrics["examples_per_second"] = (b + 1 - first) * cfg.batch_size / max(1e-9, now - start)
-            for cb in self.callbacks:
-                cb.on_step_end(self, metrics)
-            if cfg.checkpoint_every_steps and st.global_step % cfg.checkpoint_every_steps == 0 and b + 1 < self.steps_per_epoch:
-                self.save()
-            if self._stop_now():
-                raise TrainingInterrupted(self.save(), self._stop_signal())
+        with _Prefetch(self.train_data, order, cfg.batch_size, first, self.steps_per_epoch, self._rank_share) as ahead:
+            for b in range(first, self.steps_per_epoch):
+                if self._budget_reached():
+                    break  # the budget's plan ends mid-epoch: validate and checkpoint what was trained
+                last = self._train_batch(b, first, start, last, ahead)
         means = {f"train_{k}": v / max(1, st.epoch_count) for k, v in st.epoch_sums.items()}
         if "train_lr" in means:
             means["train_lr"] = self.optimizer.param_groups[0]["lr"]
         means["epoch_seconds"] = self.clock() - start
         st.epoch_sums, st.epoch_count = {}, 0
         return means
+
+    def _train_batch(self, b: int, first: int, start: float, last: float, ahead: "_Prefetch") -> float:
+        """Step ``b`` of the epoch on its batch (read ahead by ``ahead``); returns the clock after it."""
+        cfg, st = self.config, self.state
+        step_start = self.clock()
+        idx, mine, raw = ahead.take(b)
+        part = ranks.shard(idx.shape[0]) if self.world_size > 1 else range(idx.shape[0])
+        # the step's draws from (seed, step) for the whole global batch; this rank keeps its rows (bayesvae.draws)
+        with draws.step_draws(draws.StepDraws(cfg.seed, st.global_step, idx.shape[0], slice(part.start, part.stop),
+                                              self.device)):
+            batch = self._to_device(raw)
+            if self.batch_transform is not None:
+                batch = self.batch_transform(batch)
+            metrics = (self.train_step(batch, mine) if self.world_size == 1
+                       else self.train_step(batch, mine, idx.shape[0]))
+        st.step_in_epoch, st.global_step = b + 1, st.global_step + 1
+        now = self.clock()
+        st.train_seconds += now - last  # per step, so a checkpoint in mid-epoch keeps the time spent
+        self._time_step(now - step_start, st.train_seconds)
+        if "skipped" not in metrics:
+            st.epoch_count += 1
+            for k, v in metrics.items():
+                st.epoch_sums[k] = st.epoch_sums.get(k, 0.0) + v
+        metrics["examples_per_second"] = (b + 1 - first) * cfg.batch_size / max(1e-9, now - start)
+        for cb in self.callbacks:
+            cb.on_step_end(self, metrics)
+        if cfg.checkpoint_every_steps and st.global_step % cfg.checkpoint_every_steps == 0 and b + 1 < self.steps_per_epoch:
+            self.save()
+        if self._stop_now():
+            raise TrainingInterrupted(self.save(), self._stop_signal())
+        return now
 
     def fit(self) -> TrainState:
         """Train until ``config.epochs`` epochs are done (or early stopping); resumable at any step.

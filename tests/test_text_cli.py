@@ -1,0 +1,139 @@
+"""Text through the CLI end to end on a small generated corpus: train (bucketed batches, word dropout, the language
+model without z), resume bit for bit, evaluate with the text figures, sample/reconstruct as text, report, new text
+scored with the stored vocabulary, and text flags refused (exit 2, naming the flag) where they do not apply."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from bayesvae import runs
+from bayesvae.cli import main
+
+SMALL = ["--hidden", "24", "--embedding-dim", "12", "--latent-dim", "3", "--batch-size", "16", "--report-samples", "0"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(30)]
+    for name, n in (("train", 160), ("valid", 20), ("test", 20)):
+        lines = [" ".join(rng.choice(words[: 10 + 10 * (i % 2)]) for _ in range(rng.randint(1, 12))) for i in range(n)]
+        (root / f"{name}.txt").write_text("".join(f" {line}\n" for line in lines), encoding="utf-8")
+    return root
+
+
+def _train(corpus, out, *extra, epochs=2):
+    return main(["train", "--data", str(corpus), "--epochs", str(epochs), *SMALL, "--out", str(out), *extra])
+
+
+def test_train_evaluate_sample_reconstruct_report(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(corpus, out, "--posterior-bn", "gamma=0.6", "--word-dropout", "0.25", "--vocab-size", "15") == 0
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "epoch 2/2 loss" in text and "at least" in text  # the BN floor is printed
+    assert "vocabulary of 17 tokens" in text and "are padding" in text
+    state = json.loads((out / "run.json").read_text())
+    assert state["data"]["vocabulary"][:2] == ["<eos>", "<unk>"] and len(state["data"]["vocabulary"]) == 17
+    assert main(["evaluate", str(out), "--samples", "20", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kl_nats"] >= 0.9 * 3 * 0.6**2 / 2  # the BN-VAE floor, up to running-vs-batch statistics
+    assert result["perplexity_per_token"] == pytest.approx(
+        math.exp(result["nll_nats"] * 20 / result["tokens"]), rel=1e-9)
+    assert 0.0 <= result["reconstruction_token_accuracy"] <= 1.0
+    assert main(["sample", str(out), "-n", "4", "--out", str(tmp_path / "s.txt")]) == 0
+    assert main(["sample", str(out), "-n", "4", "--draw", "--temperature", "0.7", "--out", str(tmp_path / "d.txt")]) == 0
+    assert len((tmp_path / "d.txt").read_text().splitlines()) == 4
+    assert main(["reconstruct", str(out), "-n", "3", "--out", str(tmp_path / "r.tsv")]) == 0
+    lines = (tmp_path / "r.tsv").read_text().splitlines()
+    assert lines[0] == "input\treconstruction" and len(lines) == 4
+    assert main(["report", str(out), "--samples", "5", "--max-examples", "10"]) == 0
+    page = (out / "report.html").read_text()
+    assert "Sentences" in page and "Interpolation" in page and "section(s) failed" not in page
+
+
+def test_resume_continues_bit_for_bit(corpus, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _train(corpus, a, "--word-dropout", "0.3", epochs=3) == 0
+    assert _train(corpus, b, "--word-dropout", "0.3", epochs=1) == 0
+    assert main(["train", "--resume", str(b), "--epochs", "3"]) == 0
+    ra, rb = runs.load(a, "last"), runs.load(b, "last")
+    for (name, p), q in zip(ra.state_dict().items(), rb.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_language_model_without_latent(corpus, tmp_path, capsys):
+    out = tmp_path / "lm"
+    assert _train(corpus, out, "--no-latent") == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--samples", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kl_nats"] == 0.0 and result["mutual_information_nats"] == pytest.approx(0.0, abs=1e-6)
+    assert result["nll_nats"] == pytest.approx(-result["elbo_nats"], abs=1e-4)  # exact: log w = log q(x)
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--data", "digits", "--word-dropout", "0.2"], "--word-dropout"),
+    (["--data", "digits", "--no-latent"], "--no-latent"),
+    (["--data", "digits", "--vocab-size", "10"], "--vocab-size"),
+    (["--no-latent", "--posterior", "vmf", "--kappa", "5"], "--no-latent"),
+    (["--architecture", "conv"], "--architecture conv"),
+    (["--likelihood", "bernoulli"], "--likelihood bernoulli"),
+    (["--long-sentences", "cut"], "--max-length"),
+    (["--max-length", "3"], "--max-length 3"),
+    (["--hidden", "8", "8"], "--hidden 8 8"),
+    (["--word-dropout", "1.5"], "--word-dropout"),
+    (["--activation", "tanh"], "--activation"),
+    (["--softmax", "adaptive", "--hidden", "2"], "--softmax adaptive"),
+])
+def test_flags_that_do_not_apply_are_refused(corpus, tmp_path, capsys, flags, named):
+    argv = ["train", "--data", str(corpus), "--epochs", "1", "--out", str(tmp_path / "x"), *flags]
+    if "--data" in flags:
+        argv = ["train", "--epochs", "1", "--out", str(tmp_path / "x"), *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_text_outputs_and_flags_are_checked_on_other_runs(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(corpus, out, epochs=1) == 0
+    assert main(["sample", str(out), "-n", "2", "--out", str(tmp_path / "s.png")]) == 2
+    assert ".txt" in capsys.readouterr().err
+    assert main(["sample", str(out), "-n", "2", "--temperature", "0.5", "--out", str(tmp_path / "s.txt")]) == 2
+    assert "--temperature applies to --draw" in capsys.readouterr().err
+
+
+def test_new_text_is_scored_with_the_stored_vocabulary(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(corpus, out, epochs=1) == 0
+    new = tmp_path / "new.txt"
+    new.write_text("w1 w2\nnever-seen w3 also-new\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["score", str(out), "--data", str(new), "--samples", "5", "--out", str(tmp_path / "s.csv")]) == 0
+    printed = capsys.readouterr()
+    assert "5 words, 2 of them not in the run's vocabulary" in printed.out + printed.err
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    assert rows[0] == "index,nll_nats" and [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
+    assert all(float(r.split(",")[1]) > 0 for r in rows[1:])
+    new.write_text(" ".join(["w1"] * 40) + "\n", encoding="utf-8")
+    assert main(["score", str(out), "--data", str(new), "--samples", "5", "--out", str(tmp_path / "t.csv")]) == 2
+    assert "at most 12 words" in capsys.readouterr().err
+
+
+def test_encode_and_the_plots_that_apply_to_text(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(corpus, out, epochs=1) == 0
+    assert main(["encode", str(out), "--out", str(tmp_path / "z.csv")]) == 0
+    assert (tmp_path / "z.csv").read_text().splitlines()[0] == "index,z0,z1,z2"
+    assert main(["plot", str(out), "latent", "--out", str(tmp_path / "l.png")]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(out), "histograms", "--out", str(tmp_path / "h.png")]) == 2
+    assert "is for tabular data" in capsys.readouterr().err
