@@ -314,4 +314,6 @@ def test_overwrite_tolerates_an_entry_that_vanishes_while_it_clears(tmp_path, mo
     lock = runs_module._prepare_run_dir(run, overwrite=True)  # noqa: SLF001
     lock.release()
     monkeypatch.undo()
-    assert [p.name for p in run.iterdir()] == []
+    # the old run is set aside (put back if the new run fails before its first checkpoint)
+    assert [p.name for p in run.iterdir()] == [".replaced"]
+    assert (run / ".replaced" / "run.json").is_file() and (run / ".replaced" / "checkpoints").is_dir()
