@@ -199,7 +199,23 @@ class _SharedScaleNormal(Distribution):
         return self._normal(self._owner.scoring_log_sigma().detach()).rsample(sample_shape)
 
 
-class GaussianSharedVariance(Likelihood):
+class BatchFitted:
+    """A module with statistics fitted to batches by the training objective alone: within :meth:`fitting` (entered
+    by :func:`batch_fitting`, which the training objective calls on a model in training mode) ``fit_to_batch`` is
+    set; everything else, every bound and estimator included, uses the running statistics."""
+
+    fit_to_batch: bool = False
+
+    @contextlib.contextmanager
+    def fitting(self, enabled: bool = True) -> Iterator[None]:
+        saved, self.fit_to_batch = self.fit_to_batch, bool(enabled)
+        try:
+            yield
+        finally:
+            self.fit_to_batch = saved
+
+
+class GaussianSharedVariance(BatchFitted, Likelihood):
     """Gaussian with one σ shared by every dimension: learned (a parameter), or set to its closed-form optimum.
 
     With ``optimal=True``, σ is a statistic of the training data, not a parameter. Only the training objective
@@ -252,15 +268,6 @@ class GaussianSharedVariance(Likelihood):
                 self.log_sigma.fill_(log_std)  # used until the first step is committed
             else:
                 self.sigma_param.fill_(log_std / self.LOG_SIGMA_RATE)
-
-    @contextlib.contextmanager
-    def fitting(self, enabled: bool = True) -> Iterator[None]:
-        """Within: an optimal σ is fitted to each batch ``log_prob`` sees, and the running estimate follows it."""
-        saved, self.fit_to_batch = self.fit_to_batch, bool(enabled)
-        try:
-            yield
-        finally:
-            self.fit_to_batch = saved
 
     def scoring_log_sigma(self) -> torch.Tensor:
         """The log σ of evaluation and sampling: the (floored) parameter, or the running optimum."""

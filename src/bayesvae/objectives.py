@@ -42,8 +42,9 @@ def _check_x(x) -> None:
 def checked_data(model, x, name: str = "x", *, values: bool = True) -> torch.Tensor:
     """``x`` converted and checked by the model (:meth:`bayesvae.VAE.check_data`: type, dtype, device, shape,
     finite values on the likelihood's support); a model of one's own without ``check_data`` gets the basic check."""
-    if not callable(getattr(model, "posterior", None)) or not callable(getattr(model, "likelihood", None)):
-        raise InputTypeError(f"model must be a bayesvae.VAE (or offer posterior(x), likelihood(z) and prior), got "
+    needs = ("posterior", "likelihood") if values else ("posterior",)  # functions of the encoder need posterior only
+    if not all(callable(getattr(model, n, None)) for n in needs):
+        raise InputTypeError(f"model must be a bayesvae.VAE (or offer {', '.join(f'{n}()' for n in needs)}), got "
                              f"{type(model).__name__}")
     check = getattr(model, "check_data", None)
     if check is not None:

@@ -7,9 +7,7 @@ objectives call ``kl_divergence(q, prior)`` and never branch on the kind of post
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -17,6 +15,7 @@ from torch.distributions import Distribution, constraints, register_kl
 
 from . import draws
 from .errors import ConfigError
+from .likelihoods import BatchFitted
 from .priors import StandardNormal
 from .sphere import VonMisesFisher, log_vmf_normalizer, mean_resultant_length
 
@@ -166,7 +165,7 @@ KAPPA_MAX = 1e4
 BN_EPS = 1e-5
 
 
-class DiagonalGaussian(Posterior):
+class DiagonalGaussian(BatchFitted, Posterior):
     """Eq. (15): two encoder heads, μ(x) and ln σ²(x); the log-variance is kept in (-30, 20) by
     :func:`soft_clamp` (the identity on [-20, 10], smooth shoulders beyond, never a zero gradient).
 
@@ -222,15 +221,6 @@ class DiagonalGaussian(Posterior):
 
     def num_params(self, latent_dim: int) -> int:
         return 2 * latent_dim
-
-    @contextlib.contextmanager
-    def fitting(self, enabled: bool = True) -> Iterator[None]:
-        """Within (in training mode): batch statistics, and the running statistics follow them."""
-        saved, self.fit_to_batch = self.fit_to_batch, bool(enabled)
-        try:
-            yield
-        finally:
-            self.fit_to_batch = saved
 
     def _normalise(self, norm: nn.BatchNorm1d, v: torch.Tensor) -> torch.Tensor:
         if self.fit_to_batch or not norm.training:
