@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.bayesvae-installed
 
-.PHONY: env lint test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory bench-memory-3d gpu-check bench-vmf-bn bench-tabular bench-text pictures pictures-vmf clean campaign-figures
+.PHONY: env docs lint test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory bench-memory-3d gpu-check bench-vmf-bn bench-tabular bench-text pictures pictures-vmf clean campaign-figures
 
 env: $(STAMP)
 
@@ -31,6 +31,15 @@ lint: $(LINT_STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The documentation site (docs/_build/html/index.html): every tutorial executed, warnings are errors.
+DOCS_STAMP := $(VENV)/.bayesvae-docs-installed
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e ".[test,docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
@@ -88,21 +97,21 @@ PTB_DIR ?= ../shared/data/ptb
 bench-text: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/text.py --data $(PTB_DIR) --out runs/text --minutes-per-arm 10 --steps-per-arm 756 --samples 50 --test-limit 200 --valid-samples 10 --valid-limit 200 --json benchmarks/results/text_ptb.json
 
-# The README's pictures: a 2-D latent model on MNIST (a few minutes), its manifold and latent scatter.
+# The pictures of docs/pictures.md and the README: a 2-D latent model on MNIST (a few minutes), its manifold and latent scatter.
 pictures: $(STAMP)
 	$(VENV)/bin/bayesvae train --data mnist --data-dir $(MNIST_DIR) --latent-dim 2 --hidden 512 --epochs 30 --max-minutes 6 --out runs/mnist-2d --overwrite --report-samples 200
 	$(VENV)/bin/bayesvae plot runs/mnist-2d manifold --out docs/mnist-2d-manifold.png --overwrite
 	$(VENV)/bin/bayesvae plot runs/mnist-2d latent --out docs/mnist-2d-latent.png --overwrite
 
-# The README's vMF picture: a d = 2 latent circle on MNIST (a few minutes).
+# The vMF picture of docs/pictures.md: a d = 2 latent circle on MNIST (a few minutes).
 pictures-vmf: $(STAMP)
 	$(VENV)/bin/bayesvae train --data mnist --data-dir $(MNIST_DIR) --latent-dim 2 --posterior vmf --kappa 50 --hidden 512 --epochs 30 --max-minutes 8 --out runs/mnist-vmf-2d --overwrite --report-samples 200
 	$(VENV)/bin/bayesvae plot runs/mnist-vmf-2d sphere --out docs/mnist-vmf-2d-circle.png --overwrite
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache docs/_build docs/gallery docs/sg_execution_times.rst
 
-# The fault campaign's figures for the README's Guarantees table: the default suite, then its counts gathered into
+# The fault campaign's figures for the Guarantees table (docs/reliability.md): the default suite, then its counts gathered into
 # benchmarks/results/campaign.json (BAYESVAE_CAMPAIGN_SCALE=5 with test-all multiplies the campaign).
 campaign-figures: $(STAMP)
 	mkdir -p test-artifacts

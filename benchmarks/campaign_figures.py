@@ -1,5 +1,5 @@
 """Gather the fault campaign's counts (written by tests/test_campaign.py) into benchmarks/results/campaign.json,
-the file the README's Guarantees table quotes.
+the file the Guarantees table of docs/reliability.md quotes.
 
     BAYESVAE_CAMPAIGN_DIR=/tmp/campaign python -m pytest -q -m "not slow" --durations=0 | tee suite.log
     python benchmarks/campaign_figures.py --dir /tmp/campaign --suite-log suite.log

@@ -4,8 +4,8 @@ The kills, faults and fuzzing run in driver subprocesses (tests/campaign_driver.
 import bayesvae once and fork or loop, so the default run holds >= 30 SIGKILLs and >= 10,000 hostile inputs in
 about a minute of CPU. Each test writes its counts to test-artifacts/campaign/NAME.json (or
 $BAYESVAE_CAMPAIGN_DIR); `python benchmarks/campaign_figures.py` gathers them into
-benchmarks/results/campaign.json, which the README's Guarantees table quotes. The slow variants (make test-all)
-multiply the counts by 5, or by $BAYESVAE_CAMPAIGN_SCALE.
+benchmarks/results/campaign.json, which the Guarantees table of docs/reliability.md quotes. The slow variants
+(make test-all) multiply the counts by 5, or by $BAYESVAE_CAMPAIGN_SCALE.
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ def test_odd_data_and_numerics(tmp_path):
 
 
 def test_readme_guarantees_quote_the_campaign_results():
-    """Every number in the 'Last run' column of the README's Guarantees table is a value of
+    """Every number in the 'Last run' column of the Guarantees table (docs/reliability.md) is a value of
     benchmarks/results/campaign.json (integers included; the generic check in test_benchmarks sees decimals)."""
     import re
 
@@ -286,7 +286,7 @@ def test_readme_guarantees_quote_the_campaign_results():
             for v in x:
                 walk(v)
     walk(data)
-    rows = [line for line in (ROOT / "README.md").read_text().splitlines()
+    rows = [line for line in (ROOT / "docs" / "reliability.md").read_text().splitlines()
             if "results/campaign.json" in line and line.startswith("|")]
     assert len(rows) >= 8
     for row in rows:

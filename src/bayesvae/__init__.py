@@ -1,4 +1,4 @@
-"""bayesvae: variational autoencoders exactly as the Bayesian derivation says (see README.md).
+"""bayesvae: variational autoencoders exactly as the Bayesian derivation says (see README.md and `make docs`).
 
 The public API, explicit. Modules are named after the mathematics: ``likelihoods`` (q(x|z)), ``posteriors``
 (p(z|x)), ``priors`` (q(z)), ``objectives`` (bounds from the log importance weights), ``estimators`` (evaluation).

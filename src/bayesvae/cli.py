@@ -34,7 +34,7 @@ from .training import Callback, TrainingInterrupted
 
 EXIT_PARTIAL, EXIT_USAGE, EXIT_IO, EXIT_SIGTERM, EXIT_SIGINT, EXIT_PIPE = 1, 2, 1, 143, 130, 141
 #: ``evaluate --precision bf16``: the mean log-likelihood differs from float32 by at most this (per example, on
-#: average; measured in the README's "Scaling out" table and held by tests/test_distributed.py on CPU).
+#: average; measured in the "Scaling out" table of docs/scaling.md and held by tests/test_distributed.py on CPU).
 BF16_EVAL_TOLERANCE_NATS = 0.1
 
 
@@ -949,7 +949,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                    help="bf16: the networks in bfloat16 (faster on GPUs); the mean log-likelihood then differs from "
-                        f"float32 by up to {BF16_EVAL_TOLERANCE_NATS} nats (measured: README, Scaling out)")
+                        f"float32 by up to {BF16_EVAL_TOLERANCE_NATS} nats (measured: docs/scaling.md)")
     _device_arg(p)
     p.set_defaults(func=cmd_evaluate)
 

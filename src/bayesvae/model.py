@@ -183,7 +183,7 @@ class VAE(nn.Module):
         return params.reshape(*lead, *params.shape[1:]), params.dim() - 1
 
     def likelihood(self, z: torch.Tensor) -> Distribution:
-        """q(x|z) for z of shape ``[*N, d]``: batch_shape [*N], event_shape = one example's shape."""
+        """q(x|z) for z of shape ``[*N, d]``: batch_shape ``[*N]``, event_shape = one example's shape."""
         params, event_ndim = self._decode(z)
         p_x: Distribution = self.likelihood_head(params, event_ndim)
         if self.data_log_scale is not None:
@@ -203,7 +203,7 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Decoder means E[x|z], Tensor[*N, *data_shape]."""
+        """Decoder means E[x|z], ``Tensor[*N, *data_shape]``."""
         params, event_ndim = self._decode(z)
         return self.likelihood_head.mean(params, event_ndim)
 

@@ -82,7 +82,7 @@ class DiagonalNormal(Distribution):
         return (0.5 * self.logvar).exp()
 
     def rsample(self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        """Eq. (23), the reparameterisation: z = μ + σ ⊙ ε, ε ~ N(0, I). Tensor[*sample_shape, B, d]. Within a
+        """Eq. (23), the reparameterisation: z = μ + σ ⊙ ε, ε ~ N(0, I). ``Tensor[*sample_shape, B, d]``. Within a
         training step, ε comes from the step's draws (:mod:`bayesvae.draws`), the same for an example however many
         processes share the batch."""
         step = draws.current(rows=self.loc.shape[0]) if generator is None and self.loc.dim() == 2 else None

@@ -80,7 +80,7 @@ class StandardNormalPrior(Prior):
 
 
 class UniformSpherePrior(Prior):
-    """q(z) = the uniform distribution on the unit sphere S^{d-1} (density 1/|S^{d-1}| w.r.t. the surface measure);
+    """q(z) = the uniform distribution on the unit sphere S^{d-1} (density ``1/|S^{d-1}|`` w.r.t. the surface measure);
     the prior of the fixed-κ von Mises-Fisher posterior."""
 
     name = "uniform-sphere"

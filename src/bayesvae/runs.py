@@ -319,7 +319,7 @@ def _make_trainer(model: VAE, config: TrainConfig, prepared: PreparedData, run_d
                           f"{model.posterior_head.name} posterior's KL does not (for vmf it is a constant anyway): "
                           "drop --free-bits")
     # The library prepared these data itself: the objective checks their shape only (cost of the full check on a
-    # training step: README, Guarantees)
+    # training step: docs/reliability.md)
     objective = TrainingObjective(config.objective, config.samples, config.kl_warmup_epochs, config.free_bits,
                                   check_inputs=False)
     valid_objective = TrainingObjective(config.objective, config.samples, check_inputs=False)

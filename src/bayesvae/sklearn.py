@@ -218,8 +218,9 @@ class VAEDensity(DensityMixin, _TabularVAE):
         model_: the trained :class:`bayesvae.VAE` (on the standardised scale, holding ln ``scale_``).
         mean_, scale_: the standardisation, float64 [n_features].
         n_features_in_, feature_names_in_: as everywhere in scikit-learn (the names only for a DataFrame).
-        n_iter_: epochs trained. loss_curve_: the training loss (negative ELBO, nats per example, in the units
-            of X) of each epoch; validation_loss_curve_ the same on the held-out rows.
+        n_iter_: epochs trained.
+        loss_curve_: the training loss (negative ELBO, nats per example, in the units of X) of each epoch.
+        validation_loss_curve_: the same on the held-out rows.
     """
 
     def __init__(self, latent_dim: int = 2, hidden: tuple[int, ...] = (64,), activation: str = "relu",

@@ -153,7 +153,7 @@ class VonMisesFisher(Distribution):
         return self.loc
 
     def rsample(self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        """z = w μ + sqrt(1 - w²) ν, Tensor[*sample_shape, *batch, d]; gradients flow through μ only."""
+        """z = w μ + sqrt(1 - w²) ν, ``Tensor[*sample_shape, *batch, d]``; gradients flow through μ only."""
         shape = torch.Size(sample_shape) + self.loc.shape
         w, omw = sample_vmf_w(self.dim, self.kappa, shape[:-1], generator=generator, device=self.loc.device)
         radial = torch.sqrt(omw * (2.0 - omw))  # sqrt((1 - w)(1 + w)) = sqrt(1 - w²)
@@ -180,7 +180,7 @@ class VonMisesFisher(Distribution):
 
 
 class UniformSphere(Distribution):
-    """The uniform distribution on S^{d-1} (density 1/|S^{d-1}| w.r.t. the surface measure), empty batch shape."""
+    """The uniform distribution on S^{d-1} (density ``1/|S^{d-1}|`` w.r.t. the surface measure), empty batch shape."""
 
     arg_constraints: dict = {}
     support = constraints.real_vector

@@ -58,7 +58,7 @@ class AutoregressiveCategorical(Distribution):
         return self.head.sequence_log_prob(z, x).reshape(shape)
 
     def sample(self, sample_shape: _size = torch.Size(), temperature: float = 1.0) -> torch.Tensor:
-        """Sentences drawn word by word (softmax of logits / ``temperature``), Tensor[*sample_shape, *batch, T]."""
+        """Sentences drawn word by word (softmax of logits / ``temperature``), ``Tensor[*sample_shape, *batch, T]``."""
         return self._generate(sample_shape, temperature)
 
     @property
