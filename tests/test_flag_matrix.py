@@ -190,13 +190,16 @@ def _write_sources(root: Path) -> dict[str, dict]:
         cls = "zero" if y % 2 == 0 else "one"
         Image.fromarray((img * 255).astype(np.uint8)).save(root / "folder" / cls / f"{i}.png")
     words = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "log", "big", "small", "fast"]
-    with open(root / "corpus.txt", "w") as fh:
-        for _ in range(240):
-            fh.write(" ".join(rng.choice(words, size=int(rng.integers(3, 9)))) + "\n")
+    (root / "ptb-like").mkdir()
+    for name, count in (("corpus.txt", 240), ("ptb-like/train.txt", 200), ("ptb-like/valid.txt", 30),
+                        ("ptb-like/test.txt", 30)):
+        with open(root / name, "w") as fh:
+            for _ in range(count):
+                fh.write(" ".join(rng.choice(words, size=int(rng.integers(3, 9)))) + "\n")
     sources = {"digits": {"--data": "digits"}, "npy": {"--data": str(root / "images.npy")},
                "npz": {"--data": str(root / "one.npz")}, "npz-split": {"--data": str(root / "split.npz")},
                "csv": {"--data": str(root / "table.csv")}, "image-folder": {"--data": str(root / "folder")},
-               "text": {"--data": str(root / "corpus.txt")}}
+               "text": {"--data": str(root / "corpus.txt")}, "text-split": {"--data": str(root / "ptb-like")}}
     if MNIST_DIR.exists():
         link = root / "mnist"
         link.mkdir(exist_ok=True)
@@ -360,7 +363,7 @@ def _declared(command: str, dest: str, argv: list[str], kind: str | None) -> boo
 
 
 # -------------------------------------------------------------------------------------------------- train
-TRAIN_KINDS = ["digits", "mnist", "npy", "npz", "npz-split", "csv", "image-folder", "text"]
+TRAIN_KINDS = ["digits", "mnist", "npy", "npz", "npz-split", "csv", "image-folder", "text", "text-split"]
 
 
 @pytest.mark.parametrize("kind", TRAIN_KINDS)
@@ -522,8 +525,9 @@ def _check_run_command(command: str, extra_head: list[str], trained, tmp_path, k
         if kind not in trained:
             continue
         t = trained[kind]
-        image = kind not in ("csv", "text")
-        suffix = ".png" if image and command in ("sample", "reconstruct") else ".txt" if kind == "text" else ".npy"
+        image = kind not in ("csv", "text", "text-split")
+        text = kind.startswith("text")
+        suffix = ".png" if image and command in ("sample", "reconstruct") else ".txt" if text else ".npy"
         subs = {"ws": str(ws), "suffix": suffix,
                 "other_checkpoint": _other_checkpoint(t["run"]), "moved": str(_away(tmp_path, kind, t)),
                 "source": t["source"]}

@@ -1100,15 +1100,15 @@ def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, val
 
 def source_kind(source: str) -> str | None:
     """The kind of a data source, found without reading its data: ``digits``, ``mnist``, ``npy``, ``npz`` (one
-    array), ``npz-split`` (its own train/valid/test arrays), ``csv``, ``image-folder`` or ``text`` (a ``.txt`` file
-    or a folder with ``train.txt``); None for a path that does not exist or a file type that is not data (the
+    array), ``npz-split`` (its own train/valid/test arrays), ``csv``, ``image-folder`` ``text`` (a ``.txt`` file) or
+    ``text-split`` (a folder with ``train.txt``, ``valid.txt``, ``test.txt``); None for a path that does not exist or a file type that is not data (the
     loader says why when it reads it)."""
     if source in ("digits", "mnist"):
         return source
     from .text.corpus import is_text_source
 
-    if is_text_source(source):
-        return "text"
+    if is_text_source(source):  # a folder of train/valid/test.txt brings its own split
+        return "text-split" if Path(source).expanduser().is_dir() else "text"
     path = Path(source).expanduser()
     if path.is_dir():
         return "image-folder"

@@ -46,10 +46,11 @@ __all__ = ["DATA_KINDS", "FILE_KINDS", "Scope", "SCOPES", "RESUME_OPTIONS", "INV
            "scope_note", "reference_markdown", "applies"]
 
 #: The kinds of data source (:func:`bayesvae.data.source_kind`).
-DATA_KINDS = ("digits", "mnist", "npy", "npz", "npz-split", "csv", "image-folder", "text")
+DATA_KINDS = ("digits", "mnist", "npy", "npz", "npz-split", "csv", "image-folder", "text", "text-split")
 #: Sources that are files or folders of the user's (a run trained on one can be pointed at where it moved).
-FILE_KINDS = frozenset({"npy", "npz", "npz-split", "csv", "image-folder", "text"})
-_SPLIT_BY_US = frozenset(DATA_KINDS) - {"mnist", "npz-split"}
+FILE_KINDS = frozenset({"npy", "npz", "npz-split", "csv", "image-folder", "text", "text-split"})
+_SPLIT_BY_US = frozenset(DATA_KINDS) - {"mnist", "npz-split", "text-split"}
+_TEXT = frozenset({"text", "text-split"})
 
 #: How a context value reads in a message ("it has no effect with ...").
 _SAY = {
@@ -61,6 +62,7 @@ _SAY = {
     ("data", "csv"): "a CSV file",
     ("data", "image-folder"): "a folder of images (labels come from its subfolders)",
     ("data", "text"): "text (sentences, one per line)",
+    ("data", "text-split"): "a folder of train/valid/test.txt (its own split)",
     ("mode", "resume"): "--resume (a resumed run keeps its data split, model and optimiser settings)",
     ("mode", "new"): "a new run",
     ("resumed", "digits"): "a resumed run on the embedded digits (they cannot move)",
@@ -72,7 +74,8 @@ _SAY = {
 }
 
 _SHORT = {"digits": "digits", "mnist": "mnist", "npy": ".npy", "npz": ".npz (one array)",
-          "npz-split": ".npz (own splits)", "csv": ".csv", "image-folder": "an image folder", "text": "text"}
+          "npz-split": ".npz (own splits)", "csv": ".csv", "image-folder": "an image folder", "text": "text",
+          "text-split": "a folder of train/valid/test.txt"}
 
 #: Plot kinds grouped by what they read (``bayesvae.plots.KINDS``; a test checks the two agree).
 _PLOT_SPLIT_KINDS = frozenset({"latent", "reconstructions", "interpolation", "kl", "histograms", "sphere"})
@@ -137,7 +140,7 @@ SCOPES: dict[str, dict[str, Scope]] = {
                         posterior="diagonal-gaussian"),
         "lr_decay": _s("is the factor per epoch of --lr-schedule exponential",
                        "add --lr-schedule exponential, or drop --lr-decay", lr_schedule="exponential"),
-        **{dest: _s(f"is an option of sentence models ({what})", f"drop {flag}: these data are not text", data="text")
+        **{dest: _s(f"is an option of sentence models ({what})", f"drop {flag}: these data are not text", data=_TEXT)
            for dest, flag, what in (("vocab_size", "--vocab-size", "the vocabulary's size"),
                                     ("max_length", "--max-length", "the longest sentence"),
                                     ("long_sentences", "--long-sentences", "what to do with longer sentences"),
@@ -150,7 +153,7 @@ SCOPES: dict[str, dict[str, Scope]] = {
     },
     "sample": {
         "temperature": _s("is the softmax temperature of sentences drawn word by word",
-                          "drop --temperature: this run's data are not text", data="text"),
+                          "drop --temperature: this run's data are not text", data=_TEXT),
     },
     "score": {
         "split": _s("chooses a split of the run's own data", "drop --split: --data is scored whole", source="split"),
