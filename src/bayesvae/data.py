@@ -1100,9 +1100,9 @@ def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, val
 
 def source_kind(source: str) -> str | None:
     """The kind of a data source, found without reading its data: ``digits``, ``mnist``, ``npy``, ``npz`` (one
-    array), ``npz-split`` (its own train/valid/test arrays), ``csv``, ``image-folder`` ``text`` (a ``.txt`` file) or
-    ``text-split`` (a folder with ``train.txt``, ``valid.txt``, ``test.txt``); None for a path that does not exist or a file type that is not data (the
-    loader says why when it reads it)."""
+    array), ``npz-split`` (its own train/valid/test arrays), ``csv``, ``image-folder``, ``text`` (a ``.txt`` file)
+    or ``text-split`` (a folder with ``train.txt``, ``valid.txt``, ``test.txt``); None for a path that does not
+    exist or a file type that is not data (the loader says why when it reads it)."""
     if source in ("digits", "mnist"):
         return source
     from .text.corpus import is_text_source
