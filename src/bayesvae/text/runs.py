@@ -81,7 +81,7 @@ def new_text(source: str, state: dict, width: int,
     if vocab is None:
         raise DataValidationError(f"{source}: this run was not trained on text; --data must be data like its own")
     if _is_folder(source):
-        raise DataValidationError(f"{source}: give new text as one .txt file (one sentence per line)")
+        raise DataValidationError(f"--data {source}: give new text as one .txt file (one sentence per line)")
     try:
         ds = load_text(source, max_length=width - 1, long_sentences=long_sentences, vocabulary=vocab, whole=True)
     except DataValidationError as err:
