@@ -169,8 +169,12 @@ def _number(options: dict, key: str, low: float, high: float, what: str) -> floa
 #: The largest κ accepted (log C_d(κ) and the sampler are checked up to here, for d up to 512).
 KAPPA_MAX = 1e4
 
-#: BatchNorm's ε; the γ form's bound holds under batch statistics up to the factor Var/(Var + ε).
-BN_EPS = 1e-5
+#: The ε of the batch normalisation of μ (and σ); the γ form's bound holds under batch statistics up to the factor
+#: Var/(Var + ε). Not BatchNorm's default 1e-5: that ε gives the KL a gradient towards a raw variance below ε, and
+#: Adam, which normalises every gradient's size, follows it; on PTB with an LSTM encoder the raw variance of μ fell
+#: from 0.07 to 2e-9 in 200 steps and the KL with it, from the floor d γ²/2 = 5.76 to 0.001 nats (with 1e-10 it
+#: stayed at 5.76). A smaller ε keeps the factor 1 to within 1e-8 for any raw variance above 1e-2.
+BN_EPS = 1e-10
 
 
 class DiagonalGaussian(BatchFitted, Posterior):
