@@ -115,7 +115,7 @@ RUN_BASE = {
     "score": {"--out": "{ws}/out.csv", "--samples": "3"},
     "export": {"--out": "{ws}/exported"},
     "report": {"--samples": "3", "--max-examples": "20"},
-    "plot": {"--out": "{ws}/out.png"},
+    "plot": {"--out": "{ws}/out{suffix}"},
 }
 
 
@@ -528,6 +528,8 @@ def _check_run_command(command: str, extra_head: list[str], trained, tmp_path, k
         image = kind not in ("csv", "text", "text-split")
         text = kind.startswith("text")
         suffix = ".png" if image and command in ("sample", "reconstruct") else ".txt" if text else ".npy"
+        if command == "plot":  # pictures, except a text run's interpolation (sentences)
+            suffix = ".txt" if text and extra_head == ["interpolation"] else ".png"
         subs = {"ws": str(ws), "suffix": suffix,
                 "other_checkpoint": _other_checkpoint(t["run"]), "moved": str(_away(tmp_path, kind, t)),
                 "source": t["source"]}
@@ -571,7 +573,7 @@ def test_run_command_options_are_applied_or_refused(command, trained, tmp_path):
     assert not tally.failures, "\n".join(tally.failures)
 
 
-PLOT_KINDS_OF = {"digits": None, "csv": None}  # every plot kind the run can draw (None: all of plots.KINDS)
+PLOT_KINDS_OF = {"digits": None, "csv": None, "text-split": None}  # every plot kind the run can draw (None: all of plots.KINDS)
 
 
 @pytest.mark.parametrize("kind", list(PLOT_KINDS_OF))
@@ -583,7 +585,8 @@ def test_plot_options_are_applied_or_refused(kind, trained, tmp_path):
     failures = []
     for plot_kind in KINDS:
         ws_root = tmp_path / plot_kind
-        probe = _call(["plot", str(trained[kind]["run"]), plot_kind, "--out", str(tmp_path / f"{plot_kind}.png")])
+        suffix = ".txt" if kind.startswith("text") and plot_kind == "interpolation" else ".png"
+        probe = _call(["plot", str(trained[kind]["run"]), plot_kind, "--out", str(tmp_path / f"{plot_kind}{suffix}")])
         if probe[0] != 0:  # a kind this run cannot draw (refused with the reason, tested in test_plots.py)
             assert probe[0] == 2 and plot_kind in probe[2], probe
             continue

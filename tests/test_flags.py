@@ -21,7 +21,7 @@ def test_the_cli_reference_is_generated_from_the_parser_and_the_scopes():
 def test_every_scope_names_a_real_option_and_context():
     parser = cli.build_parser()
     commands = dict(flags._commands(parser))  # noqa: SLF001
-    keys = {"data", "mode", "posterior", "likelihood", "lr_schedule", "kind", "source", "resumed"}
+    keys = {"data", "mode", "posterior", "likelihood", "lr_schedule", "kind", "source", "resumed", "output"}
     for command, scopes in flags.SCOPES.items():
         dests = {a.dest for a in commands[command]._actions}  # noqa: SLF001
         for dest, scope in scopes.items():

@@ -43,7 +43,9 @@ def test_train_evaluate_sample_reconstruct_report(corpus, tmp_path, capsys):
     assert state["data"]["vocabulary"][:2] == ["<eos>", "<unk>"] and len(state["data"]["vocabulary"]) == 17
     assert main(["evaluate", str(out), "--samples", "20", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["kl_nats"] >= 0.9 * 3 * 0.6**2 / 2  # the BN-VAE floor, up to running-vs-batch statistics
+    # The BN-VAE floor d γ²/2 holds per training batch; on 20 test sentences under the running statistics it
+    # holds up to their sampling error (a collapsed posterior would give ~0).
+    assert result["kl_nats"] >= 0.7 * 3 * 0.6**2 / 2
     assert result["perplexity_per_token"] == pytest.approx(
         math.exp(result["nll_nats"] * 20 / result["tokens"]), rel=1e-9)
     assert 0.0 <= result["reconstruction_token_accuracy"] <= 1.0
@@ -57,6 +59,14 @@ def test_train_evaluate_sample_reconstruct_report(corpus, tmp_path, capsys):
     assert main(["report", str(out), "--samples", "5", "--max-examples", "10"]) == 0
     page = (out / "report.html").read_text()
     assert "Sentences" in page and "Interpolation" in page and "section(s) failed" not in page
+    assert "perplexity per token" in page and "bits/dim" not in page  # a sentence's length is not a dimension
+    assert main(["plot", str(out), "interpolation", "--seed", "1", "--out", str(tmp_path / "i.txt")]) == 0
+    lines = (tmp_path / "i.txt").read_text().splitlines()
+    assert lines[0] == "pair\tt\tsentence" and len(lines) == 1 + 4 * 7
+    assert [line.split("\t")[1] for line in lines[1:8]] == [f"{t:.2f}" for t in torch.linspace(0, 1, 7).tolist()]
+    assert main(["plot", str(out), "interpolation", "--dpi", "50", "--out", str(tmp_path / "j.txt")]) == 2
+    assert "--dpi has no effect" in capsys.readouterr().err and not (tmp_path / "j.txt").exists()
+    assert main(["plot", str(out), "interpolation", "--out", str(tmp_path / "j.png")]) == 2
 
 
 def test_resume_continues_bit_for_bit(corpus, tmp_path):
@@ -84,13 +94,14 @@ def test_language_model_without_latent(corpus, tmp_path, capsys):
     (["--data", "digits", "--no-latent"], "--no-latent"),
     (["--data", "digits", "--vocab-size", "10"], "--vocab-size"),
     (["--no-latent", "--posterior", "vmf", "--kappa", "5"], "--no-latent"),
-    (["--architecture", "conv"], "--architecture conv"),
+    (["--architecture", "conv"], "--architecture has no effect"),
     (["--likelihood", "bernoulli"], "--likelihood bernoulli"),
     (["--long-sentences", "cut"], "--max-length"),
     (["--max-length", "3"], "--max-length 3"),
     (["--hidden", "8", "8"], "--hidden 8 8"),
     (["--word-dropout", "1.5"], "--word-dropout"),
     (["--activation", "tanh"], "--activation"),
+    (["--architecture", "mlp"], "--architecture"),  # the default value, typed: still refused, not replaced
     (["--softmax", "adaptive", "--hidden", "2"], "--softmax adaptive"),
 ])
 def test_flags_that_do_not_apply_are_refused(corpus, tmp_path, capsys, flags, named):

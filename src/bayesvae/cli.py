@@ -47,21 +47,26 @@ def _loss_text(trainer, loss: float, recon: float, kl: float) -> str:
 
 
 class Progress(Callback):  # rank 0 alone reports (the epoch means are the global ones)
-    """A one-line progress bar on a terminal (a line per epoch otherwise): loss in nats and its two terms."""
+    """A one-line progress bar on a terminal, redrawn every ``every`` seconds; elsewhere (a log file, CI) a line
+    per epoch, and a line every ``every_line`` seconds within an epoch that takes longer (a text epoch can take
+    minutes): loss in nats and its two terms."""
 
-    def __init__(self, stream=None, every: float = 0.25):
-        self.stream, self.every, self.last = stream or sys.stderr, every, 0.0
+    def __init__(self, stream=None, every: float = 0.25, every_line: float = 60.0):
+        self.stream, self.every, self.every_line = stream or sys.stderr, every, every_line
+        self.last = time.monotonic()
 
     def on_step_end(self, trainer, metrics) -> None:
         now = time.monotonic()
-        if not ranks.is_main() or not self.stream.isatty() or now - self.last < self.every or "loss" not in metrics:
+        tty = self.stream.isatty()
+        if not ranks.is_main() or now - self.last < (self.every if tty else self.every_line) or "loss" not in metrics:
             return
         self.last = now
         st = trainer.state
         text = _loss_text(trainer, metrics["loss"], metrics.get("reconstruction_nll", math.nan),
                           metrics.get("kl", math.nan))
-        self.stream.write(f"\repoch {st.epoch + 1}/{trainer.config.epochs} step {st.step_in_epoch}/"
-                          f"{trainer.steps_per_epoch} {text} {metrics['examples_per_second']:.0f} ex/s   ")
+        line = (f"epoch {st.epoch + 1}/{trainer.config.epochs} step {st.step_in_epoch}/{trainer.steps_per_epoch} "
+                f"{text} {metrics['examples_per_second']:.0f} ex/s")
+        self.stream.write("\r" + line + "   " if tty else line + "\n")
         self.stream.flush()
 
     def on_epoch_end(self, trainer, record) -> None:
@@ -70,8 +75,9 @@ class Progress(Callback):  # rank 0 alone reports (the epoch means are the globa
         valid = f" valid loss {record['valid_loss']:.3f}" if "valid_loss" in record else ""
         text = _loss_text(trainer, record.get("train_loss", math.nan), record.get("train_reconstruction_nll", math.nan),
                           record.get("train_kl", math.nan))
-        self.stream.write(f"\repoch {record['epoch']}/{trainer.config.epochs} {text}{valid} "
-                          f"[{record['epoch_seconds']:.1f} s]\n")
+        self.last = time.monotonic()
+        line = f"epoch {record['epoch']}/{trainer.config.epochs} {text}{valid} [{record['epoch_seconds']:.1f} s]\n"
+        self.stream.write(("\r" if self.stream.isatty() else "") + line)
         self.stream.flush()
 
 
@@ -691,13 +697,22 @@ def cmd_plot(args) -> int:
     from . import plots
 
     run_dir = Path(args.run_dir)
-    out = Path(args.out) if args.out else run_dir / "plots" / f"{args.kind}.png"
+    sentences = args.kind == "interpolation" and _stored_architecture(args.run_dir) == "rnn"
+    out = Path(args.out) if args.out else run_dir / "plots" / f"{args.kind}.{'txt' if sentences else 'png'}"
     if args.out is None and run_dir.is_dir():
         out.parent.mkdir(exist_ok=True)
-    _refuse(args, kind=args.kind)  # an option that does not apply is named first, before the output's checks
-    _check_out(out, args.overwrite, (".png",))
+    output = "sentences" if sentences else "png"
+    _refuse(args, kind=args.kind, output=output)  # an option that does not apply is named first
+    _check_out(out, args.overwrite, (".txt", ".tsv") if sentences else (".png",))
     run = _load_run(args, device=_device(args))
-    _refuse_for_run(args, run, kind=args.kind)
+    _refuse_for_run(args, run, kind=args.kind, output=output)
+    if sentences:  # a text run's interpolation is sentences, not a picture
+        from .text.cli import interpolation_pairs, write_sentences
+
+        x = plots.context(run, split=args.split).x
+        write_sentences(out, interpolation_pairs(run, x, seed=args.seed), args.overwrite)
+        _print(f"wrote greedy sentences along the latent path between pairs of {args.split} sentences to {out}")
+        return 0
     options = {"split": args.split, "seed": args.seed}
     if args.dims is not None:
         if args.kind not in ("latent", "manifold"):
@@ -731,6 +746,14 @@ def cmd_report(args) -> int:
     _say_device()
     _print(_report_line(path, f"`bayesvae report {args.run_dir}`", prefix="wrote "))
     return EXIT_PARTIAL if report_failures(path) else 0
+
+
+def _stored_architecture(run_dir: str) -> str | None:
+    """The network family a run was built with (from run.json; None where there is none to read)."""
+    try:
+        return str(json.loads((Path(run_dir) / "run.json").read_text())["model_config"]["architecture"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _stored_source(run_dir: str, moved: str | None) -> str | None:
@@ -770,7 +793,8 @@ def _add_picture_commands(sub) -> None:
                        "and kl are not drawn on a sphere).")
     _run_dir_args(p)
     p.add_argument("kind", choices=list(KINDS), metavar="KIND", help=f"one of: {', '.join(KINDS)}")
-    p.add_argument("--out", help="output .png (default: RUN_DIR/plots/KIND.png)")
+    p.add_argument("--out", help="output .png (default: RUN_DIR/plots/KIND.png); a text run's interpolation writes "
+                   "sentences (.txt or .tsv; default RUN_DIR/plots/interpolation.txt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--dims", type=int, nargs=2, metavar=("I", "J"),
                    help="latent dimensions to show (latent, manifold; default: the two with the largest KL)")

@@ -27,6 +27,8 @@ Context keys (what the CLI knows before doing any work):
     ``train``: the values of those options (``likelihood`` is ``default`` when the data choose it).
 ``kind``
     ``plot``: the plot kind.
+``output``
+    ``plot``: ``png`` (a picture) or ``sentences`` (a text run's interpolation, written as text).
 ``source``
     ``score``: ``split`` (a split of the run's data) or ``data`` (``--data FILE``).
 """
@@ -51,6 +53,7 @@ DATA_KINDS = ("digits", "mnist", "npy", "npz", "npz-split", "csv", "image-folder
 FILE_KINDS = frozenset({"npy", "npz", "npz-split", "csv", "image-folder", "text", "text-split"})
 _SPLIT_BY_US = frozenset(DATA_KINDS) - {"mnist", "npz-split", "text-split"}
 _TEXT = frozenset({"text", "text-split"})
+_NOT_TEXT = frozenset(DATA_KINDS) - _TEXT
 
 #: How a context value reads in a message ("it has no effect with ...").
 _SAY = {
@@ -68,6 +71,7 @@ _SAY = {
     ("resumed", "digits"): "a resumed run on the embedded digits (they cannot move)",
     ("resumed", "mnist"): "a resumed MNIST run (point it at moved files with --data-dir)",
     ("source", "data"): "--data (new data are scored whole, not a split)",
+    ("output", "sentences"): "a text run's interpolation (sentences in a .txt file, not a picture)",
     ("source", "split"): "a split of the run's own data",
     ("likelihood", "default"): "the default likelihood (chosen from the data: bernoulli for binary or grey-level "
                                "images, gaussian-learned otherwise)",
@@ -140,6 +144,11 @@ SCOPES: dict[str, dict[str, Scope]] = {
                         posterior="diagonal-gaussian"),
         "lr_decay": _s("is the factor per epoch of --lr-schedule exponential",
                        "add --lr-schedule exponential, or drop --lr-decay", lr_schedule="exponential"),
+        "architecture": _s("chooses the networks of vectors and images (mlp or conv)",
+                           "drop --architecture: text is modelled by recurrent networks (--cell lstm|gru, --hidden "
+                           "for their state size)", data=_NOT_TEXT),
+        "activation": _s("sets the nonlinearity of the MLP and convolutional networks",
+                         "drop --activation: text is modelled by recurrent cells (--cell lstm|gru)", data=_NOT_TEXT),
         **{dest: _s(f"is an option of sentence models ({what})", f"drop {flag}: these data are not text", data=_TEXT)
            for dest, flag, what in (("vocab_size", "--vocab-size", "the vocabulary's size"),
                                     ("max_length", "--max-length", "the longest sentence"),
@@ -165,6 +174,8 @@ SCOPES: dict[str, dict[str, Scope]] = {
         "seed": _s("seeds a picture's random draws", "drop --seed: this picture draws nothing at random",
                    kind=_PLOT_RANDOM_KINDS),
         "dims": _s("chooses the two latent dimensions shown", "drop --dims", kind={"latent", "manifold"}),
+        "dpi": _s("is the resolution of a PNG picture", "drop --dpi: a text run's interpolation is written as "
+                  "sentences", output="png"),
         "checkpoint": _s("chooses the checkpoint whose model is drawn",
                          "drop --checkpoint: learning curves come from metrics.jsonl, not a checkpoint",
                          kind=_PLOT_MODEL_KINDS),
@@ -220,6 +231,8 @@ def _say(key: str, value: str) -> str:
 def _allowed_text(key: str, allowed: Iterable[str]) -> str:
     if key == "kind":
         return "plot kinds " + ", ".join(sorted(allowed))
+    if key == "output":
+        return "pictures (" + ", ".join(f".{v}" for v in sorted(allowed)) + ")"
     if key in ("data", "resumed"):
         names = [_SHORT[v] for v in DATA_KINDS if v in allowed]
         names_text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]

@@ -237,7 +237,13 @@ class DiagonalGaussian(BatchFitted, Posterior):
 
     def _normalise(self, norm: nn.BatchNorm1d, v: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor
-        if self.fit_to_batch or not norm.training:
+        if self.fit_to_batch and norm.training:
+            # The first training batch sets the running statistics (not 10% of them, as BatchNorm's momentum
+            # would, leaving 90% of the initial variance 1): a short run's bounds use statistics of its encoder.
+            norm.momentum = 1.0 if int(norm.num_batches_tracked) == 0 else 0.1
+            out = norm(v)
+            return out
+        if not norm.training:
             out = norm(v)
             return out
         norm.train(False)  # a bound on a model in training mode: the running statistics, no update

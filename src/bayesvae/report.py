@@ -157,6 +157,10 @@ def _metrics_html(ev: dict, ctx: plots.PlotContext) -> str:
         ("test log-likelihood  log p(x)", f'<b class="headline">{ev["log_likelihood_nats"]:.3f} nats</b>'),
         ("NLL  −log p(x)", f'{ev["nll_nats"]:.3f} ± {ev["nll_nats_stderr"]:.3f} nats '
                            f'<span class="muted">(± standard error over examples)</span>'),
+        ("perplexity per token", f'{ev["perplexity_per_token"]:.2f} <span class="muted">(exp of the total NLL per '
+                                 f'token, over {ev["tokens"]} tokens: {_esc(ev["perplexity_tokens"])}; the NLL '
+                                 'above is per sentence)</span>')
+        if "perplexity_per_token" in ev else
         ("NLL in bits/dim", f'{ev["nll_bits_per_dim"]:.4f} bits/dim '
                             f'<span class="muted">(D = {math.prod(ctx.data_shape)} dimensions)</span>'),
         ("ELBO", f'{ev["elbo_nats"]:.3f} nats <span class="muted">(one sample, closed-form KL)</span>'),
@@ -442,8 +446,14 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
     except Exception:  # noqa: BLE001 - shown in the curves section
         pass
 
+    is_text = run.model_config.architecture == "rnn"
+
     def metrics_section() -> str:
         evaluation.update(_evaluate(ctx, num_samples, max_examples, seed))
+        if is_text:  # per sentence and per token, not per dimension: a sentence's length is not a dimension
+            from .text.metrics import text_figures
+
+            evaluation.update(text_figures(ctx.model, ctx.x[: evaluation["num_examples"]], evaluation))
         return _metrics_html(evaluation, ctx)
 
     sections.add("metrics", "Test metrics" if split == "test" else f"Metrics of the {split} split (no test split)",
@@ -459,7 +469,6 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
     kinds = plots.applicable_kinds(ctx)
     order = ["curves", "latent", "sphere", "explorer", "manifold", "samples", "reconstructions", "interpolation",
              "traversals", "kl", "histograms"]
-    is_text = run.model_config.architecture == "rnn"
     for kind in order:
         if kind == "explorer":
             if not is_text:  # text: decoded sentences in the Sentences section instead
@@ -533,7 +542,10 @@ def _summary_html(ev: dict, records: list[dict], desc: dict, mc: dict, num_sampl
     cards = []
     if ev:
         cards.append((f'{ev["nll_nats"]:.2f} nats', f"test NLL (K = {num_samples})"))
-        cards.append((f'{ev["nll_bits_per_dim"]:.3f}', "bits/dim"))
+        if "perplexity_per_token" in ev:
+            cards.append((f'{ev["perplexity_per_token"]:.1f}', "perplexity per token"))
+        else:
+            cards.append((f'{ev["nll_bits_per_dim"]:.3f}', "bits/dim"))
         cards.append((f'{ev["elbo_nats"]:.2f} nats', "test ELBO"))
         cards.append((f'{ev["active_units"]} / {ev["latent_dim"]}', "active units"))
         if ev.get("mutual_information_nats") is not None:

@@ -10,20 +10,15 @@ from ..errors import ConfigError
 from .runs import vocabulary_of
 
 __all__ = ["likelihood_options", "is_text_run", "write_sentences", "sample_sentences", "reconstruction_lines",
-           "interpolation_lines", "TEXT_SUFFIXES"]
+           "interpolation_lines", "interpolation_pairs", "TEXT_SUFFIXES"]
 
 TEXT_SUFFIXES = (".txt", ".tsv")
 
 
 def likelihood_options(args) -> dict:
     """The autoregressive likelihood's options the text flags gave (only those given; the run's data decide
-    whether they apply: ``text.runs.model_settings`` refuses them on other data). Flags of the MLP/conv networks
-    given explicitly for text data are refused."""
-    from .corpus import is_text_source
-
-    if is_text_source(args.data) and not args.resume and "activation" in getattr(args, "explicit", set()):
-        raise ConfigError("--activation sets the MLP/conv networks' nonlinearity; text uses recurrent cells "
-                          "(--cell lstm|gru): drop --activation")
+    whether they apply: ``bayesvae.flags`` declares where each applies, and ``text.runs.model_settings`` refuses
+    them on other data)."""
     out = {}
     if args.embedding_dim is not None:
         out["embedding_dim"] = args.embedding_dim
@@ -102,3 +97,16 @@ def interpolation_lines(run, x: torch.Tensor, steps: int = 7) -> list[str]:
         path = (1 - t) * a + t * b
     rows = run.model.decode(path).cpu()
     return [f"{float(ti):.2f}\t{vocab.decode(r)}" for ti, r in zip(t[:, 0], rows, strict=True)]
+
+
+def interpolation_pairs(run, x: torch.Tensor, *, pairs: int = 4, steps: int = 7, seed: int = 0) -> list[str]:
+    """``pair<TAB>t<TAB>sentence`` lines: the homotopy of :func:`interpolation_lines` between ``pairs`` pairs of
+    rows of x chosen with ``seed`` (the ends, t = 0 and 1, are the greedy reconstructions of the two sentences)."""
+    if x.shape[0] < 2:
+        raise ConfigError(f"interpolation needs at least 2 sentences, got {x.shape[0]}")
+    g = torch.Generator().manual_seed(seed)
+    lines = ["pair\tt\tsentence"]
+    for p in range(pairs):
+        i, j = torch.randperm(x.shape[0], generator=g)[:2].tolist()
+        lines += [f"{p}\t{line}" for line in interpolation_lines(run, x[[i, j]], steps)]
+    return lines

@@ -23,7 +23,8 @@ def sentences_html(run, x: torch.Tensor, evaluation: dict, seed: int = 0) -> str
     """The Sentences section: ``x`` is the evaluated test subset (its IS NLL is in ``evaluation``)."""
     parts = []
     if evaluation.get("nll_nats") is not None:
-        fig = text_figures(run.model, x[: evaluation["num_examples"]], evaluation)
+        fig = (evaluation if "perplexity_per_token" in evaluation  # the metrics section computed them
+               else text_figures(run.model, x[: evaluation["num_examples"]], evaluation))
         parts.append(
             f"<p>Perplexity per token {fig['perplexity_per_token']:.2f} (IS estimate; the ELBO's bound "
             f"{fig['elbo_perplexity_bound_per_token']:.2f}), over {fig['tokens']} tokens: "

@@ -1,0 +1,46 @@
+"""The training progress line: redrawn in place on a terminal; on a log file a line per epoch and a line every
+``every_line`` seconds within a long epoch (a PTB epoch takes minutes), never a bar full of carriage returns."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+from bayesvae.cli import Progress
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _trainer():
+    state = SimpleNamespace(epoch=0, step_in_epoch=5, global_step=5)
+    config = SimpleNamespace(epochs=3, objective="elbo", samples=1)
+    return SimpleNamespace(state=state, config=config, steps_per_epoch=40)
+
+
+METRICS = {"loss": 101.5, "reconstruction_nll": 99.0, "kl": 2.5, "examples_per_second": 320.0}
+
+
+def test_a_log_file_gets_whole_lines_within_a_long_epoch():
+    log = io.StringIO()
+    bar = Progress(stream=log, every_line=0.0)
+    bar.on_step_end(_trainer(), METRICS)
+    bar.on_step_end(_trainer(), METRICS)
+    lines = log.getvalue().split("\n")
+    assert "\r" not in log.getvalue() and lines[-1] == ""
+    assert lines[0] == "epoch 1/3 step 5/40 loss 101.500 nats (recon 99.000 + KL 2.500) 320 ex/s" == lines[1]
+
+
+def test_a_log_file_gets_no_step_line_before_every_line_seconds():
+    log = io.StringIO()
+    Progress(stream=log, every_line=3600.0).on_step_end(_trainer(), METRICS)
+    assert log.getvalue() == ""
+
+
+def test_a_terminal_redraws_one_line():
+    tty = _Tty()
+    bar = Progress(stream=tty, every=0.0)
+    bar.on_step_end(_trainer(), METRICS)
+    assert tty.getvalue().startswith("\repoch 1/3 step 5/40") and "\n" not in tty.getvalue()
