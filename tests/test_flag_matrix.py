@@ -573,7 +573,8 @@ def test_run_command_options_are_applied_or_refused(command, trained, tmp_path):
     assert not tally.failures, "\n".join(tally.failures)
 
 
-PLOT_KINDS_OF = {"digits": None, "csv": None, "text-split": None}  # every plot kind the run can draw (None: all of plots.KINDS)
+#: every plot kind the run can draw (None: all of plots.KINDS)
+PLOT_KINDS_OF = {"digits": None, "csv": None, "text-split": None}
 
 
 @pytest.mark.parametrize("kind", list(PLOT_KINDS_OF))

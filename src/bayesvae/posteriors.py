@@ -240,7 +240,7 @@ class DiagonalGaussian(BatchFitted, Posterior):
         if self.fit_to_batch and norm.training:
             # The first training batch sets the running statistics (not 10% of them, as BatchNorm's momentum
             # would, leaving 90% of the initial variance 1): a short run's bounds use statistics of its encoder.
-            norm.momentum = 1.0 if int(norm.num_batches_tracked) == 0 else 0.1
+            norm.momentum = 1.0 if norm.num_batches_tracked is not None and int(norm.num_batches_tracked) == 0 else 0.1
             out = norm(v)
             return out
         if not norm.training:
