@@ -359,12 +359,29 @@ def test_deterministic_flag_asks_torch_for_deterministic_kernels(tmp_path, monke
     assert calls == [True]
 
 
-@pytest.mark.parametrize("data_args", [["--data", "digits"], ["--data", "digits", "--likelihood", "gaussian-shared"]],
-                         ids=["binarised", "dequantised"])
+def _corpus(root: Path) -> Path:
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(30)]
+    root.mkdir()
+    for name, n in (("train", 256), ("valid", 32), ("test", 32)):
+        lines = [" ".join(rng.choice(words[: 10 + 10 * (i % 2)]) for _ in range(rng.randint(1, 12))) for i in range(n)]
+        (root / f"{name}.txt").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("data_args", [["--data", "digits"], ["--data", "digits", "--likelihood", "gaussian-shared"],
+                                       ["--data", "{corpus}", "--embedding-dim", "8"],
+                                       ["--data", "{corpus}", "--embedding-dim", "8", "--word-dropout", "0.3"]],
+                         ids=["binarised", "dequantised", "text", "text-word-dropout"])
 def test_cli_training_on_two_ranks_equals_one_process(tmp_path, data_args):
-    """Every rank draws the whole global batch's binarisation (or dequantisation) and latent noise from (seed, step)
-    and keeps its rows, so a 2-rank run through the CLI takes the steps of the 1-process run: the same parameters up
-    to the order of float sums (it used to differ as two seeds do: 0.09 after 5 epochs)."""
+    """Every rank draws the whole global batch's binarisation (or dequantisation), word dropout and latent noise
+    from (seed, step) and keeps its rows, so a 2-rank run through the CLI takes the steps of the 1-process run: the
+    same parameters up to the order of float sums (it used to differ as two seeds do: 0.09 after 5 epochs). Text
+    batches are bucketed by length for the global batch, then shared out."""
+    if "{corpus}" in data_args:
+        data_args = [str(_corpus(tmp_path / "corpus")) if a == "{corpus}" else a for a in data_args]
     common = ["train", *data_args, "--epochs", "2", "--hidden", "32", "--latent-dim", "4", "--batch-size", "64",
               "--report-samples", "0", "--seed", "3"]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
@@ -377,4 +394,4 @@ def test_cli_training_on_two_ranks_equals_one_process(tmp_path, data_args):
     # the initial weights (an epoch at a learning rate of 1e-30): the runs did move away from them
     assert main([*common, "--epochs", "1", "--lr", "1e-30", "--out", str(tmp_path / "start")]) == 0
     start = _tensors(ckpt.resolve_checkpoint(tmp_path / "start", "last"))
-    assert max(float((one[k] - start[k]).abs().max()) for k in weights) > 1e-2
+    assert max(float((one[k] - start[k]).abs().max()) for k in weights) > 1e-3  # 10x the tolerance above

@@ -25,6 +25,7 @@ from torch import nn
 from torch.distributions import Distribution, constraints
 from torch.types import _size
 
+from .. import draws
 from ..errors import ConfigError
 from ..likelihoods import Likelihood
 from .vocabulary import EOS, PAD, UNK
@@ -185,8 +186,11 @@ class Autoregressive(Likelihood):
         mask = target != PAD
         target = target.clamp_min(0)  # PAD positions are masked out; any valid id keeps the gather in range
         inputs = torch.cat([torch.full_like(target[:, :1], EOS), target[:, :-1]], dim=1)
-        if self._dropping:
-            drop = torch.rand(inputs.shape, device=inputs.device) < self.word_dropout
+        if self._dropping:  # a training step's draws are the global batch's (bayesvae.draws): ranks agree
+            step = draws.current(rows=x.shape[0]) if x.dim() == 2 else None
+            u = (step.uniform(x.shape[1:])[:, :width].to(inputs.device) if step is not None
+                 else torch.rand(inputs.shape, device=inputs.device))
+            drop = u < self.word_dropout
             drop[:, 0] = False
             inputs = torch.where(drop, torch.full_like(inputs, UNK), inputs)
         states, _ = self.rnn(self._inputs(inputs, z), self.initial_state(z))
