@@ -20,8 +20,8 @@ importance sampling with exactly K = --samples (nats, lower is better), perplexi
 tokens), the tokens being the words (<unk> included) and each sentence's <eos>; the ELBO, KL, I(x; z) (minibatch
 estimate, biased low), active units, greedy reconstruction token accuracy, and the training time.
 
-Published PTB anchors (quoted from memory and from secondary sources, not re-checked against the papers here; the
-kind of each number is stated, as a bound and an IS estimate are not comparable): see ANCHORS.
+Published PTB anchors (ANCHORS: the figure, its kind, as a bound and an IS estimate are not comparable, and where
+it was checked: the paper itself, or a later paper's table that quotes it).
 
     python benchmarks/text.py --data ../shared/data/ptb --minutes-per-arm 4 --json benchmarks/results/text_ptb.json
     python benchmarks/text.py --smoke            # a generated corpus, seconds (tests/test_benchmarks.py)
@@ -49,17 +49,29 @@ from bayesvae.text.metrics import text_figures  # noqa: E402
 from bayesvae.training import Callback  # noqa: E402
 
 ANCHORS = [
-    {"paper": "Bowman et al. 2016", "model": "LSTM language model", "nll_nats": 100.0, "ppl": 116.0,
-     "kind": "exact (no latent)"},
-    {"paper": "Bowman et al. 2016", "model": "VAE (annealing + word dropout)", "nll_nats": 101.0, "kl_nats": 2.0,
-     "ppl": 119.0, "kind": "ELBO bound (an upper bound on the NLL)"},
-    {"paper": "Xu & Durrett 2018", "model": "fixed-κ vMF VAE", "ppl": 98.0,
-     "kind": "ELBO-based perplexity bound (secondary source; their LM baseline is stronger than Bowman's)"},
-    {"paper": "He et al. 2019", "model": "lagging-inference VAE", "kind": "Yahoo/Yelp only (IS, K = 500): no PTB row"},
-    {"paper": "Li et al. 2019", "model": "AE pretraining + free bits", "kind": "IS estimate (K = 500 as He et al.); "
-     "PTB row not verified here"},
-    {"paper": "Zhu et al. 2020", "model": "BN-VAE", "kind": "IS estimate (He et al.'s protocol); Yahoo 326.7, KL "
-     "6.2, MI 5.6, AU 32/32; PTB row not verified here"},
+    {"paper": "Bowman et al. 2016 (Table 2, test)", "model": "LSTM language model", "nll_nats": 100.0, "ppl": 116.0,
+     "kind": "exact (no latent)", "source": "the paper, verified", "latent_dim": None},
+    {"paper": "Bowman et al. 2016 (Table 2, test)", "model": "VAE (annealing + word dropout)", "nll_nats": 101.0,
+     "kl_nats": 2.0, "ppl": 119.0, "kind": "ELBO bound (an upper bound on the NLL)", "source": "the paper, verified",
+     "latent_dim": 13},
+    {"paper": "Li et al. 2019, quoted in Li et al. 2020 (Optimus, Table 8)", "model": "LSTM language model",
+     "nll_nats": 101.04, "ppl": 100.47, "kind": "exact (no latent)", "source": "secondary quote", "latent_dim": None},
+    {"paper": "Li et al. 2019, quoted in Li et al. 2020 (Optimus, Table 8)", "model": "VAE, annealing",
+     "neg_elbo_nats": 101.28, "kl_nats": 0.0, "mi_nats": 0.0, "active_units": 0, "ppl": 101.40,
+     "kind": "-ELBO; PPL from the importance-weighted bound", "source": "secondary quote", "latent_dim": 32},
+    {"paper": "Li et al. 2019, quoted in Li et al. 2020 (Optimus, Table 8)", "model": "AE pretraining + free bits "
+     "(λ = 5)", "neg_elbo_nats": 102.41, "kl_nats": 6.54, "mi_nats": 5.31, "active_units": 32, "ppl": 96.86,
+     "kind": "-ELBO; PPL from the importance-weighted bound", "source": "secondary quote", "latent_dim": 32},
+    {"paper": "Li et al. 2019, quoted in Li et al. 2020 (Optimus, Table 8)", "model": "lagging inference (He et al.)",
+     "neg_elbo_nats": 101.19, "kl_nats": 0.93, "mi_nats": 0.83, "active_units": 4, "ppl": 99.83,
+     "kind": "-ELBO; PPL from the importance-weighted bound", "source": "secondary quote", "latent_dim": 32},
+    {"paper": "Xu & Durrett 2018", "model": "fixed-κ vMF VAE", "kind": "ELBO bound (the author confirms it); PTB "
+     "figures not found in a primary source (a leaderboard lists PPL 98)", "source": "hyperparameters verified in "
+     "their code: d = 50, κ = 35 (standard decoder), κ = 80 (inputless)", "latent_dim": 50},
+    {"paper": "He et al. 2019", "model": "lagging-inference VAE", "kind": "IS, K = 500; no PTB row (Yahoo, Yelp, "
+     "Omniglot)", "source": "their code", "latent_dim": 32},
+    {"paper": "Zhu et al. 2020", "model": "BN-VAE", "kind": "IS, K = 500; no PTB row. Yahoo, γ = 0.6: NLL 326.7, "
+     "KL 6.2, MI 5.6, AU 32/32", "source": "the paper, verified", "latent_dim": 32},
 ]
 
 

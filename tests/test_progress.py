@@ -44,3 +44,23 @@ def test_a_terminal_redraws_one_line():
     bar = Progress(stream=tty, every=0.0)
     bar.on_step_end(_trainer(), METRICS)
     assert tty.getvalue().startswith("\repoch 1/3 step 5/40") and "\n" not in tty.getvalue()
+
+
+def test_evaluate_says_how_long_it_will_take_without_changing_a_figure(tmp_path, capsys, monkeypatch):
+    import json
+
+    from bayesvae import cli
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
+                     "--report-samples", "0", "--out", str(run)]) == 0
+    figures = []
+    for after in (1e9, 0.0):  # never announced; always announced (the pilot runs under a forked random state)
+        monkeypatch.setattr(cli, "ANNOUNCE_AFTER_S", after)
+        capsys.readouterr()
+        assert cli.main(["evaluate", str(run), "--samples", "7", "--limit", "40", "--json"]) == 0
+        printed = capsys.readouterr()
+        figures.append({k: v for k, v in json.loads(printed.out).items() if k != "seconds"})
+        said = "evaluating 40 examples with K = 7 importance samples: about" in printed.err
+        assert said is (after == 0.0)
+    assert figures[0] == figures[1]

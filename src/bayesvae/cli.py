@@ -450,6 +450,37 @@ def _split_data(run, split: str):
     return x, labels, prepared
 
 
+#: ``evaluate`` says how long it will take when the estimate is longer than this (seconds).
+ANNOUNCE_AFTER_S = 60.0
+
+
+def _announce_duration(model, x: torch.Tensor, samples: int, device: torch.device, pilot: int = 4) -> None:
+    """Time the importance sampling of the first ``pilot`` examples (under a forked random state: the figures do
+    not change) and, when the whole split would take over a minute, say how long and how to make it shorter."""
+    from .estimators import estimate_log_likelihood
+
+    n = int(x.shape[0])
+    if n <= pilot:
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        t0 = time.perf_counter()
+        estimate_log_likelihood(model, x[:pilot], samples, batch_size=pilot)
+        per_example = (time.perf_counter() - t0) / pilot
+    total = per_example * n / max(1, ranks.world_size())
+    if total > ANNOUNCE_AFTER_S:
+        _print(f"evaluating {n} examples with K = {samples} importance samples: about {_duration(total)} here "
+               f"({1000 * per_example:.0f} ms per example, timed on the first {pilot}); --samples K and --limit N "
+               "make it shorter")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def cmd_evaluate(args) -> int:
     from .estimators import evaluate
 
@@ -462,10 +493,12 @@ def cmd_evaluate(args) -> int:
     if args.limit is not None:
         x = x[: args.limit]
     torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
     import contextlib
 
     low = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
+    with low:
+        _announce_duration(run.model, x, args.samples, device)
+    t0 = time.perf_counter()
     with low:  # bf16: the networks only; densities, KL and the log-sum-exp stay float32/float64
         result = evaluate(run.model, x, args.samples, levels=prepared.levels, batch_size=args.batch_size,
                           distributed=True)
