@@ -64,3 +64,19 @@ def test_evaluate_says_how_long_it_will_take_without_changing_a_figure(tmp_path,
         said = "evaluating 40 examples with K = 7 importance samples: about" in printed.err
         assert said is (after == 0.0)
     assert figures[0] == figures[1]
+
+
+def test_a_time_bounded_report_evaluates_what_fits_and_says_so(tmp_path):
+    from bayesvae import cli
+    from bayesvae.report import MIN_EXAMPLES, write_report
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
+                     "--report-samples", "0", "--out", str(run)]) == 0
+    said: list[str] = []
+    page = write_report(run, num_samples=50, max_seconds=1e-6, say=said.append).read_text()
+    assert f"the first {MIN_EXAMPLES} of " in page  # the page states the subset
+    assert any(f"on the first {MIN_EXAMPLES} of" in line and "--max-examples" in line for line in said)
+    said.clear()
+    page = write_report(run, num_samples=5, max_seconds=1e6, say=said.append).read_text()
+    assert not any("--max-examples" in line for line in said) and f"the first {MIN_EXAMPLES} of " not in page

@@ -423,7 +423,8 @@ def _train(args) -> int:
         try:
             with RunLock(trainer.run_dir, "train (report)"):
                 moved = {k: getattr(args, k) for k in ("data", "data_dir") if args.resume and k in args.explicit}
-                path = write_report(trainer.run_dir, num_samples=args.report_samples, device=device, **moved)
+                path = write_report(trainer.run_dir, num_samples=args.report_samples, device=device,
+                                    max_seconds=REPORT_AFTER_TRAINING_S, say=_print, **moved)
             _print(_report_line(path, f"`bayesvae report {trainer.run_dir}`", prefix="report: "))
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -450,22 +451,23 @@ def _split_data(run, split: str):
     return x, labels, prepared
 
 
+#: The report that ``train`` writes evaluates as many test examples as fit in this many seconds (the page says
+#: how many; ``bayesvae report`` evaluates more).
+REPORT_AFTER_TRAINING_S = 300.0
+
 #: ``evaluate`` says how long it will take when the estimate is longer than this (seconds).
 ANNOUNCE_AFTER_S = 60.0
 
 
 def _announce_duration(model, x: torch.Tensor, samples: int, device: torch.device, pilot: int = 4) -> None:
-    """Time the importance sampling of the first ``pilot`` examples (under a forked random state: the figures do
-    not change) and, when the whole split would take over a minute, say how long and how to make it shorter."""
-    from .estimators import estimate_log_likelihood
+    """When the importance sampling of the whole split would take over ANNOUNCE_AFTER_S, say how long (timed on the
+    first ``pilot`` examples; the figures do not change) and how to make it shorter."""
+    from .estimators import seconds_per_example
 
     n = int(x.shape[0])
     if n <= pilot:
         return
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        t0 = time.perf_counter()
-        estimate_log_likelihood(model, x[:pilot], samples, batch_size=pilot)
-        per_example = (time.perf_counter() - t0) / pilot
+    per_example = seconds_per_example(model, x, samples, pilot)
     total = per_example * n / max(1, ranks.world_size())
     if total > ANNOUNCE_AFTER_S:
         _print(f"evaluating {n} examples with K = {samples} importance samples: about {_duration(total)} here "

@@ -29,7 +29,7 @@ from .objectives import _check_x as _check_tensor
 from .posteriors import kl_per_dimension
 
 __all__ = ["estimate_log_likelihood", "bits_per_dim", "active_units", "per_dimension_kl", "eval_mode", "evaluate",
-           "example_latents", "model_device", "mutual_information", "SEEDINGS"]
+           "example_latents", "model_device", "mutual_information", "SEEDINGS", "seconds_per_example"]
 
 #: Elements of decoder output per chunk when no chunk size is given: 4 MiB of float32 per tensor, so that the
 #: log-density passes over the decoder's output run from cache (measured: 1.5x faster than 64 MiB chunks).
@@ -368,3 +368,16 @@ def evaluate(model: LatentModel, x: torch.Tensor, num_samples: int = 5000, *, le
         result.update(standardization_log_scale_sum_nats=shift, nll_standardized_nats=nll - shift,
                       elbo_standardized_nats=result["elbo_nats"] + shift)
     return result
+
+
+def seconds_per_example(model: LatentModel, x: torch.Tensor, num_samples: int, pilot: int = 4) -> float:
+    """Wall seconds that :func:`estimate_log_likelihood` takes per example of ``x`` with K = ``num_samples``, timed
+    on its first ``pilot`` rows under a forked random state (the caller's later draws do not change)."""
+    import time
+
+    device = model_device(model)
+    rows = x[:pilot]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        t0 = time.perf_counter()
+        estimate_log_likelihood(model, rows, num_samples, batch_size=max(1, rows.shape[0]))
+        return (time.perf_counter() - t0) / max(1, rows.shape[0])

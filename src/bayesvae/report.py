@@ -124,11 +124,24 @@ def _figure_html(fig, caption: str, alt: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- evaluation
-def _evaluate(ctx: plots.PlotContext, num_samples: int, max_examples: int, seed: int) -> dict:
-    from .estimators import evaluate
+#: The fewest test examples a time-bounded report evaluates.
+MIN_EXAMPLES = 50
+
+
+def _evaluate(ctx: plots.PlotContext, num_samples: int, max_examples: int, seed: int,
+              max_seconds: float | None = None, say=None) -> dict:
+    from .estimators import evaluate, seconds_per_example
 
     x_all = ctx.x
     x = x_all[:max_examples]
+    if max_seconds is not None and x.shape[0] > MIN_EXAMPLES:  # as many as the time allows, at least MIN_EXAMPLES
+        fit = int(max_seconds / max(seconds_per_example(ctx.model, x, num_samples), 1e-9))
+        if fit < x.shape[0]:
+            x = x[: max(MIN_EXAMPLES, fit)]
+            if say is not None:
+                say(f"report: the test log-likelihood on the first {x.shape[0]} of {x_all.shape[0]} {ctx.split} "
+                    f"examples with K = {num_samples} (what fits in about {max_seconds / 60:.0f} min here); "
+                    "`bayesvae report RUN_DIR --max-examples N` evaluates more")
     prepared = ctx.prepared()
     levels = prepared.levels if prepared is not None else None
     t0 = time.perf_counter()
@@ -404,7 +417,7 @@ _SPHERE_CAPTIONS = {
 def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: int = 2000,
                   checkpoint: str = "best", seed: int = 0, explorer_grid: int = GRID,
                   device: str | torch.device = "cpu", data: str | None = None, data_dir: str | None = None,
-                  say=None) -> str:
+                  say=None, max_seconds: float | None = None) -> str:
     """The report's HTML text (see :func:`write_report`)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
         raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -449,7 +462,7 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
     is_text = run.model_config.architecture == "rnn"
 
     def metrics_section() -> str:
-        evaluation.update(_evaluate(ctx, num_samples, max_examples, seed))
+        evaluation.update(_evaluate(ctx, num_samples, max_examples, seed, max_seconds, say))
         if is_text:  # per sentence and per token, not per dimension: a sentence's length is not a dimension
             from .text.metrics import text_figures
 
@@ -587,7 +600,8 @@ def _failures_in(text: str) -> list[str] | None:
 
 def write_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: int = 2000,
                  checkpoint: str = "best", seed: int = 0, device: str | torch.device = "cpu",
-                 data: str | None = None, data_dir: str | None = None, say=None) -> Path:
+                 data: str | None = None, data_dir: str | None = None, say=None,
+                 max_seconds: float | None = None) -> Path:
     """Write ``RUN_DIR/report.html`` (atomically, replacing an older report) and return its path.
 
     Args:
@@ -598,6 +612,8 @@ def write_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: 
         device: where the model computes (the evaluation and every plot).
         data, data_dir: where the run's data file / MNIST directory are now, if they moved (fingerprint checked).
         say: called with warnings (e.g. data whose fingerprint differs); they are also shown on the page.
+        max_seconds: evaluate only as many of the ``max_examples`` as fit in about this time (at least
+            MIN_EXAMPLES; timed on a few examples first, the page says how many were evaluated).
 
     A section that fails shows its error in one line and the rest is still written; only an unloadable run
     raises.  The page records how many sections failed (:func:`report_failures` reads it).  A report with more
@@ -606,7 +622,7 @@ def write_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples: 
     """
     path = Path(run_dir) / REPORT_NAME
     text = render_report(run_dir, num_samples=num_samples, max_examples=max_examples, checkpoint=checkpoint,
-                         seed=seed, device=device, data=data, data_dir=data_dir, say=say)
+                         seed=seed, device=device, data=data, data_dir=data_dir, say=say, max_seconds=max_seconds)
     failed = _failures_in(text) or []
     previous = report_failures(path) if path.exists() else None
     if failed and previous is not None and len(previous) < len(failed):
