@@ -531,16 +531,16 @@ def kl_bound_record(model: VAE) -> dict | None:
 def _check_model_fits(config: ModelConfig, train_config: TrainConfig) -> None:
     """Refuse a model whose weights, gradients and Adam moments cannot fit (counted on the meta device, which
     allocates nothing), with the activations of a batch, before anything is allocated or written."""
-    from .resources import require_memory
+    from . import memory
 
     with torch.device("meta"):
         meta = build_model(config)
     params = sum(p.numel() for p in meta.parameters())
     widest = max((*config.hidden, math.prod(config.data_shape), config.latent_dim))
     activations = 4 * 4 * train_config.batch_size * max(1, train_config.samples) * widest * (len(config.hidden) + 2)
-    require_memory(16 * params + activations, f"a model of {params:,} parameters (--hidden "
+    memory.require("the model", 16 * params + activations, f"a model of {params:,} parameters (--hidden "
                    f"{' '.join(map(str, config.hidden))}) with its gradients and optimiser state",
-                   "use smaller --hidden widths (or a smaller --batch-size)")
+                   "Use smaller --hidden widths (or a smaller --batch-size)")
 
 
 def _check_world(config: TrainConfig) -> None:
