@@ -216,14 +216,19 @@ def _layout_file(tmp_path, name):
     return str(tmp_path / f"{name}.npy")
 
 
+@pytest.mark.parametrize("order", ["full", "block"])
 @pytest.mark.parametrize("name", ["flat-u8", "table-f64", "nhwc-u8", "nhw-f16"])
-def test_resume_mid_epoch_is_exact_on_every_streamed_layout(tmp_path, monkeypatch, name):
+def test_resume_mid_epoch_is_exact_on_every_streamed_layout(tmp_path, monkeypatch, name, order):
     monkeypatch.setattr(bdata, "LAZY_BYTES", 0)
     spec = runs.DataSpec(_layout_file(tmp_path, name))
-    cfg = TrainConfig(epochs=2, batch_size=32, seed=3)  # 400 training rows: 13 steps an epoch
+    # 400 training rows: 13 steps an epoch; block order: blocks of 7 rows, windows of 3 blocks (21 rows), so the
+    # interruption (step 18, in epoch 2) falls inside a window and batches straddle windows
+    geometry = dict(block_rows=7, window_blocks=3) if order == "block" else {}
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=3, data_order=order, **geometry)
     model = dict(latent_dim=2, hidden=(8,))
     full = runs.train(spec, out=tmp_path / "full", train_config=cfg, **model)
     assert isinstance(full.train_data, Rows)
+    assert (full.config.data_order, full.config.block_rows) == (order, geometry.get("block_rows", 0))
     with pytest.raises(TrainingInterrupted):
         runs.train(spec, out=tmp_path / "cut", train_config=cfg, callbacks=[_StopAt(18)], **model)
     torch.manual_seed(12345)
