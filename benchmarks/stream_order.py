@@ -196,7 +196,10 @@ def train_once(path: Path, streamed: bool, config_kw: dict, model_kw: dict) -> d
             "valid_loss_nats": [round(h["valid_loss"], 3) for h in hist], "epoch_seconds": round(seconds, 2),
             "examples_per_second": round(n / seconds),
             "take_ms_per_batch": round(1e3 * statistics.mean(timers.take), 3),
-            "step_ms": round(1e3 * statistics.mean(timers.step), 2)}
+            "step_ms": round(1e3 * statistics.mean(timers.step), 2),
+            # a step's time early and late in the run: a long epoch is not timed like a short one
+            "step_ms_first_100": round(1e3 * statistics.mean(timers.step[:100]), 2),
+            "step_ms_last_100": round(1e3 * statistics.mean(timers.step[-100:]), 2), "steps": len(timers.step)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -306,7 +309,11 @@ def main(argv: list[str] | None = None) -> dict:
               f"memory): {as_bench_memory['streamed']['examples_per_second']:,} vs "
               f"{as_bench_memory['in memory (1/16)']['examples_per_second']:,} examples/s, ratio {bm_ratio:.2f}; "
               f"waiting for the batch {as_bench_memory['streamed']['take_ms_per_batch']} ms of a "
-              f"{as_bench_memory['streamed']['step_ms']} ms step", flush=True)
+              f"{as_bench_memory['streamed']['step_ms']} ms step (the first 100 steps "
+              f"{as_bench_memory['streamed']['step_ms_first_100']} ms, the last 100 "
+              f"{as_bench_memory['streamed']['step_ms_last_100']} ms, of {as_bench_memory['streamed']['steps']}; "
+              f"in memory {as_bench_memory['in memory (1/16)']['steps']} steps of "
+              f"{as_bench_memory['in memory (1/16)']['step_ms']} ms)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
