@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from bayesvae import data as bdata
-from bayesvae import orders, runs
+from bayesvae import orders, runs, training
 from bayesvae.arrays import Rows
 from bayesvae.cli import main
 from bayesvae.config import TrainConfig
@@ -105,11 +105,16 @@ def test_block_order_trains_with_window_advice_and_says_so(tmp_path, monkeypatch
     real = Rows.will_need
     monkeypatch.setattr(Rows, "will_need", lambda self, p: asked.append(np.asarray(p)) or real(self, p))
     cfg = TrainConfig(epochs=1, batch_size=50, seed=1, data_order="block", block_rows=16, window_blocks=4)
-    trainer = runs.train(runs.DataSpec(str(tmp_path / "x.npy")), out=None, train_config=cfg, latent_dim=2,
-                         hidden=(8,))
+    spec = runs.DataSpec(str(tmp_path / "x.npy"))
+    plain = runs.train(spec, out=None, train_config=cfg, latent_dim=2, hidden=(8,))
+    assert asked == []  # off by default (training.WINDOW_ADVICE: it did not pay in make bench-stream)
+    monkeypatch.setattr(training, "WINDOW_ADVICE", True)
+    trainer = runs.train(spec, out=None, train_config=cfg, latent_dim=2, hidden=(8,))
     n = len(trainer.train_data)
     assert np.array_equal(np.sort(np.concatenate(asked)), np.arange(n))  # the whole epoch was announced, once
     assert all(len(a) <= 64 for a in asked)  # a window (16 x 4 rows) at a time
+    assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(),
+                                                 trainer.model.state_dict().values(), strict=True))  # a hint only
     code = main(["train", "--data", str(tmp_path / "x.npy"), "--epochs", "1", "--hidden", "8", "--latent-dim", "2",
                  "--report-samples", "0", "--data-order", "block", "--out", str(tmp_path / "run")])
     out = capsys.readouterr().err

@@ -218,6 +218,11 @@ _LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: fp16 steps in a row whose gradients may overflow (each halves the loss scale) before training stops.
 _FP16_MAX_OVERFLOWS = 30
 
+#: Block order: whether the prefetch thread also asks the kernel (posix_fadvise WILLNEED) for the next window's runs
+#: of the file. Off: on this project's machines it did not pay (``make bench-stream``: an evicted 1 GiB file read in
+#: the block order at 0.76 x dd with it, 0.98 x without; the kernel's own read-around already follows the blocks).
+WINDOW_ADVICE = False
+
 #: Keep the training split on a GPU when it takes at most this fraction of the device's free memory.
 DEVICE_DATA_FRACTION = 0.25
 
@@ -573,7 +578,7 @@ class Trainer:
             order = order.to(self.train_data.device)
         first, start = st.step_in_epoch, self.clock()
         last = start
-        advise = cfg.block_rows * cfg.window_blocks if cfg.data_order == "block" else 0
+        advise = cfg.block_rows * cfg.window_blocks if cfg.data_order == "block" and WINDOW_ADVICE else 0
         with _Prefetch(self.train_data, order, cfg.batch_size, first, self.steps_per_epoch, self._rank_share,
                        advise_rows=advise) as ahead:
             for b in range(first, self.steps_per_epoch):
