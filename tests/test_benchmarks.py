@@ -94,6 +94,23 @@ def test_memory_benchmark_smoke(monkeypatch, tmp_path):
 
 
 @needs_mnist
+def test_stream_benchmark_smoke(monkeypatch, tmp_path):
+    """The streaming benchmark end to end on 3,000 MNIST images and a 16 MiB file: both orders train the same steps,
+    the file is out of the page cache before each timed read, and the throughput runs alternate."""
+    result = _run("stream_order.py", "--smoke", "--data-dir", str(MNIST), "--dir", str(tmp_path),
+                  "--json", str(tmp_path / "s.json"), monkeypatch=monkeypatch)
+    for row in result["quality"]["files"]:
+        assert set(row["valid_loss_nats"]) == {"full", "block", "full, next seed"}
+        assert all(len(v) == 1 and v[0] > 0 for v in row["valid_loss_nats"].values())
+    read = result["read"]
+    assert read["block"]["complete"] and read["block"]["order"] == "block" and read["full"]["order"] == "full"
+    assert read["dd"]["mb_per_s"] > 0 and all(read[k]["cached_before"] in (None, 0.0) for k in ("dd", "block"))
+    assert result["throughput"]["runs"]["streamed"][0]["streamed"] is True
+    assert json.loads((tmp_path / "s.json").read_text())["read"]
+    assert not list(tmp_path.glob("bayesvae-bench-stream-*"))  # the generated files were deleted
+
+
+@needs_mnist
 def test_gpu_check_runs_on_cpu_in_smoke_mode(monkeypatch):
     """The GPU check's code paths on the CPU: throughput of the three loops, evaluation in float32 and bf16."""
     result = _run("gpu_check.py", "--device", "cpu", "--smoke", "--data-dir", str(MNIST), monkeypatch=monkeypatch)

@@ -84,6 +84,7 @@ CASES: dict[tuple[str, str], list[tuple[dict, dict]]] = {
     ("train", "softmax"): [({}, {"--softmax": "adaptive"})],
     ("train", "word_dropout"): [({}, {"--word-dropout": "0.3"})],
     ("train", "image_shape"): [({}, {"--image-shape": ["4", "16"]})],
+    ("train", "data_order"): [({}, {"--data-order": "block"})],
     ("data info", "image_shape"): [({}, {"--image-shape": ["4", "16"]})],
     ("data convert", "label_column"): [({}, {"--label-column": "kind"})],
 }

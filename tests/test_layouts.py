@@ -216,14 +216,19 @@ def _layout_file(tmp_path, name):
     return str(tmp_path / f"{name}.npy")
 
 
+@pytest.mark.parametrize("order", ["full", "block"])
 @pytest.mark.parametrize("name", ["flat-u8", "table-f64", "nhwc-u8", "nhw-f16"])
-def test_resume_mid_epoch_is_exact_on_every_streamed_layout(tmp_path, monkeypatch, name):
+def test_resume_mid_epoch_is_exact_on_every_streamed_layout(tmp_path, monkeypatch, name, order):
     monkeypatch.setattr(bdata, "LAZY_BYTES", 0)
     spec = runs.DataSpec(_layout_file(tmp_path, name))
-    cfg = TrainConfig(epochs=2, batch_size=32, seed=3)  # 400 training rows: 13 steps an epoch
+    # 400 training rows: 13 steps an epoch; block order: blocks of 7 rows, windows of 3 blocks (21 rows), so the
+    # interruption (step 18, in epoch 2) falls inside a window and batches straddle windows
+    geometry = dict(block_rows=7, window_blocks=3) if order == "block" else {}
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=3, data_order=order, **geometry)
     model = dict(latent_dim=2, hidden=(8,))
     full = runs.train(spec, out=tmp_path / "full", train_config=cfg, **model)
     assert isinstance(full.train_data, Rows)
+    assert (full.config.data_order, full.config.block_rows) == (order, geometry.get("block_rows", 0))
     with pytest.raises(TrainingInterrupted):
         runs.train(spec, out=tmp_path / "cut", train_config=cfg, callbacks=[_StopAt(18)], **model)
     torch.manual_seed(12345)
@@ -435,3 +440,40 @@ def test_batches_read_ahead_in_a_thread_train_exactly_as_in_memory(tmp_path, mon
         weights[lazy] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     assert "bayesvae-prefetch" in threads
     assert all(torch.equal(weights[0][k], weights[1 << 62][k]) for k in weights[0])
+
+
+# ------------------------------------------------------------------------------------------- binary uint8 stacks
+@pytest.mark.parametrize("shape", [(120, 8, 8), (120, 1, 8, 8), (120, 8, 8, 3)])
+def test_a_uint8_stack_of_zeros_and_ones_is_binary_pixels_not_grey_levels(tmp_path, monkeypatch, capsys, shape):
+    """(x > t).astype(np.uint8) is a common way to save binary images: its 1s are white pixels, not the grey level
+    1/255. Reference: the same images saved as float32 0.0/1.0, which the loader always took as binary."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    u8 = (rng.random(shape) < 0.4).astype(np.uint8)
+    np.save(tmp_path / "u8.npy", u8)
+    np.save(tmp_path / "f32.npy", u8.astype(np.float32))
+    np.savez(tmp_path / "u8.npz", x=u8)
+    ref = bdata.load_dataset(str(tmp_path / "f32.npy"))
+    assert ref.kind == "binary"
+    for src in ("u8.npy", "u8.npz"):
+        for ds in (_both(monkeypatch, tmp_path / src) if src.endswith(".npy") else
+                   (bdata.load_dataset(str(tmp_path / src)),)):
+            assert ds.kind == "binary" and ds.value_range == (0.0, 1.0), src
+            for split in ("train", "valid", "test"):
+                assert torch.equal(as_tensor(getattr(ds, split)), as_tensor(getattr(ref, split))), (src, split)
+            assert ds.describe()["layout"] == bdata.BINARY_UINT8_NOTE
+            assert bdata.default_likelihood(ds) == "bernoulli" and not bdata.needs_binarization(ds, "bernoulli")
+    if len(shape) == 3:  # a folder of PNGs of 0 and 1 reads the same way (the same rows: one file per image)
+        (tmp_path / "img").mkdir()
+        for i, im in enumerate(u8):
+            Image.fromarray(im).save(tmp_path / "img" / f"{i:03d}.png")
+        ds = bdata.load_dataset(str(tmp_path / "img"))
+        assert ds.kind == "binary" and float(as_tensor(ds.train).max()) == 1.0
+    grey = u8 * np.uint8(255)  # 0/255: grey levels that happen to be black and white, as before
+    grey[0].flat[0] = 7
+    np.save(tmp_path / "grey.npy", grey)
+    ds = bdata.load_dataset(str(tmp_path / "grey.npy"))
+    assert ds.kind == "image" and ds.describe().get("layout") is None
+    assert main(["data", "info", str(tmp_path / "u8.npy")]) == 0
+    assert "binary pixels (0 and 1), not as grey levels" in capsys.readouterr().out

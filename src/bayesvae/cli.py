@@ -167,7 +167,8 @@ _FLAG_OF_FIELD = {"epochs": "--epochs", "batch_size": "--batch-size", "learning_
                   "samples": "--samples", "kl_warmup_epochs": "--kl-warmup", "early_stopping_patience": "--patience",
                   "seed": "--seed", "checkpoint_every_steps": "--checkpoint-every",
                   "nonfinite_policy": "--on-nonfinite",
-                  "max_seconds": "--max-minutes", "precision": "--precision", "free_bits": "--free-bits"}
+                  "max_seconds": "--max-minutes", "precision": "--precision", "free_bits": "--free-bits",
+                  "data_order": "--data-order"}
 
 
 def _check_max_minutes(value) -> None:
@@ -191,7 +192,7 @@ def _train_config(args) -> TrainConfig:
                            early_stopping_patience=args.patience, seed=args.seed,
                            checkpoint_every_steps=args.checkpoint_every, nonfinite_policy=args.on_nonfinite,
                            max_seconds=60.0 * args.max_minutes, precision=args.precision,
-                           free_bits=args.free_bits)
+                           free_bits=args.free_bits, data_order=args.data_order)
     except ConfigError as err:
         raise ConfigError(_flag_names(str(err))) from None
 
@@ -289,6 +290,9 @@ def _on_ready(trainer, dataset, likelihood) -> None:
                f"{trainer.state.global_step} with {ranks.world_size()}: the data order and the random draws are those "
                "of the uninterrupted run (every step's draws come from (seed, step)), so it matches it up to the order "
                "of float sums, not bit for bit (a vmf posterior's draws stay per process)")
+    order = trainer.run_state.get("data_order")
+    if order and order.get("order") != "length-bucketed":
+        _print(f"data order: {order['describe']}")
     choice = trainer.run_state.get("precision_choice")
     if choice:
         _print(f"precision auto: {choice['chosen']} ({choice['reason']})")
@@ -994,6 +998,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a 2-D .npy/.npz array or CSV of flattened images: each row holds H*W*C pixels in row-major "
                         "H, W, C order (C = 1 or 3); they are prepared and drawn as images. Without it, a square "
                         "side is found (and printed) for 8-bit pixels; 'none' keeps the rows a table")
+    p.add_argument("--data-order", choices=["auto", "full", "block"], default="auto",
+                   help="the order of the training examples in each epoch, a function of (seed, epoch) so resume "
+                        "stays exact: full (a uniform shuffle), block (contiguous blocks of about 1 MiB of the file "
+                        "in a shuffled order, the rows of each window of 64 blocks shuffled together: reads in long "
+                        "runs for an .npy larger than the page cache), auto (default: block for an .npy streamed "
+                        "from disk that does not fit in 80%% of the memory available, full otherwise; printed)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, active units, KL per dimension")

@@ -176,6 +176,15 @@ class TrainConfig:
     pays on GPUs and CPUs with native bf16), every density, KL and the optimiser in float32; validation and
     evaluation always in float32. ``fp16``: the same in float16, with a gradient scaler (its state is checkpointed).
     ``auto``: ``bayesvae.runs.train`` times float32 and bf16 steps first and stores the faster (``precision.py``)."""
+    data_order: str = "auto"
+    """The order of the examples in an epoch (:mod:`bayesvae.orders`), a function of (seed, epoch): ``full`` (a
+    uniform permutation), ``block`` (contiguous blocks in a shuffled order, rows shuffled within windows of blocks:
+    for a memory-mapped file beyond the page cache), or ``auto`` (block for a split on disk that does not fit
+    comfortably in memory, full otherwise; the trainer resolves it and stores the result, so resume keeps it)."""
+    block_rows: int = 0
+    """``block`` order: rows per block (0: :data:`bayesvae.orders.BLOCK_BYTES` of the file)."""
+    window_blocks: int = 0
+    """``block`` order: blocks whose rows are shuffled together (0: :data:`bayesvae.orders.WINDOW_BLOCKS`)."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "samples", "eval_batch_size", "max_skipped_steps"):
@@ -184,12 +193,13 @@ class TrainConfig:
         for name in ("lr_min_factor", "kl_warmup_epochs", "grad_clip", "max_seconds", "free_bits"):
             _positive_float(name, getattr(self, name), allow_zero=True)
         _positive_float("lr_decay", self.lr_decay)
-        for name in ("early_stopping_patience", "checkpoint_every_steps", "seed"):
+        for name in ("early_stopping_patience", "checkpoint_every_steps", "seed", "block_rows", "window_blocks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"option {name!r} must be a non-negative integer, got {value!r}")
         choices = {"lr_schedule": ("constant", "cosine", "exponential"), "objective": ("elbo", "iwae"),
-                   "nonfinite_policy": ("stop", "skip"), "precision": ("float32", "bf16", "fp16", "auto")}
+                   "nonfinite_policy": ("stop", "skip"), "precision": ("float32", "bf16", "fp16", "auto"),
+                   "data_order": ("auto", "full", "block")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"option {name!r} must be one of {list(allowed)}, got {getattr(self, name)!r}")

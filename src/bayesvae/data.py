@@ -222,8 +222,21 @@ def _to_float32(a: np.ndarray, where: str) -> np.ndarray:
     return out
 
 
-def _array_to_examples(a: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
-    """Turn one array into float32 examples; returns (x, is_image).  Images are [N, C, H, W] with C in {1, 3}."""
+#: Printed (``data:``) when a uint8 image stack holds only 0 and 1: already binary pixels, not grey levels k / 255.
+BINARY_UINT8_NOTE = ("uint8 images whose values are all 0 or 1: taken as binary pixels (0 and 1), not as grey levels "
+                     "k / 255 (save grey images with levels 0-255)")
+
+
+def _uint8_zero_one(arrays) -> bool:
+    """Whether uint8 image stacks hold only 0 and 1 (binary images, as saved by ``(x > t).astype(np.uint8)``): then
+    they are binary pixels, not the grey levels 0 and 1/255. Arrays with no values decide nothing."""
+    arrays = [a for a in arrays if a.size]
+    return bool(arrays) and all(a.dtype == np.uint8 and int(a.max()) <= 1 for a in arrays)
+
+
+def _array_to_examples(a: np.ndarray, where: str, zero_one: bool = False) -> tuple[np.ndarray, bool]:
+    """Turn one array into float32 examples; returns (x, is_image).  Images are [N, C, H, W] with C in {1, 3}.
+    ``zero_one``: uint8 images are binary pixels (all the arrays of the source hold only 0 and 1), not k / 255."""
     _check_dtype(a, where)
     if a.ndim not in (2, 3, 4):
         raise _fail(where, f"expected a 2-D table [N, D] or an image stack [N, H, W], [N, C, H, W] or "
@@ -233,7 +246,7 @@ def _array_to_examples(a: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
         return _to_float32(a, where), False
     layout = _image_layout(a.shape, where)
     if a.dtype == np.uint8:
-        x = a.astype(np.float32) / 255.0
+        x = a.astype(np.float32) if zero_one else a.astype(np.float32) / 255.0
     else:
         x = _to_float32(a, where)
         if a.size and (x.min() < 0 or x.max() > 1):
@@ -338,16 +351,23 @@ def _open_npy(path: Path) -> np.ndarray:
     return a
 
 
-def _check_image_chunks(a: np.ndarray, where: str) -> tuple[str, bool]:
-    """Validate a (memory-mapped) image stack chunk by chunk; returns (layout, whether every value is 0 or 1)."""
+def _check_image_chunks(a: np.ndarray, where: str) -> tuple[str, bool, bool]:
+    """Validate a (memory-mapped) image stack chunk by chunk; returns (layout, whether every value, as prepared, is 0
+    or 1, whether the values are uint8 0/1: binary pixels, not levels k / 255)."""
     _check_dtype(a, where)
     layout = _image_layout(a.shape, where)
     binary = True
+    if a.dtype == np.uint8:
+        zero_255 = zero_one = True
+        for i in range(0, len(a), _CHECK_ROWS):
+            high = int(np.asarray(a[i : i + _CHECK_ROWS]).max(initial=0))
+            zero_one = zero_one and high <= 1
+            if zero_255 and not zero_one:
+                block = np.asarray(a[i : i + _CHECK_ROWS])
+                zero_255 = bool(((block == 0) | (block == 255)).all())
+        return layout, zero_one or zero_255, zero_one
     for i in range(0, len(a), _CHECK_ROWS):
         block = np.asarray(a[i : i + _CHECK_ROWS])
-        if a.dtype == np.uint8:
-            binary = binary and bool(((block == 0) | (block == 255)).all())
-            continue
         bad = ~np.isfinite(block) if block.dtype.kind == "f" else None
         if bad is not None and bad.any():
             idx = tuple(np.argwhere(bad)[0])
@@ -358,7 +378,7 @@ def _check_image_chunks(a: np.ndarray, where: str) -> tuple[str, bool]:
                         f"{i + len(block) - 1}) is neither a table [N, D] nor an image stack",
                         "Save images as uint8 (0-255) or floats in [0, 1], or flatten tabular data to 2-D [N, D]")
         binary = binary and bool(((block == 0) | (block == 1)).all())
-    return layout, binary
+    return layout, binary, False
 
 
 # ------------------------------------------------------------------------------------------ tables and flat pixels
@@ -565,8 +585,9 @@ def _npy_dataset(path: Path, a: np.ndarray, *, seed: int, valid_fraction: float,
                               f"{tuple(a.shape[1:])} already: drop it")
         if standardize:
             raise ConfigError(f"standardize=True is only for tabular data, but {where} holds images")
-        layout, binary = _check_image_chunks(a, where)
-        kind, pixels = ("binary" if binary else "image"), None
+        layout, binary, zero_one = _check_image_chunks(a, where)
+        kind, pixels = ("binary" if binary else "image"), (False if zero_one else None)
+        note = BINARY_UINT8_NOTE if zero_one else None
     else:
         scan = _scan_table(a, where)
         flat = _flat_layout(scan, a.shape[1], a.dtype == np.uint8, image_shape, where)
@@ -758,7 +779,8 @@ def _image_files(root: Path) -> tuple[list[Path], list[int] | None, tuple[str, .
     return files, labels, tuple(classes)
 
 
-def _read_image_dir(root: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None]:
+def _read_image_dir(root: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None, bool]:
+    """A folder of images as float32 [N, C, H, W], labels, class names, and whether they held only 0 and 1."""
     files, labels, classes = _image_files(root)
     if not files:
         raise _fail(str(root), f"contains no images ({', '.join(sorted(_IMAGE_SUFFIXES))})",
@@ -775,7 +797,9 @@ def _read_image_dir(root: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[st
     arrays = [np.asarray(i.convert("RGB") if colour else i, dtype=np.uint8) for i in imgs]
     x = np.stack(arrays)
     x = x.transpose(0, 3, 1, 2) if colour else x[:, None]
-    return np.ascontiguousarray(x, dtype=np.float32) / 255.0, (np.asarray(labels) if labels else None), classes
+    zero_one = _uint8_zero_one([x])  # images of 0 and 1 only are binary pixels, as in an .npy
+    out = np.ascontiguousarray(x, dtype=np.float32) / np.float32(1.0 if zero_one else 255.0)
+    return out, (np.asarray(labels) if labels else None), classes, zero_one
 
 
 # ---------------------------------------------------------------------------------------------------------- MNIST
@@ -899,7 +923,7 @@ def _flat_pixels(splits: dict, uint8: bool, image_shape, where: str) -> tuple[di
 
 def _assemble(name: str, where: str, splits: dict, labels: dict, is_image: bool, *, seed: int, valid_fraction: float,
               test_fraction: float, standardize: bool | None, limit: int | None, feature_names=None,
-              class_names=None, image_shape=None, uint8: bool = False) -> Dataset:
+              class_names=None, image_shape=None, uint8: bool = False, note: str | None = None) -> Dataset:
     rows = None
     if "x" in splits:  # one array: split it with the fixed-seed permutation
         x, y = splits.pop("x"), labels.pop("x", None)
@@ -918,7 +942,6 @@ def _assemble(name: str, where: str, splits: dict, labels: dict, is_image: bool,
     # a split missing from an .npz stays empty (it is not carved out of "train")
     splits = {s: splits.get(s, np.zeros((0, *shapes["train"]), np.float32))[:limit] for s in ("train", "valid", "test")}
     labels = {s: labels.get(s, np.zeros(0, np.int64))[:limit] for s in splits} if labels else {}
-    note = None
     if is_image and image_shape is not None:
         raise ConfigError(f"--image-shape is for 2-D arrays of flattened images; {where} holds images already: "
                           "drop it")
@@ -1019,8 +1042,9 @@ def _load_path(source: str, label_column: str | None = None, image_shape=None, *
         files, values = _image_dir_values(path)
         memory.require(where, values * memory.IMAGE_DIR_BYTES_PER_VALUE, f"decoding {files:,} images into memory",
                        _CONVERT_HINT.format(src=where))
-        x, y, classes = _read_image_dir(path)
-        return _assemble(where, where, {"x": x}, {"x": y} if y is not None else {}, True, class_names=classes, **opts)
+        x, y, classes, zero_one = _read_image_dir(path)
+        return _assemble(where, where, {"x": x}, {"x": y} if y is not None else {}, True, class_names=classes,
+                         note=BINARY_UINT8_NOTE if zero_one else None, **opts)
     suffix = path.suffix.lower()
     if suffix == ".npy":
         if label_column is not None:
@@ -1050,9 +1074,10 @@ def _from_npz(path: Path, **opts) -> Dataset:
     content = _read_npz(path)
     raw = content["splits"] or {"x": content["x"]}
     uint8 = all(a.dtype == np.uint8 for a in raw.values())
+    zero_one = uint8 and all(a.ndim in (3, 4) for a in raw.values()) and _uint8_zero_one(raw.values())
     splits, kinds = {}, set()
     for s, a in raw.items():
-        splits[s], is_image = _array_to_examples(a, f"{where} [array '{s}']")
+        splits[s], is_image = _array_to_examples(a, f"{where} [array '{s}']", zero_one)
         kinds.add(is_image)
     if len(kinds) > 1:
         raise _fail(where, "some splits are images and some are tables", "Save every split in the same layout")
@@ -1060,7 +1085,8 @@ def _from_npz(path: Path, **opts) -> Dataset:
         raise _fail(where, "contains no examples", "Provide a non-empty array")
     raw_labels = content["labels"] if content["splits"] else ({"x": content["y"]} if content["y"] is not None else {})
     labels = {s: _labels(y, len(splits[s]), f"{where} [labels of '{s}']") for s, y in raw_labels.items()}
-    return _assemble(where, where, splits, labels, kinds.pop(), uint8=uint8, **opts)
+    return _assemble(where, where, splits, labels, kinds.pop(), uint8=uint8,
+                     note=BINARY_UINT8_NOTE if zero_one else None, **opts)
 
 
 def load_dataset(source: str, *, data_dir: str | None = None, seed: int = 0, valid_fraction: float = 0.1,

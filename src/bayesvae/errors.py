@@ -51,6 +51,9 @@ class OutputExistsError(BayesVAEError, FileExistsError):
     """An output path exists and ``overwrite`` was not requested."""
 
 
-class InsufficientMemoryError(DataValidationError, MemoryError):
-    """A data source's preparation would not fit in the memory available; refused before allocating, with the
-    estimate, the memory available and the way out (``bayesvae data convert``, a smaller file)."""
+class InsufficientMemoryError(DataValidationError, ConfigError, MemoryError):
+    """A request would not fit in the memory available (a data source's preparation, or an option's: a model's
+    size, ``n`` samples, ``K`` importance samples); refused before allocating by :func:`bayesvae.memory.require`,
+    with the estimate, the memory available and the way out (``bayesvae data convert``, a smaller file, the option
+    to lower). It is a :class:`DataValidationError` and a :class:`ConfigError` (the input or the option that asked
+    too much) and a ``MemoryError``."""

@@ -200,12 +200,12 @@ def estimate_log_likelihood(model: LatentModel, x: torch.Tensor, num_samples: in
         check_num_samples(chunk_size, "chunk_size")
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()))
-    from .resources import require_memory
+    from . import memory
     d = getattr(model, "latent_dim", 1)
     rows = min(x.shape[0], batch_size or x.shape[0])
-    require_memory(float(num_samples) * (rows * (4 * d + 8) + 12 * d), f"K = {num_samples} importance samples for "
-                   f"batches of {rows} examples", "use fewer samples (num_samples, --samples) or smaller batches "
-                   "(batch_size, --batch-size)")
+    memory.require("importance sampling", float(num_samples) * (rows * (4 * d + 8) + 12 * d),
+                   f"K = {num_samples} importance samples for batches of {rows} examples",
+                   "Use fewer samples (num_samples, --samples) or smaller batches (batch_size, --batch-size)")
     n, first = x.shape[0], 0
     if distributed:
         seed = ranks.broadcast_int(seed)

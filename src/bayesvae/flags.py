@@ -200,6 +200,9 @@ _FLAT = frozenset({"npy", "npz", "npz-split", "csv"})  # where a 2-D array of fl
 _IMAGE_SHAPE = _s("gives the image shape of the rows of a 2-D array (flattened images)",
                   "drop it: these data are not rows of a 2-D array", data=_FLAT)
 SCOPES["train"]["image_shape"] = _IMAGE_SHAPE
+SCOPES["train"]["data_order"] = _s("chooses the order of the training examples in an epoch (full or block shuffle)",
+                                   "drop it: sentences are batched by length, in their own order",
+                                   data=frozenset(DATA_KINDS) - _TEXT)
 SCOPES["data info"] = {"data_dir": _s("is the directory of the MNIST files", "drop --data-dir", data="mnist"),
                        "image_shape": _IMAGE_SHAPE}
 SCOPES["data convert"] = {"label_column": _s("names a column of a CSV file that holds class labels",

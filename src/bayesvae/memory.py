@@ -1,11 +1,14 @@
-"""Memory a data source needs, estimated before anything is allocated, and the refusal of one that cannot fit.
+"""What a computation will need, checked before it allocates, and the refusal of one that cannot fit.
 
 A process that outgrows the machine is killed by the kernel with no message (exit -9), and on a shared machine it
-takes other people's work with it. So every loader states, before reading, how many bytes its preparation will
-hold at its peak (the figures below, per value or per row, were measured with ``benchmarks/bench_memory.py`` and
-rounded up), and :func:`require` compares that with the memory this process may still take: ``MemAvailable`` of
-``/proc/meminfo``, lowered to the cgroup's limit where one is set. ``BAYESVAE_MEMORY_BYTES`` overrides the figure
-(tests, or a user who wants to keep room for other work).
+takes other people's work with it; a large allocation that fails ends in a traceback. So every data source states,
+before reading, how many bytes its preparation will hold at its peak (the figures below, per value or per row, were
+measured with ``benchmarks/bench_memory.py`` and rounded up), and so do the other large requests (a model with its
+optimiser state, ``n`` samples, ``K`` importance samples). :func:`require` compares the figure with the memory this
+process may still take: ``MemAvailable`` of ``/proc/meminfo``, lowered to the cgroup's limit where one is set.
+``BAYESVAE_MEMORY_BYTES`` overrides the figure (tests, or a user who wants to keep room for other work). A request
+over :data:`HEADROOM` of it is refused with :class:`bayesvae.InsufficientMemoryError`: the figure, the memory
+available and the way out (the option to change). This module is the one place that decides it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 from .errors import InsufficientMemoryError
 
-__all__ = ["available_bytes", "require", "gib", "HEADROOM"]
+__all__ = ["available_bytes", "require", "gib", "HEADROOM", "InsufficientMemoryError"]
 
 #: Share of the available memory a data source may plan to use; the rest is for the model, the optimiser and
 #: everything else the process and the machine hold.
@@ -66,10 +69,11 @@ def available_bytes() -> int:
     return min(candidates) if candidates else 1 << 62
 
 
-def require(where: str, need: int, what: str, way_out: str) -> None:
-    """Refuse (:class:`InsufficientMemoryError`) a preparation estimated at ``need`` bytes when it exceeds
-    ``HEADROOM`` of the available memory; ``what`` says what the figure covers, ``way_out`` how to do without."""
-    room = available_bytes()
+def require(where: str, need: float, what: str, way_out: str, available: int | None = None) -> None:
+    """Refuse (:class:`InsufficientMemoryError`) a request estimated at ``need`` bytes when it exceeds ``HEADROOM`` of
+    the available memory (``available``, default :func:`available_bytes`); ``where`` names the source or the command,
+    ``what`` says what the figure covers, ``way_out`` how to do without (which option to change)."""
+    room = available_bytes() if available is None else int(available)
     if need > HEADROOM * room:
         raise InsufficientMemoryError(
             f"{where}: {what} needs about {gib(need)} of memory, but this process may take only {gib(room)} "

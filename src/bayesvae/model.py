@@ -212,9 +212,9 @@ class VAE(nn.Module):
         """n draws z ~ q(z), decoded: E[x|z] when ``mean`` (what pictures show), else x ~ q(x|z)."""
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ConfigError(f"n must be a positive integer (the number of samples), got {n!r}")
-        from .resources import require_memory
+        from . import memory
         per_example = 4 * (self.latent_dim + 3 * self.likelihood_head.num_params * math.prod(self.data_shape or (1,)))
-        require_memory(n * per_example, f"drawing n = {n} samples", "draw fewer (-n) and run again for more")
+        memory.require("sample", n * per_example, f"drawing n = {n} samples", "Draw fewer (-n) and run again for more")
         z = self.prior.sample((n,))
         return self.decode(z) if mean else self.likelihood(z).sample()
 

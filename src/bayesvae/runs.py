@@ -23,7 +23,7 @@ import torch
 from . import checkpoint as ckpt
 from . import data as bdata
 from . import distributed as ranks
-from . import draws, rundir
+from . import draws, orders, rundir
 from .arrays import PreparedRows, Rows, as_tensor, standardize_block
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, InputTypeError, OutputExistsError
@@ -488,6 +488,7 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
         chosen, state["precision_choice"] = choose_precision(model, objective, prepared.train, train_config,
                                                              batch_transform=prepared.batch_transform)
         train_config = dataclasses.replace(train_config, precision=chosen)
+    train_config, state["data_order"] = _resolve_order(train_config, prepared, prepared.train.dtype == torch.int64)
     held: list[rundir.RunLock] = []
     if run_dir is not None:
         def prepare():
@@ -528,19 +529,33 @@ def kl_bound_record(model: VAE) -> dict | None:
     return {"form": head.describe(), "kind": kind, "nats": bound, "nats_per_dim": bound / model.latent_dim}
 
 
+def _resolve_order(config: TrainConfig, prepared: PreparedData, text: bool) -> tuple[TrainConfig, dict]:
+    """The data order of a new run, resolved (``auto`` chooses from where the training split is) and stored in its
+    configuration, so that a resumed run keeps it whatever memory it finds; with the reason, printed."""
+    if text:
+        if config.data_order == "block":
+            raise ConfigError("--data-order block is for examples read from a file; sentences are batched by length "
+                              "(their own order): drop it")
+        return config, {"order": "length-bucketed", "describe": "length-bucketed batches of sentences"}
+    choice = orders.resolve(config.data_order, prepared.train, config.block_rows, config.window_blocks)
+    config = dataclasses.replace(config, data_order=choice.order, block_rows=choice.block_rows,
+                                 window_blocks=choice.window_blocks)
+    return config, {"order": choice.order, "describe": choice.describe()}
+
+
 def _check_model_fits(config: ModelConfig, train_config: TrainConfig) -> None:
     """Refuse a model whose weights, gradients and Adam moments cannot fit (counted on the meta device, which
     allocates nothing), with the activations of a batch, before anything is allocated or written."""
-    from .resources import require_memory
+    from . import memory
 
     with torch.device("meta"):
         meta = build_model(config)
     params = sum(p.numel() for p in meta.parameters())
     widest = max((*config.hidden, math.prod(config.data_shape), config.latent_dim))
     activations = 4 * 4 * train_config.batch_size * max(1, train_config.samples) * widest * (len(config.hidden) + 2)
-    require_memory(16 * params + activations, f"a model of {params:,} parameters (--hidden "
+    memory.require("the model", 16 * params + activations, f"a model of {params:,} parameters (--hidden "
                    f"{' '.join(map(str, config.hidden))}) with its gradients and optimiser state",
-                   "use smaller --hidden widths (or a smaller --batch-size)")
+                   "Use smaller --hidden widths (or a smaller --batch-size)")
 
 
 def _check_world(config: TrainConfig) -> None:
@@ -815,7 +830,8 @@ def load_run(run_dir: str | Path, which: str = "best", *, allow_nonfinite: bool 
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model_config = from_dict(ModelConfig, state["model_config"])
-        train_config = from_dict(TrainConfig, state["train_config"])
+        # a run written before the data order was a setting trained in the full shuffle: resume keeps it
+        train_config = from_dict(TrainConfig, {"data_order": "full", **state["train_config"]})
         model_config = _with_data_scale(model_config, state["data"], model_sd)
         model = build_model(model_config)
     except ConfigError:
@@ -938,7 +954,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_minutes: float
             _say_schedule_change(config, new, run, say)
         prepared = run.prepared(dataset)
         state = {k: v for k, v in run.state.items() if k in ("run_format", "model_config", "data", "kl_bound",
-                                                              "collapse_warned")}
+                                                              "collapse_warned", "data_order")}
         run.model.train()
         trainer = _make_trainer(run.model, new, prepared, run_path, state, callbacks, on_warning)
         trainer.load_state(run.tensors, run.state)
