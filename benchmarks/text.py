@@ -160,9 +160,10 @@ def _evaluate(info: dict, samples: int, limit: int) -> dict:
     x = _subset(run.prepared().test, limit)
     start = time.perf_counter()
     torch.manual_seed(0)
-    result = evaluate(run.model, x, samples, batch_size=100)
+    result = evaluate(run.model, x, samples, batch_size=100, per_example=True)
     assert result is not None  # one process
     result.pop("active_unit_variances", None)
+    result["nll_nats_per_sentence_list"] = [-v for v in result.pop("log_likelihood_nats_per_example")]
     result.update(text_figures(run.model, x, result))
     result.update(info, eval_seconds=time.perf_counter() - start)
     print(f"{info['name']}: test NLL {result['nll_nats']:.2f} ± {result['nll_nats_stderr']:.2f} nats/sentence (IS, "
@@ -172,6 +173,22 @@ def _evaluate(info: dict, samples: int, limit: int) -> dict:
           f"{100 * result['reconstruction_token_accuracy']:.1f}%; evaluation {result['eval_seconds']:.0f} s",
           flush=True)
     return result
+
+
+def _paired(rows: list[dict], reference: str) -> None:
+    """Each row's test NLL minus the reference arm's, sentence by sentence (the same sentences, so the spread of
+    sentence lengths cancels): the mean difference and its standard error, in nats per sentence."""
+    ref = next((r for r in rows if r["name"] == reference), None)
+    if ref is None:
+        return
+    for r in rows:
+        d = torch.tensor(r["nll_nats_per_sentence_list"], dtype=torch.float64) - torch.tensor(
+            ref["nll_nats_per_sentence_list"], dtype=torch.float64)
+        r[f"nll_minus_{reference}_nats"] = float(d.mean())
+        r[f"nll_minus_{reference}_nats_stderr"] = float(d.std() / len(d) ** 0.5) if len(d) > 1 else 0.0
+        print(f"{r['name']}: test NLL minus {reference}'s, sentence by sentence: "
+              f"{r[f'nll_minus_{reference}_nats']:+.2f} ± {r[f'nll_minus_{reference}_nats_stderr']:.2f} nats",
+              flush=True)
 
 
 def _smoke_corpus(root: Path) -> Path:
@@ -264,10 +281,14 @@ def main(argv=None) -> dict:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    print(f"\n| arm | test NLL (nats/sentence, IS K = {args.samples}) | PPL | ELBO | KL | I(x; z) | AU | recon. acc. "
-          "| epochs | train min |")
+    _paired(rows, "lm")
+    print(f"\n| arm | test NLL (nats/sentence, IS K = {args.samples}) | minus lm's (paired) | PPL | ELBO | KL | I(x; z) "
+          "| AU | recon. acc. | epochs | train min |")
     for r in rows:
-        print(f"| {r['name']} | {r['nll_nats']:.2f} ± {r['nll_nats_stderr']:.2f} | {r['perplexity_per_token']:.1f} | "
+        paired = (f"{r['nll_minus_lm_nats']:+.2f} ± {r['nll_minus_lm_nats_stderr']:.2f}" if "nll_minus_lm_nats" in r
+                  else "")
+        print(f"| {r['name']} | {r['nll_nats']:.2f} ± {r['nll_nats_stderr']:.2f} | {paired} | "
+              f"{r['perplexity_per_token']:.1f} | "
               f"{r['elbo_nats']:.2f} | {r['kl_nats']:.2f} | {r['mutual_information_nats']:.2f} | "
               f"{r['active_units']}/{r['latent_dim']} | {100 * r['reconstruction_token_accuracy']:.1f}% | "
               f"{r['epochs_trained']:.2f} | {r['train_minutes']:.1f} |")

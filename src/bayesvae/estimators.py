@@ -306,7 +306,8 @@ def mutual_information(model: LatentModel, x: torch.Tensor, batch_size: int = 10
 
 @torch.no_grad()
 def evaluate(model: LatentModel, x: torch.Tensor, num_samples: int = 5000, *, levels: int | None = None,
-             batch_size: int = 500, chunk_size: int | None = None, distributed: bool = False) -> dict | None:
+             batch_size: int = 500, chunk_size: int | None = None, distributed: bool = False,
+             per_example: bool = False) -> dict | None:
     """Every figure of an honest evaluation of ``x``, as a JSON-able dict (names carry sign and unit).
 
     ``log_likelihood_nats`` is the mean importance-sampled log p(x) with K = ``num_samples``; ``nll_nats`` its
@@ -319,6 +320,9 @@ def evaluate(model: LatentModel, x: torch.Tensor, num_samples: int = 5000, *, le
     ``distributed``: under torchrun the importance-sampled log-likelihood (nearly all the work) is sharded over the
     ranks; rank 0 computes the cheap rest with the random state a single process would have, and returns the same
     dict as one process; the other ranks return None.
+
+    ``per_example``: also ``log_likelihood_nats_per_example``, the list of every example's estimate (for paired
+    comparisons of two models on the same examples).
     """
     x = _check_x(x)
     ll = estimate_log_likelihood(model, x, num_samples, chunk_size=chunk_size, batch_size=min(batch_size, 100),
@@ -362,6 +366,8 @@ def evaluate(model: LatentModel, x: torch.Tensor, num_samples: int = 5000, *, le
         "mutual_information_batch_size": mi_batch,
         "mutual_information_max_nats": math.log(mi_batch),
     }
+    if per_example:
+        result["log_likelihood_nats_per_example"] = ll.double().tolist()
     log_scale = getattr(model, "data_log_scale", None)
     if log_scale is not None:  # the densities above are of the user's data; also give the standardised scale's
         shift = float(log_scale.double().sum())
