@@ -149,3 +149,18 @@ def test_encode_and_the_plots_that_apply_to_text(corpus, tmp_path, capsys):
     capsys.readouterr()
     assert main(["plot", str(out), "histograms", "--out", str(tmp_path / "h.png")]) == 2
     assert "is for tabular data" in capsys.readouterr().err
+
+
+def test_a_large_vocabulary_gets_the_adaptive_softmax_unless_told(corpus, tmp_path, capsys, monkeypatch):
+    import bayesvae.text.runs as text_runs
+
+    monkeypatch.setattr(text_runs, "ADAPTIVE_FROM", 10)  # the corpus has 32 tokens: "large" here
+    assert _train(corpus, tmp_path / "a", epochs=1) == 0
+    assert "output layer: the adaptive softmax" in capsys.readouterr().err
+    assert _train(corpus, tmp_path / "f", "--softmax", "full", epochs=1) == 0
+    assert "adaptive softmax" not in capsys.readouterr().err
+    monkeypatch.setattr(text_runs, "ADAPTIVE_FROM", 10_000)
+    assert _train(corpus, tmp_path / "s", epochs=1) == 0
+    options = {name: json.loads((tmp_path / name / "run.json").read_text())["model_config"]["likelihood_options"]
+               ["softmax"] for name in ("a", "f", "s")}
+    assert options == {"a": "adaptive", "f": "full", "s": "full"}
