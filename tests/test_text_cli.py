@@ -164,3 +164,15 @@ def test_a_large_vocabulary_gets_the_adaptive_softmax_unless_told(corpus, tmp_pa
     options = {name: json.loads((tmp_path / name / "run.json").read_text())["model_config"]["likelihood_options"]
                ["softmax"] for name in ("a", "f", "s")}
     assert options == {"a": "adaptive", "f": "full", "s": "full"}
+
+
+def test_bf16_trains_and_evaluates_text(corpus, tmp_path, capsys):
+    out = tmp_path / "bf16"
+    assert _train(corpus, out, "--precision", "bf16", epochs=1) == 0
+    capsys.readouterr()
+    figures = []
+    for precision in ("float32", "bf16"):
+        assert main(["evaluate", str(out), "--samples", "4", "--precision", precision, "--json"]) == 0
+        figures.append(json.loads(capsys.readouterr().out)["nll_nats"])
+    assert all(math.isfinite(f) for f in figures)
+    assert abs(figures[0] - figures[1]) < 0.05 * figures[0]  # bf16 networks, float32 densities: a few % at most
