@@ -66,7 +66,7 @@ def test_evaluate_says_how_long_it_will_take_without_changing_a_figure(tmp_path,
     assert figures[0] == figures[1]
 
 
-def test_a_time_bounded_report_evaluates_what_fits_and_says_so(tmp_path):
+def test_a_time_bounded_report_evaluates_what_fits_and_says_so(tmp_path, monkeypatch):
     from bayesvae import cli
     from bayesvae.report import MIN_EXAMPLES, write_report
 
@@ -80,3 +80,9 @@ def test_a_time_bounded_report_evaluates_what_fits_and_says_so(tmp_path):
     said.clear()
     page = write_report(run, num_samples=5, max_seconds=1e6, say=said.append).read_text()
     assert not any("--max-examples" in line for line in said) and f"the first {MIN_EXAMPLES} of " not in page
+    from bayesvae import report
+
+    monkeypatch.setattr(report, "ANNOUNCE_AFTER_S", 0.0)  # a report without a time bound says how long it takes
+    said.clear()
+    write_report(run, num_samples=5, say=said.append)
+    assert any("takes about" in line and "--max-examples N" in line for line in said)

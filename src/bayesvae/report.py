@@ -126,6 +126,8 @@ def _figure_html(fig, caption: str, alt: str) -> str:
 # --------------------------------------------------------------------------------------------------- evaluation
 #: The fewest test examples a time-bounded report evaluates.
 MIN_EXAMPLES = 50
+#: A report whose test log-likelihood will take longer than this (seconds) says so before it starts.
+ANNOUNCE_AFTER_S = 60.0
 
 
 def _evaluate(ctx: plots.PlotContext, num_samples: int, max_examples: int, seed: int,
@@ -134,6 +136,11 @@ def _evaluate(ctx: plots.PlotContext, num_samples: int, max_examples: int, seed:
 
     x_all = ctx.x
     x = x_all[:max_examples]
+    if max_seconds is None and say is not None and x.shape[0] > MIN_EXAMPLES:  # say how long, when long
+        total = seconds_per_example(ctx.model, x, num_samples) * x.shape[0]
+        if total > ANNOUNCE_AFTER_S:
+            say(f"report: the test log-likelihood of {x.shape[0]} {ctx.split} examples with K = {num_samples} takes "
+                f"about {total / 60:.0f} min here; --samples K and --max-examples N make it shorter")
     if max_seconds is not None and x.shape[0] > MIN_EXAMPLES:  # as many as the time allows, at least MIN_EXAMPLES
         fit = int(max_seconds / max(seconds_per_example(ctx.model, x, num_samples), 1e-9))
         if fit < x.shape[0]:
