@@ -62,8 +62,12 @@ def test_train_evaluate_sample_reconstruct_report(corpus, tmp_path, capsys):
     assert "perplexity per token" in page and "bits/dim" not in page  # a sentence's length is not a dimension
     assert main(["plot", str(out), "interpolation", "--seed", "1", "--out", str(tmp_path / "i.txt")]) == 0
     lines = (tmp_path / "i.txt").read_text().splitlines()
-    assert lines[0] == "pair\tt\tsentence" and len(lines) == 1 + 4 * 7
-    assert [line.split("\t")[1] for line in lines[1:8]] == [f"{t:.2f}" for t in torch.linspace(0, 1, 7).tolist()]
+    assert lines[0] == "pair\tt\tsentence" and len(lines) == 1 + 4 * 9
+    assert [line.split("\t")[1] for line in lines[1:10]] == ["input", *(f"{t:.2f}" for t in
+                                                                     torch.linspace(0, 1, 7).tolist()), "input"]
+    test_lines = [line.split() for line in (corpus / "test.txt").read_text().splitlines()]
+    for shown in (lines[1].split("\t")[2].split(), lines[9].split("\t")[2].split()):  # as the model reads it
+        assert any(len(t) == len(shown) and all(a == b or a == "<unk>" for a, b in zip(shown, t)) for t in test_lines)
     assert main(["plot", str(out), "interpolation", "--dpi", "50", "--out", str(tmp_path / "j.txt")]) == 2
     assert "--dpi has no effect" in capsys.readouterr().err and not (tmp_path / "j.txt").exists()
     assert main(["plot", str(out), "interpolation", "--out", str(tmp_path / "j.png")]) == 2

@@ -101,12 +101,17 @@ def interpolation_lines(run, x: torch.Tensor, steps: int = 7) -> list[str]:
 
 def interpolation_pairs(run, x: torch.Tensor, *, pairs: int = 4, steps: int = 7, seed: int = 0) -> list[str]:
     """``pair<TAB>t<TAB>sentence`` lines: the homotopy of :func:`interpolation_lines` between ``pairs`` pairs of
-    rows of x chosen with ``seed`` (the ends, t = 0 and 1, are the greedy reconstructions of the two sentences)."""
+    rows of x chosen with ``seed``, each between the two input sentences (t = ``input``); t = 0 and 1 are their
+    greedy reconstructions."""
     if x.shape[0] < 2:
         raise ConfigError(f"interpolation needs at least 2 sentences, got {x.shape[0]}")
     g = torch.Generator().manual_seed(seed)
     lines = ["pair\tt\tsentence"]
     for p in range(pairs):
         i, j = torch.randperm(x.shape[0], generator=g)[:2].tolist()
-        lines += [f"{p}\t{line}" for line in interpolation_lines(run, x[[i, j]], steps)]
+        vocab = vocabulary_of(run.state)
+        assert vocab is not None  # a text run stores its vocabulary
+        lines += ([f"{p}\tinput\t{vocab.decode(x[i].cpu())}"]
+                  + [f"{p}\t{line}" for line in interpolation_lines(run, x[[i, j]], steps)]
+                  + [f"{p}\tinput\t{vocab.decode(x[j].cpu())}"])
     return lines
