@@ -282,8 +282,8 @@ def main(argv=None) -> dict:
         if tmp is not None:
             tmp.cleanup()
     _paired(rows, "lm")
-    print(f"\n| arm | test NLL (nats/sentence, IS K = {args.samples}) | minus lm's (paired) | PPL | ELBO | KL | I(x; z) "
-          "| AU | recon. acc. | epochs | train min |")
+    print(f"\n| arm | test NLL (nats/sentence, IS K = {args.samples}) | minus lm's (paired) | PPL | ELBO | KL "
+          "| I(x; z) | AU | recon. acc. | epochs | train min |")
     for r in rows:
         paired = (f"{r['nll_minus_lm_nats']:+.2f} ± {r['nll_minus_lm_nats_stderr']:.2f}" if "nll_minus_lm_nats" in r
                   else "")

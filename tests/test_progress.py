@@ -49,14 +49,14 @@ def test_a_terminal_redraws_one_line():
 def test_evaluate_says_how_long_it_will_take_without_changing_a_figure(tmp_path, capsys, monkeypatch):
     import json
 
-    from bayesvae import cli
+    from bayesvae import cli, report
 
     run = tmp_path / "run"
     assert cli.main(["train", "--data", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
                      "--report-samples", "0", "--out", str(run)]) == 0
     figures = []
     for after in (1e9, 0.0):  # never announced; always announced (the pilot runs under a forked random state)
-        monkeypatch.setattr(cli, "ANNOUNCE_AFTER_S", after)
+        monkeypatch.setattr(report, "ANNOUNCE_AFTER_S", after)
         capsys.readouterr()
         assert cli.main(["evaluate", str(run), "--samples", "7", "--limit", "40", "--json"]) == 0
         printed = capsys.readouterr()

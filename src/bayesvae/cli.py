@@ -459,13 +459,10 @@ def _split_data(run, split: str):
 #: how many; ``bayesvae report`` evaluates more).
 REPORT_AFTER_TRAINING_S = 300.0
 
-#: ``evaluate`` says how long it will take when the estimate is longer than this (seconds).
-ANNOUNCE_AFTER_S = 60.0
-
-
 def _announce_duration(model, x: torch.Tensor, samples: int, device: torch.device, pilot: int = 4) -> None:
-    """When the importance sampling of the whole split would take over ANNOUNCE_AFTER_S, say how long (timed on the
-    first ``pilot`` examples; the figures do not change) and how to make it shorter."""
+    """When the importance sampling of the whole split would take over ``report.ANNOUNCE_AFTER_S``, say how long
+    (timed on the first ``pilot`` examples; the figures do not change) and how to make it shorter."""
+    from . import report
     from .estimators import seconds_per_example
 
     n = int(x.shape[0])
@@ -473,18 +470,10 @@ def _announce_duration(model, x: torch.Tensor, samples: int, device: torch.devic
         return
     per_example = seconds_per_example(model, x, samples, pilot)
     total = per_example * n / max(1, ranks.world_size())
-    if total > ANNOUNCE_AFTER_S:
-        _print(f"evaluating {n} examples with K = {samples} importance samples: about {_duration(total)} here "
-               f"({1000 * per_example:.0f} ms per example, timed on the first {pilot}); --samples K and --limit N "
+    if total > report.ANNOUNCE_AFTER_S:
+        _print(f"evaluating {n} examples with K = {samples} importance samples: about {report.duration_text(total)} "
+               f"here ({1000 * per_example:.0f} ms per example, timed on the first {pilot}); --samples K and --limit N "
                "make it shorter")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def cmd_evaluate(args) -> int:

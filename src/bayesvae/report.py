@@ -126,8 +126,16 @@ def _figure_html(fig, caption: str, alt: str) -> str:
 # --------------------------------------------------------------------------------------------------- evaluation
 #: The fewest test examples a time-bounded report evaluates.
 MIN_EXAMPLES = 50
-#: A report whose test log-likelihood will take longer than this (seconds) says so before it starts.
+#: A report (and ``evaluate``) whose test log-likelihood will take longer than this (seconds) says so first.
 ANNOUNCE_AFTER_S = 60.0
+
+
+def duration_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _evaluate(ctx: plots.PlotContext, num_samples: int, max_examples: int, seed: int,
@@ -140,7 +148,7 @@ def _evaluate(ctx: plots.PlotContext, num_samples: int, max_examples: int, seed:
         total = seconds_per_example(ctx.model, x, num_samples) * x.shape[0]
         if total > ANNOUNCE_AFTER_S:
             say(f"report: the test log-likelihood of {x.shape[0]} {ctx.split} examples with K = {num_samples} takes "
-                f"about {total / 60:.0f} min here; --samples K and --max-examples N make it shorter")
+                f"about {duration_text(total)} here; --samples K and --max-examples N make it shorter")
     if max_seconds is not None and x.shape[0] > MIN_EXAMPLES:  # as many as the time allows, at least MIN_EXAMPLES
         fit = int(max_seconds / max(seconds_per_example(ctx.model, x, num_samples), 1e-9))
         if fit < x.shape[0]:
