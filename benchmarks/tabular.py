@@ -1,14 +1,17 @@
 """Tabular densities: held-out log-likelihood per example (nats, in the units of the data) and anomaly ROC-AUC of
-bayesvae's VAEDensity against GaussianMixture (components by BIC), KernelDensity (bandwidth by cross-validation)
-and IsolationForest (AUC only), on scikit-learn's shipped tables and two synthetic sets of known density.
+bayesvae's VAEDensity (its defaults, the Student-t decoder, ``select=True``) against GaussianMixture (components
+by BIC, or by a validation split), KernelDensity (bandwidth by cross-validation) and IsolationForest (AUC only),
+on scikit-learn's five shipped tables and three synthetic sets of known density (two moons, a curved 3-D manifold
+in 20-D, a Gaussian mixture; ``--extra`` adds the earlier gaussian-8d and funnel-6d).
 
-    OMP_NUM_THREADS=1 python benchmarks/tabular.py --json benchmarks/results/tabular.json
+    OMP_NUM_THREADS=1 python benchmarks/tabular.py --repeats 2 --workers 3 --json benchmarks/results/tabular.json
     python benchmarks/tabular.py --smoke
 
 Protocol, the same for every contender:
-  * Splits: 70 % train, 30 % test, seeds 0..R-1 (``--repeats R``, default 5); a contender tunes itself on the
-    training rows only, with the split's seed. Figures: the mean over the splits ± its standard error over the
-    splits; "minus VAEDensity" is the paired difference of the test log-likelihoods, split by split.
+  * Splits: 70 % train, 30 % test, seeds 0..R-1 (``--repeats R``, default 3); a contender tunes itself on the
+    training rows only, with the split's seed (VAEDensity and the validation-chosen mixture hold 15 % of them
+    out). Figures: the mean over the splits ± its standard error over the splits; "minus bayesvae defaults" is
+    the paired difference of the test log-likelihoods, split by split.
   * Dequantisation: every column is given uniform noise U(-h/2, h/2), h = the smallest gap between its distinct
     values (its resolution: 1 for the digits' counts, 0.1 for iris, 0.095 for diabetes' two-valued, pre-scaled
     sex column, 1e-6 to 1 for recorded measurements), with a fixed seed, before the split. A density of values on
@@ -36,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -109,24 +113,54 @@ def fit_isolation_forest(x_train: np.ndarray, seed: int) -> Scorer:
     return Scorer(anomaly=lambda x: -forest.score_samples(x))
 
 
-#: VAEDensity as shipped, one setting for every table (no tuning): d = min(8, max(2, D // 2)).
-VAE_SETTINGS = dict(hidden=(128,), max_iter=400, batch_size=64, learning_rate=1e-3, validation_fraction=0.15,
-                    n_iter_no_change=30, n_importance_samples=1000)
+VALID_SHARE = 0.15
+"""The share of its training rows that a contender choosing on a validation split holds out (VAEDensity's default
+``validation_fraction``, and the GaussianMixture chosen on validation)."""
+
+
+def fit_gaussian_mixture_validation(x_train: np.ndarray, seed: int, max_components: int = 10) -> Scorer:
+    """GaussianMixture with 1..max_components components, full or diagonal covariances, chosen by the mean
+    log-likelihood of 15 % of the training rows held out (seeded), then refitted on all training rows."""
+    from sklearn.mixture import GaussianMixture
+
+    z, jacobian = _standardized(x_train)
+    perm = np.random.default_rng(seed).permutation(len(x_train))
+    n_valid = max(1, int(round(VALID_SHARE * len(x_train))))
+    fit_rows, valid_rows = z(x_train)[perm[n_valid:]], z(x_train)[perm[:n_valid]]
+    grid = [(k, c) for c in ("full", "diag") for k in range(1, max_components + 1) if k <= len(fit_rows)]
+    scores = {}
+    for k, c in grid:
+        try:
+            scores[(k, c)] = GaussianMixture(k, covariance_type=c, random_state=seed).fit(fit_rows).score(valid_rows)
+        except ValueError:  # too few rows for k components' covariances
+            continue
+    k, c = max(scores, key=lambda key: scores[key])
+    best = GaussianMixture(k, covariance_type=c, random_state=seed).fit(z(x_train))
+    return _density(lambda x: best.score_samples(z(x)) + jacobian, f"{k} {c}")
 
 
 def fit_vae(x_train: np.ndarray, seed: int, **settings) -> Scorer:
-    options = {**VAE_SETTINGS, **settings}
-    options.setdefault("latent_dim", min(8, max(2, x_train.shape[1] // 2)))
-    vae = bv.VAEDensity(random_state=seed, **options).fit(x_train)
-    return _density(vae.score_samples, f"{vae.n_iter_} epochs")
+    """VAEDensity as shipped: every size "auto" (bayesvae.sizing), unless ``settings`` say otherwise."""
+    vae = bv.VAEDensity(random_state=seed, **settings).fit(x_train)
+    return _density(vae.score_samples, f"h {vae.hidden_[0]} d {vae.latent_dim_}, {vae.n_iter_} ep")
+
+
+def fit_vae_select(x_train: np.ndarray, seed: int, **settings) -> Scorer:
+    """VAEDensity(select=True): the grid of bayesvae.selection.candidates, chosen on its validation rows."""
+    vae = bv.VAEDensity(random_state=seed, select=True, **settings).fit(x_train)
+    return _density(vae.score_samples, f"h {vae.hidden_[0]} d {vae.latent_dim_}")
 
 
 CONTENDERS = [
-    Contender("VAEDensity", fit_vae),
+    Contender("bayesvae defaults", fit_vae),
+    Contender("bayesvae student-t", partial(fit_vae, likelihood="student-t")),
+    Contender("bayesvae --select", fit_vae_select),
     Contender("GaussianMixture (BIC)", fit_gaussian_mixture),
+    Contender("GaussianMixture (valid)", fit_gaussian_mixture_validation),
     Contender("KernelDensity (CV)", fit_kernel_density),
     Contender("IsolationForest", fit_isolation_forest),
 ]
+REFERENCE = "bayesvae defaults"
 
 
 # ----------------------------------------------------------------------------------------------------- data sets
@@ -312,7 +346,7 @@ def _mean_se(values: list[float]) -> tuple[float, float | None]:
     return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None)
 
 
-def summarize(table: Table, split_rows: list[dict], reference: str = "VAEDensity") -> list[dict]:
+def summarize(table: Table, split_rows: list[dict], reference: str = REFERENCE) -> list[dict]:
     """Per contender: the mean over the splits of the test log-likelihood and of the AUC, their standard errors
     over the splits, and the paired difference to ``reference`` (this contender minus it, split by split)."""
     x = table.x
@@ -346,19 +380,36 @@ def _line(row: dict) -> str:
     def pm(value, se, fmt):
         return "" if value is None else format(value, fmt) + ("" if se is None else " ± " + format(se, ".3f"))
 
-    return (f"{row['data']:14s} {row['contender']:22s} "
+    return (f"{row['data']:18s} {row['contender']:24s} "
             f"{pm(row['log_likelihood_nats'], row['log_likelihood_stderr_nats'], '.3f'):>20s} "
             f"{pm(row['minus_reference_nats'], row['minus_reference_stderr_nats'], '+.3f'):>18s} "
             f"{pm(row['roc_auc'], row['roc_auc_stderr'], '.3f'):>14s} {row['fit_seconds']:6.1f} s   {row['note']}")
 
 
-def run(tables: list[Table], contenders=tuple(CONTENDERS), repeats: int = 5, say=print) -> tuple[list, list]:
-    """(summary rows, per-split rows); ``say`` gets the table line by line."""
-    say(f"{'data':14s} {'contender':22s} {'log p(x) nats/example':>20s} {'minus VAEDensity':>18s} "
+def _split_job(job: tuple) -> list[dict]:
+    table, contenders, repeat = job
+    torch.set_num_threads(1)
+    with torch.random.fork_rng(devices=[]):
+        return evaluate_split(table, contenders, repeat)
+
+
+def run(tables: list[Table], contenders=tuple(CONTENDERS), repeats: int = 5, say=print,
+        workers: int = 1) -> tuple[list, list]:
+    """(summary rows, per-split rows); ``say`` gets the table line by line. ``workers`` > 1: the (table, split)
+    pairs in that many processes (each on one thread; the figures do not depend on it)."""
+    say(f"{'data':18s} {'contender':24s} {'log p(x) nats/example':>20s} {'minus ' + REFERENCE:>18s} "
         f"{'ROC-AUC':>14s}  fit time")
+    jobs = [(table, list(contenders), repeat) for table in tables for repeat in range(repeats)]
+    if workers > 1:
+        from multiprocessing import Pool
+
+        with Pool(workers) as pool:
+            results = pool.map(_split_job, jobs, chunksize=1)
+    else:
+        results = [_split_job(job) for job in jobs]
     summary, splits = [], []
     for table in tables:
-        rows = [r for repeat in range(repeats) for r in evaluate_split(table, contenders, repeat)]
+        rows = [r for result in results for r in result if r["data"] == table.name]
         splits += rows
         for row in summarize(table, rows):
             summary.append(row)
@@ -366,37 +417,50 @@ def run(tables: list[Table], contenders=tuple(CONTENDERS), repeats: int = 5, say
     return summary, splits
 
 
+#: The tables of the comparison: scikit-learn's five and three synthetic sets of known density.
+def benchmark_tables(extra: bool = False) -> list[Table]:
+    tables = [Table(name, _sklearn_table(name)) for name in TABLES]
+    tables += [two_moons(1000), curved_manifold(1000), gaussian_mixture(1000)]
+    return tables + ([correlated_gaussian(), funnel()] if extra else [])
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="two small tables, tiny settings (seconds)")
     ap.add_argument("--only", action="append", metavar="NAME", help="run only these data sets (repeatable)")
-    ap.add_argument("--repeats", type=int, default=5, help="splits (seeds 0, 1, ...) per data set")
+    ap.add_argument("--repeats", type=int, default=3, help="splits (seeds 0, 1, ...) per data set")
+    ap.add_argument("--workers", type=int, default=1, help="processes, one (table, split) each")
+    ap.add_argument("--extra", action="store_true", help="also gaussian-8d and funnel-6d (the earlier table's)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     info = machine.describe()
     print(machine.line(info), flush=True)
     start = time.perf_counter()
-    tables = [Table(name, _sklearn_table(name)) for name in TABLES] + [correlated_gaussian(), funnel()]
+    tables = benchmark_tables(args.extra)
     contenders = CONTENDERS
     if args.smoke:
         args.repeats = 2
         tables = [Table("iris", _sklearn_table("iris")), correlated_gaussian(n=300, dim=3)]
-        small_vae = dict(hidden=(8,), max_iter=3, n_importance_samples=16)
-        contenders = [Contender("VAEDensity", lambda x, s: fit_vae(x, s, **small_vae)),
-                      Contender("GaussianMixture (BIC)", lambda x, s: fit_gaussian_mixture(x, s, max_components=2)),
-                      Contender("KernelDensity (CV)", lambda x, s: fit_kernel_density(x, s, bandwidths=(0.3, 1.0))),
+        contenders = [Contender(REFERENCE, partial(fit_vae, hidden=(8,), max_iter=3, n_importance_samples=16)),
+                      Contender("bayesvae student-t", partial(fit_vae, likelihood="student-t", hidden=(8,),
+                                                              max_iter=3, n_importance_samples=16)),
+                      Contender("bayesvae --select", partial(fit_vae_select, max_iter=2, n_importance_samples=16)),
+                      Contender("GaussianMixture (BIC)", partial(fit_gaussian_mixture, max_components=2)),
+                      Contender("GaussianMixture (valid)", partial(fit_gaussian_mixture_validation,
+                                                                   max_components=2)),
+                      Contender("KernelDensity (CV)", partial(fit_kernel_density, bandwidths=(0.3, 1.0))),
                       Contender("IsolationForest", fit_isolation_forest)]
     if args.only:
         tables = [t for t in tables if t.name in args.only]
-    with torch.random.fork_rng(devices=[]):
-        rows, split_rows = run(tables, contenders, args.repeats, say=lambda line: print(line, flush=True))
+    rows, split_rows = run(tables, contenders, args.repeats, say=lambda line: print(line, flush=True),
+                           workers=args.workers)
     minutes = (time.perf_counter() - start) / 60
     print(f"total {minutes:.1f} min", flush=True)
-    result = {"rows": rows, "splits": split_rows, "repeats": args.repeats,
-              "vae_settings": {k: list(v) if isinstance(v, tuple) else v for k, v in VAE_SETTINGS.items()},
+    result = {"rows": rows, "splits": split_rows, "repeats": args.repeats, "reference": REFERENCE,
               "protocol": {"train_share": TRAIN_SHARE, "split_seed": SPLIT_SEED, "noise_seed": NOISE_SEED,
-                           "outlier_seed": OUTLIER_SEED, "outlier_share": OUTLIER_SHARE, "min_outliers": MIN_OUTLIERS},
-              "minutes": minutes, "smoke": args.smoke, "date": time.strftime("%Y-%m-%d"),
+                           "outlier_seed": OUTLIER_SEED, "outlier_share": OUTLIER_SHARE, "min_outliers": MIN_OUTLIERS,
+                           "valid_share": VALID_SHARE},
+              "minutes": minutes, "smoke": args.smoke, "workers": args.workers, "date": time.strftime("%Y-%m-%d"),
               "torch": torch.__version__, "machine": info}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
