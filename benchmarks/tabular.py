@@ -386,8 +386,13 @@ def _line(row: dict) -> str:
             f"{pm(row['roc_auc'], row['roc_auc_stderr'], '.3f'):>14s} {row['fit_seconds']:6.1f} s   {row['note']}")
 
 
-def _split_job(job: tuple) -> list[dict]:
-    table, contenders, repeat = job
+_JOBS: list[tuple] = []
+"""The (table, contenders, split) jobs of :func:`run`: the worker processes inherit them (fork) and get an index,
+since a table's exact density is a closure that does not pickle."""
+
+
+def _split_job(index: int) -> list[dict]:
+    table, contenders, repeat = _JOBS[index]
     torch.set_num_threads(1)
     with torch.random.fork_rng(devices=[]):
         return evaluate_split(table, contenders, repeat)
@@ -399,14 +404,16 @@ def run(tables: list[Table], contenders=tuple(CONTENDERS), repeats: int = 5, say
     pairs in that many processes (each on one thread; the figures do not depend on it)."""
     say(f"{'data':18s} {'contender':24s} {'log p(x) nats/example':>20s} {'minus ' + REFERENCE:>18s} "
         f"{'ROC-AUC':>14s}  fit time")
-    jobs = [(table, list(contenders), repeat) for table in tables for repeat in range(repeats)]
+    _JOBS[:] = [(table, list(contenders), repeat) for table in tables for repeat in range(repeats)]
+    order = sorted(range(len(_JOBS)), key=lambda i: -_JOBS[i][0].x.size)  # the largest tables first
     if workers > 1:
-        from multiprocessing import Pool
+        import multiprocessing
 
-        with Pool(workers) as pool:
-            results = pool.map(_split_job, jobs, chunksize=1)
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = dict(zip(order, pool.map(_split_job, order, chunksize=1), strict=True))
     else:
-        results = [_split_job(job) for job in jobs]
+        results = {i: _split_job(i) for i in order}
+    results = [results[i] for i in range(len(_JOBS))]
     summary, splits = [], []
     for table in tables:
         rows = [r for result in results for r in result if r["data"] == table.name]

@@ -4,6 +4,8 @@ and columns alone.
 
     OMP_NUM_THREADS=1 python benchmarks/tabular_sizing.py --workers 2 --json benchmarks/results/tabular_sizing.json
 
+``--resume`` keeps the fits already in the JSON file (a stopped sweep goes on where it was).
+
 Tables: the five that ship with scikit-learn (dequantised as in ``tabular.py``) and three synthetic families of
 known density at 300, 1,000 and 3,000 rows (two moons in 2-D, a curved 3-D manifold in 20-D, a 3-component
 Gaussian mixture in 6-D): 14 tables from 105 to 2,100 training rows and 2 to 64 columns. One split per table
@@ -97,13 +99,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-epochs", type=int, default=1000)
     ap.add_argument("--patience", type=int, default=50)
     ap.add_argument("--json")
+    ap.add_argument("--resume", action="store_true", help="keep the fits already in --json and run the others")
     args = ap.parse_args(argv)
     info = machine.describe()
     print(machine.line(info), flush=True)
     data = [t for t in tables() if not args.only or t.name in args.only]
     start = time.perf_counter()
     rows: list[dict] = []
-    if args.json and Path(args.json).exists():
+    if args.resume and args.json and Path(args.json).exists():
         rows = json.loads(Path(args.json).read_text())["rows"]  # a stopped run goes on where it was
     done = {(r["stage"], r["data"], r["width"], r["latent"], r["likelihood"]) for r in rows}
     for stage in args.stage or ["grid"]:
