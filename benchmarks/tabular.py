@@ -410,10 +410,10 @@ def run(tables: list[Table], contenders=tuple(CONTENDERS), repeats: int = 5, say
         import multiprocessing
 
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = dict(zip(order, pool.map(_split_job, order, chunksize=1), strict=True))
+            by_job = dict(zip(order, pool.map(_split_job, order, chunksize=1), strict=True))
     else:
-        results = {i: _split_job(i) for i in order}
-    results = [results[i] for i in range(len(_JOBS))]
+        by_job = {i: _split_job(i) for i in order}
+    results = [by_job[i] for i in range(len(_JOBS))]
     summary, splits = [], []
     for table in tables:
         rows = [r for result in results for r in result if r["data"] == table.name]
