@@ -89,6 +89,7 @@ def test_cli_select_records_every_candidate_and_keeps_the_best_on_validation(tmp
     assert len(values) == len(candidates(table_defaults(json.loads((out / "run.json").read_text())
                                                         ["table_sizes"]["n_rows"], 5)))
     assert all(np.isfinite(values)) and selection["chosen"] == int(np.argmax(values))
+    assert len(set(values)) == len(values)  # each candidate is its own model
     best = selection["candidates"][selection["chosen"]]
     config = json.loads((out / "run.json").read_text())["model_config"]
     assert (config["hidden"], config["latent_dim"]) == (best["hidden"], best["latent_dim"])
@@ -123,6 +124,7 @@ def test_vae_density_auto_sizes_and_select():
     values = [c["valid_log_likelihood_nats"] for c in picked.selection_]
     best = picked.selection_[int(np.argmax(values))]
     assert len(values) == len(candidates(rule)) and all(np.isfinite(values))
+    assert len(set(values)) == len(values)  # each candidate is its own model (not the rule's size every time)
     assert (list(picked.hidden_), picked.latent_dim_) == (best["hidden"], best["latent_dim"])
     with pytest.raises(ConfigError, match="select=True"):
         bv.VAEDensity(hidden=(8,), select=True, max_iter=1).fit(x)

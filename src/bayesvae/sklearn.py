@@ -143,14 +143,14 @@ class _TabularVAE(BaseEstimator):
                              learning_rate=float(self.learning_rate), seed=train_seed,
                              early_stopping_patience=int(given("n_iter_no_change", 0) or 0))
 
-        def train(hidden, latent_dim) -> tuple[VAE, Trainer]:
+        def train(hidden, latent_dim, sized=frozenset(auto)) -> tuple[VAE, Trainer]:
             keep = KeepBest()
             with torch.random.fork_rng(devices=[]):  # training seeds torch's generator; the caller's is restored
                 trainer = runs.train(spec, out=None, train_config=config, likelihood=self.likelihood,
                                      likelihood_options=dict(self.likelihood_options or {}),
                                      latent_dim=int(latent_dim), hidden=tuple(int(h) for h in hidden),
                                      activation=self.activation, callbacks=[keep], device=self.device,
-                                     table_sizes=auto)
+                                     table_sizes=sized)
             keep.restore(trainer.model)
             return cast(VAE, trainer.model), trainer
 
@@ -185,8 +185,8 @@ class _TabularVAE(BaseEstimator):
         grid = candidates(table_defaults(len(dataset.train), dataset.event_shape[0]))
         fitted: list[tuple[VAE, Trainer]] = []
 
-        def fit(candidate):
-            fitted.append(train(candidate.hidden, candidate.latent_dim))
+        def fit(candidate):  # the candidate's sizes, the rule's for the rest
+            fitted.append(train(candidate.hidden, candidate.latent_dim, frozenset(auto - {"hidden", "latent_dim"})))
             return fitted[-1]
 
         best, self.selection_ = select(fit, grid)
