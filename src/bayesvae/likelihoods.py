@@ -402,8 +402,8 @@ class StudentTLearnedScale(Likelihood):
     the outputs, as ``gaussian-learned``), ν the degrees of freedom (``df``: fixed; None: one learned ν for all
     dimensions, ν = ``min_df`` + softplus(raw), starting at 10).
 
-    Heavy tails: a training row far from the decoder's mean costs O(ln |x - μ|) rather than O((x - μ)²), so a few
-    outlying rows do not pull σ up for every row. The exact normalised density of ``torch.distributions.StudentT``
+    Heavy tails: a training row far from the decoder's mean costs ``O(ln |x - μ|)`` rather than ``O((x - μ)²)``,
+    so a few outlying rows do not pull σ up for every row. The exact normalised density of ``torch.distributions.StudentT``
     (every constant kept). ν -> ∞ is the Gaussian.
     """
 
