@@ -403,8 +403,8 @@ class StudentTLearnedScale(Likelihood):
     dimensions, ν = ``min_df`` + softplus(raw), starting at 10).
 
     Heavy tails: a training row far from the decoder's mean costs ``O(ln |x - μ|)`` rather than ``O((x - μ)²)``,
-    so a few outlying rows do not pull σ up for every row. The exact normalised density of ``torch.distributions.StudentT``
-    (every constant kept). ν -> ∞ is the Gaussian.
+    so a few outlying rows do not pull σ up for every row. The exact normalised density of
+    ``torch.distributions.StudentT`` (every constant kept). ν -> ∞ is the Gaussian.
     """
 
     name = "student-t"
