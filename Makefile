@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.bayesvae-installed
 
-.PHONY: env docs lint test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory bench-memory-3d bench-stream gpu-check bench-vmf-bn bench-tabular bench-text bench-text-long pictures pictures-vmf clean campaign-figures
+.PHONY: env docs lint test test-all demo bench-speed bench-eval bench-table-best bench-table-preset bench-continuous-digits bench-continuous-mnist bench-memory bench-memory-3d bench-stream gpu-check bench-vmf-bn bench-tabular bench-tabular-sizing bench-text bench-text-long pictures pictures-vmf clean campaign-figures
 
 env: $(STAMP)
 
@@ -96,7 +96,12 @@ bench-vmf-bn: $(STAMP)
 
 # VAEDensity vs GaussianMixture (BIC), KernelDensity (CV), IsolationForest on scikit-learn's tables (about 6 minutes).
 bench-tabular: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) benchmarks/tabular.py --json benchmarks/results/tabular.json
+	OMP_NUM_THREADS=1 $(PY) benchmarks/tabular.py --repeats 2 --workers 3 --json benchmarks/results/tabular.json
+
+# The measurement behind the table defaults (docs/tabular-defaults.md): a grid of sizes on 14 tables, then the decoders (about an hour on 2 cores).
+bench-tabular-sizing: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/tabular_sizing.py --stage grid --stage decoders --workers 3 \
+		--json benchmarks/results/tabular_sizing.json
 # Sentence VAEs on the Penn Treebank (d = 32, LSTM): the LM without z, Gaussian, annealing + word dropout, free bits,
 # BN-VAE and fixed-κ vMF (grids chosen on validation); every arm 2 epochs (2,630 steps), single-threaded, resumable:
 # two processes train disjoint arms side by side, then one call evaluates (about 1 hour on 2 cores).

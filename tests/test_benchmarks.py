@@ -192,3 +192,25 @@ def test_text_speed_smoke(monkeypatch, tmp_path):
     result = _run("text_speed.py", "--smoke", monkeypatch=monkeypatch)
     assert result["train_step_ms"] > 0 and result["adaptive_train_step_ms"] > 0
     assert 0 < result["softmax_share_of_step"] < 1
+
+
+def test_the_tabular_page_quotes_the_tabular_json():
+    """Every log-likelihood and ROC-AUC of the table in docs/benchmarks-tabular.md is the one in
+    benchmarks/results/tabular.json (rounded as printed), and every row of the JSON is in the table."""
+    result = json.loads((ROOT / "benchmarks" / "results" / "tabular.json").read_text())
+    page = (ROOT / "docs" / "benchmarks-tabular.md").read_text()
+    quoted, data = {}, None
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 7 or cells[0].startswith("data") or cells[1] in ("---", "contender"):
+            continue
+        data = cells[0].split(" (")[0] or data
+        quoted[(data, cells[1])] = (cells[2].strip("*"), cells[4].strip("*"))
+    assert len(quoted) == len(result["rows"])
+    for row in result["rows"]:
+        ll, auc = quoted[(row["data"], row["contender"])]
+        if row["log_likelihood_nats"] is None:
+            assert ll == ""
+        else:
+            assert ll.split(" ± ")[0] == f"{row['log_likelihood_nats']:.2f}"
+        assert auc.split(" ± ")[0] == f"{row['roc_auc']:.3f}"

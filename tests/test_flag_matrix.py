@@ -66,6 +66,7 @@ CASES: dict[tuple[str, str], list[tuple[dict, dict]]] = {
     ("train", "lr_schedule"): [({}, {"--lr-schedule": "cosine"})],
     ("train", "samples"): [({}, {"--samples": "3"})],
     ("train", "patience"): [({}, {"--patience": "1"})],
+    ("train", "select"): [({}, {"--select": None, "--hidden": DROP, "--latent-dim": DROP})],
     ("train", "checkpoint_every"): [({}, {"--checkpoint-every": "5"})],
     ("train", "max_minutes"): [({}, {"--max-minutes": "5"})],
     ("train", "device"): [({}, {"--device": "cpu"})],

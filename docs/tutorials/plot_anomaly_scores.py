@@ -58,7 +58,7 @@ anomaly["IsolationForest"] = -forest.score_samples(X_eval)
 for name, score in anomaly.items():
     held_out = f"held-out log p(x) {log_p[name][: len(X_test)].mean():8.3f} nats" if name in log_p else " " * 32
     print(f"{name:28s} {held_out}   ROC-AUC {roc_auc_score(is_outlier, score):.3f}")
-print(f"VAEDensity stopped after {density.n_iter_} epochs (early stopping on 10 % of the training rows)")
+print(f"VAEDensity stopped after {density.n_iter_} epochs (early stopping on 15 % of the training rows)")
 
 # %%
 # The scores of inliers and outliers

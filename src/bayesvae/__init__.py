@@ -24,8 +24,10 @@ from .likelihoods import (
     Bernoulli,
     GaussianFixedVariance,
     GaussianLearnedVariance,
+    GaussianLowRank,
     GaussianSharedVariance,
     Likelihood,
+    StudentTLearnedScale,
     make_likelihood,
 )
 from .model import VAE, build_model, num_parameters
@@ -58,7 +60,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "active_units", "bits_per_dim", "estimate_log_likelihood", "mutual_information", "per_dimension_kl",
     "Bernoulli", "GaussianFixedVariance", "GaussianLearnedVariance", "GaussianSharedVariance", "Likelihood",
-    "make_likelihood",
+    "GaussianLowRank", "StudentTLearnedScale", "make_likelihood",
     "VAE", "build_model", "num_parameters",
     "MLP", "ConvDecoder", "ConvEncoder",
     "ELBOTerms", "elbo", "elbo_terms", "iwae_bound", "log_importance_weights",

@@ -264,6 +264,16 @@ def _on_ready(trainer, dataset, likelihood) -> None:
                 f" with σ = {default:g} (the default; set it with --sigma)") + note
     _print(f"likelihood: {likelihood}{note}; latent dim {trainer.model.latent_dim}; "
            f"{num_parameters(trainer.model):,} parameters")
+    sizes = trainer.run_state.get("table_sizes")
+    if sizes and sizes["chosen"]:
+        from .sizing import TableSizes
+        chosen = {"hidden": "--hidden {}", "latent_dim": "--latent-dim {}", "batch_size": "--batch-size {}",
+                  "epochs": "--epochs {}", "patience": "--patience {}"}
+        text = " ".join(chosen[k].format(" ".join(map(str, v)) if isinstance(v, list) else v)
+                        for k, v in sizes["chosen"].items())
+        stopping = "; early stopping on the validation split" if sizes["chosen"].get("patience") else ""
+        _print(f"table sizes (from {sizes['n_rows']} training rows x {sizes['n_columns']} columns; "
+               f"{TableSizes.__module__}.table_defaults, docs/tabular-defaults.md): {text}{stopping}")
     if info["kind"] == "binary" and likelihood.startswith("gaussian"):
         _print("note: a Gaussian density on 0/1 data is fitted to them dequantised over 2 levels (else it would grow "
                "without bound as σ shrinks); its bits/dim are those of the 0/1 values. --likelihood bernoulli is "
@@ -367,6 +377,18 @@ def _resume(args, callbacks, device):
                        on_warning=_warn)
 
 
+#: train options that a table's rule chooses when they are not given (bayesvae.sizing.SETTINGS, by dest).
+_TABLE_SIZE_DESTS = {"hidden": "hidden", "latent_dim": "latent_dim", "batch_size": "batch_size", "epochs": "epochs",
+                     "patience": "patience"}
+
+
+def _table_sizes(args) -> set[str]:
+    """The sizes the user left unset (a preset sets them all), which a table's rule then chooses."""
+    if args.preset:
+        return set()
+    return {setting for setting, dest in _TABLE_SIZE_DESTS.items() if dest not in args.explicit}
+
+
 def cmd_train(args) -> int:
     _refuse(args, **_train_context(args))
     try:
@@ -398,12 +420,17 @@ def _train(args) -> int:
                                  args.long_sentences or "refuse", bdata.parse_image_shape(args.image_shape))
             config = _train_config(args)
             options = {**_likelihood_options(args), **text_cli.likelihood_options(args)}
-            trainer = runs.train(spec, out=args.out, train_config=config, likelihood=args.likelihood,
-                                 likelihood_options=options, latent_dim=args.latent_dim,
-                                 architecture=args.architecture, hidden=args.hidden, activation=args.activation,
-                                 overwrite=args.overwrite, callbacks=callbacks, tensorboard=args.tensorboard,
-                                 on_ready=_on_ready, posterior=posterior, posterior_options=posterior_options,
-                                 on_warning=_warn, device=device)
+            kwargs = dict(train_config=config, likelihood=args.likelihood, likelihood_options=options,
+                          latent_dim=args.latent_dim, architecture=args.architecture, hidden=args.hidden,
+                          activation=args.activation, overwrite=args.overwrite, callbacks=callbacks,
+                          tensorboard=args.tensorboard, on_ready=_on_ready, posterior=posterior,
+                          posterior_options=posterior_options, on_warning=_warn, device=device,
+                          table_sizes=_table_sizes(args))
+            if args.select:
+                from .selection import select_and_train
+                trainer = select_and_train(spec, out=args.out, say=_print, **kwargs)
+            else:
+                trainer = runs.train(spec, out=args.out, **kwargs)
     except (KeyboardInterrupt, Terminated):
         out = Path(args.resume or args.out)
         if not args.resume and (out / "run.json").is_file() and not ckpt_list(out):
@@ -900,11 +927,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="named settings (e.g. mnist-iwae-vae, mnist-best); explicit flags still win")
     p.add_argument("--out", default="runs/latest", help="run directory (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--likelihood", choices=["bernoulli", "gaussian-fixed", "gaussian-learned", "gaussian-shared"],
+    p.add_argument("--likelihood", choices=["bernoulli", "gaussian-fixed", "gaussian-learned", "gaussian-shared",
+                                               "gaussian-lowrank", "student-t"],
                    help="q(x|z); default follows the data (printed)")
     p.add_argument("--sigma", type=float, help="σ of the gaussian-fixed likelihood (default 1, printed)")
     p.add_argument("--likelihood-options", help="JSON object of likelihood options, e.g. '{\"optimal\": true}'")
-    p.add_argument("--latent-dim", type=int, default=20, help="dimension d of the latent z (default: %(default)s)")
+    p.add_argument("--latent-dim", type=int, default=20, help="dimension d of the latent z (default: %(default)s; "
+                   "tables: chosen from their rows and columns, printed)")
     p.add_argument("--posterior", choices=["diagonal-gaussian", "vmf"], default="diagonal-gaussian",
                    help="p(z|x): diagonal Gaussian with a standard-normal prior (default), or vmf: von Mises-Fisher "
                         "of fixed concentration --kappa on the unit sphere with a uniform prior (constant KL)")
@@ -918,13 +947,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--architecture", choices=["mlp", "conv"], default="mlp",
                    help="encoder and decoder networks: mlp (default) or conv (images)")
     p.add_argument("--hidden", type=int, nargs="+", default=[400],
-                   help="hidden widths (default: 400); mlp: one per layer, conv: one width (the dense layer)")
+                   help="hidden widths (default: 400; tables: chosen from their rows and columns, printed); mlp: one "
+                        "per layer, conv: one width (the dense layer)")
     p.add_argument("--activation", default="relu", help="hidden-layer activation (default: %(default)s), e.g. tanh")
     p.add_argument("--epochs", "--epochs-override", type=int, default=10,
-                   help="epochs in total (default: %(default)s); with --resume, the new total (--epochs-override is "
-                        "an old name of this flag)")
+                   help="epochs in total (default: %(default)s; tables: chosen from their rows, printed); with "
+                        "--resume, the new total (--epochs-override is an old name of this flag)")
     p.add_argument("--batch-size", type=int, default=128,
-                   help="examples per step (default: %(default)s; the global batch under torchrun)")
+                   help="examples per step (default: %(default)s; tables: 64; the global batch under torchrun)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default: %(default)s)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine", "exponential"], default="constant",
                    help="constant, cosine (to 0 at the last epoch), or exponential (needs --lr-decay)")
@@ -934,7 +964,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="elbo (eq. 24, default) or iwae (the importance-weighted bound with --samples K)")
     p.add_argument("--samples", type=int, default=1, help="K samples of z per example (eq. 23)")
     p.add_argument("--kl-warmup", type=float, default=0.0, help="epochs of linear KL warm-up (0: off)")
-    p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
+    p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off; default 0, "
+                   "tables: on, chosen from their rows, printed)")
+    p.add_argument("--select", action="store_true",
+                   help="tables: train a small grid of --hidden and --latent-dim around the table's defaults and "
+                        "keep the best by the validation split's log-likelihood (every candidate's figure is printed "
+                        "and stored in run.json); the test split is never read")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
                    help="a NaN/inf loss: stop with the last good checkpoint (default), or skip the step")

@@ -129,6 +129,9 @@ SCOPES: dict[str, dict[str, Scope]] = {
         "label_column": _s("names a column of a CSV file that holds class labels",
                            "drop it (an .npz file carries labels in an array named 'y'; a folder of images in "
                            "its subfolders; digits and MNIST have theirs)", data="csv"),
+        "select": _s("chooses a table's --hidden and --latent-dim on its validation split",
+                     "drop --select: it sizes the network of a table (an .npy, .npz or CSV file of real-valued rows)",
+                     data={"npy", "npz", "npz-split", "csv"}),
         "sigma": _s("is the σ of --likelihood gaussian-fixed", "add --likelihood gaussian-fixed, or drop --sigma",
                     likelihood="gaussian-fixed"),
         "kappa": _s("is the fixed concentration κ of the vmf posterior", "add --posterior vmf, or drop --kappa",

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.distributions import Bernoulli as _TorchBernoulli
-from torch.distributions import Distribution, Independent, Normal, constraints
+from torch.distributions import Distribution, Independent, LowRankMultivariateNormal, Normal, StudentT, constraints
 from torch.types import _size
 
 from .errors import ConfigError
@@ -30,6 +30,8 @@ __all__ = [
     "GaussianFixedVariance",
     "GaussianLearnedVariance",
     "GaussianSharedVariance",
+    "GaussianLowRank",
+    "StudentTLearnedScale",
     "LIKELIHOODS",
     "make_likelihood",
     "batch_fitting",
@@ -316,6 +318,134 @@ class GaussianSharedVariance(BatchFitted, Likelihood):
         return {"name": self.name, "optimal": self.optimal, "min_sigma": self.min_sigma, "momentum": self.momentum}
 
 
+def _softplus_inverse(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+class _FlatEvent(Distribution):
+    """A distribution over vectors [*batch, D] seen as events of shape ``event_shape`` (D = their product): an
+    image's pixels as one vector for a low-rank covariance. ``log_prob`` and ``rsample`` reshape, nothing else."""
+
+    arg_constraints: dict = {}
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(self, flat: Distribution, event_shape: torch.Size):
+        self.flat = flat
+        super().__init__(flat.batch_shape, event_shape, validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.flat.mean.reshape(self.batch_shape + self.event_shape)
+
+    def rsample(self, sample_shape: _size = torch.Size()) -> torch.Tensor:
+        x = self.flat.rsample(sample_shape)
+        return x.reshape(x.shape[:-1] + self.event_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.flat.log_prob(value.reshape(value.shape[: value.dim() - len(self.event_shape)] + (-1,)))
+
+
+class GaussianLowRank(Likelihood):
+    """A Gaussian whose covariance given z is low rank plus diagonal: q(x|z) = N(μ(z), W(z) W(z)ᵀ + diag σ(z)²),
+    W(z) of shape [D, r] (``rank`` r), every term from the decoder (2 + r outputs per data dimension).
+
+    Columns of a table that are correlated given z are then expressed by W with r directions instead of spending
+    latent dimensions on them. It is still an exact normalised density with every constant kept:
+    ``torch.distributions.LowRankMultivariateNormal`` (Woodbury identity and the matrix determinant lemma, O(D r²)).
+    σ = ``min_sigma`` + softplus(raw + offset) as in ``gaussian-learned`` (the offset starts σ at the data's spread),
+    so the density stays bounded; W starts near 0 (the decoder's small initial outputs, scaled by ``1/sqrt(r)``).
+    """
+
+    name = "gaussian-lowrank"
+    sigma_offset: torch.Tensor  # a buffer
+
+    def __init__(self, rank: int = 2, min_sigma: float = 1e-3):
+        super().__init__()
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be a positive integer (the columns of W), got {rank!r}")
+        min_sigma = float(min_sigma)
+        if not (min_sigma > 0.0 and math.isfinite(min_sigma)):
+            raise ValueError(f"min_sigma must be a positive finite number, got {min_sigma}")
+        self.rank, self.min_sigma, self.num_params = rank, min_sigma, 2 + rank
+        self.register_buffer("sigma_offset", torch.tensor(0.0))
+
+    def _parts(self, params: torch.Tensor, event_ndim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(μ [*batch, D], σ [*batch, D], W [*batch, D, r]) with the event dimensions flattened."""
+        blocks = _split(params, self.num_params, event_ndim)
+        batch = params.shape[: params.dim() - event_ndim]
+        flat = [b.reshape(batch + (-1,)) for b in blocks]
+        scale = nn.functional.softplus(flat[1] + self.sigma_offset.to(flat[1].dtype)) + self.min_sigma
+        factor = torch.stack(flat[2:], dim=-1) / math.sqrt(self.rank)
+        return flat[0], scale, factor
+
+    def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:
+        loc, scale, factor = self._parts(params, event_ndim)
+        flat = LowRankMultivariateNormal(loc, factor, scale.pow(2), validate_args=False)
+        event_shape = _split(params, self.num_params, event_ndim)[0].shape[params.dim() - event_ndim:]
+        return flat if event_ndim == 1 else _FlatEvent(flat, event_shape)
+
+    def initialize_from_data(self, x: torch.Tensor) -> None:
+        """Start σ (at a decoder output of 0) at the standard deviation of the training values."""
+        with torch.no_grad():
+            self.sigma_offset.fill_(_softplus_inverse(max(float(x.float().std()) - self.min_sigma, 1e-4)))
+
+    def mean(self, params: torch.Tensor, event_ndim: int = 1) -> torch.Tensor:
+        return _split(params, self.num_params, event_ndim)[0]
+
+    def config(self) -> dict:
+        return {"name": self.name, "rank": self.rank, "min_sigma": self.min_sigma}
+
+
+class StudentTLearnedScale(Likelihood):
+    """Student's t per dimension: q(x|z) = Π_j t_ν(x_j; μ_j(z), s_j(z)), location and scale from the decoder (twice
+    the outputs, as ``gaussian-learned``), ν the degrees of freedom (``df``: fixed; None: one learned ν for all
+    dimensions, ν = ``min_df`` + softplus(raw), starting at 10).
+
+    Heavy tails: a training row far from the decoder's mean costs ``O(ln |x - μ|)`` rather than ``O((x - μ)²)``,
+    so a few outlying rows do not pull σ up for every row. The exact normalised density of
+    ``torch.distributions.StudentT`` (every constant kept). ν -> ∞ is the Gaussian.
+    """
+
+    name = "student-t"
+    num_params = 2
+    sigma_offset: torch.Tensor  # a buffer
+    START_DF = 10.0
+
+    def __init__(self, df: float | None = None, min_df: float = 1.0, min_sigma: float = 1e-3):
+        super().__init__()
+        for key, value in (("min_df", min_df), ("min_sigma", min_sigma)) + ((("df", df),) if df is not None else ()):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+                raise ValueError(f"{key} must be a positive finite number, got {value!r}")
+        self.df = None if df is None else float(df)
+        self.min_df, self.min_sigma = float(min_df), float(min_sigma)
+        if self.df is None:
+            self.df_param = nn.Parameter(torch.tensor(_softplus_inverse(max(self.START_DF - self.min_df, 1e-3))))
+        self.register_buffer("sigma_offset", torch.tensor(0.0))
+
+    def degrees_of_freedom(self) -> torch.Tensor:
+        if self.df is not None:
+            return torch.tensor(self.df)
+        return self.min_df + nn.functional.softplus(self.df_param)
+
+    def forward(self, params: torch.Tensor, event_ndim: int = 1) -> Distribution:
+        loc, raw = _split(params, 2, event_ndim)
+        scale = nn.functional.softplus(raw + self.sigma_offset.to(raw.dtype)) + self.min_sigma
+        df = self.degrees_of_freedom().to(device=loc.device, dtype=loc.dtype).expand_as(loc)
+        return Independent(StudentT(df, loc, scale, validate_args=False), event_ndim, validate_args=False)
+
+    def initialize_from_data(self, x: torch.Tensor) -> None:
+        """Start the scale (at a decoder output of 0) at the standard deviation of the training values."""
+        with torch.no_grad():
+            self.sigma_offset.fill_(_softplus_inverse(max(float(x.float().std()) - self.min_sigma, 1e-4)))
+
+    def mean(self, params: torch.Tensor, event_ndim: int = 1) -> torch.Tensor:
+        return _split(params, 2, event_ndim)[0]  # the location (the mean where ν > 1)
+
+    def config(self) -> dict:
+        return {"name": self.name, "df": self.df, "min_df": self.min_df, "min_sigma": self.min_sigma}
+
+
 def batch_fitting(model: nn.Module, enabled: bool = True) -> contextlib.ExitStack:
     """Enter :meth:`GaussianSharedVariance.fitting` (and any module's ``fitting``) for every module of ``model``:
     what the training objective does on a model in training mode. Scoring functions never do."""
@@ -364,7 +494,8 @@ class ScaledDensity(Distribution):
 
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {
-    cls.name: cls for cls in (Bernoulli, GaussianFixedVariance, GaussianLearnedVariance, GaussianSharedVariance)
+    cls.name: cls for cls in (Bernoulli, GaussianFixedVariance, GaussianLearnedVariance, GaussianSharedVariance,
+                              GaussianLowRank, StudentTLearnedScale)
 }
 
 

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -23,7 +23,7 @@ import torch
 from . import checkpoint as ckpt
 from . import data as bdata
 from . import distributed as ranks
-from . import draws, orders, rundir
+from . import draws, orders, rundir, sizing
 from .arrays import PreparedRows, Rows, as_tensor, standardize_block
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import ConfigError, IncompatibleCheckpointError, InputTypeError, OutputExistsError
@@ -429,7 +429,8 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
           overwrite: bool = False, callbacks: Sequence[Callback] = (), tensorboard: bool = False,
           on_ready: Callable[[Trainer, bdata.Dataset, str], None] | None = None,
           device: str | torch.device = "cpu", posterior: str = "diagonal-gaussian",
-          posterior_options: dict | None = None, on_warning: Callable[[str], None] | None = None) -> Trainer:
+          posterior_options: dict | None = None, on_warning: Callable[[str], None] | None = None,
+          table_sizes: Collection[str] = (), extra_state: dict | None = None) -> Trainer:
     """Load and validate the data, build the model the data call for, and train it (into ``out`` if given).
 
     ``posterior``/``posterior_options``: see :class:`ModelConfig` (``vmf`` with ``{"kappa": K}``; the Gaussian
@@ -438,6 +439,11 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     receives training warnings (e.g. posterior collapse). ``device``: see
     :func:`bayesvae.distributed.resolve_device`. Under torchrun (after :func:`bayesvae.distributed.init_from_env`)
     every rank calls this; rank 0 writes.
+
+    ``table_sizes``: the settings among :data:`bayesvae.sizing.SETTINGS` that the user left unset; on a table
+    they are chosen from its rows and columns (:func:`bayesvae.sizing.table_defaults`) and recorded in run.json
+    (``table_sizes``); on other data the values given stand. ``extra_state``: more JSON-able records for run.json
+    (the candidates of a selection).
     """
     if tensorboard:
         if out is None:
@@ -460,6 +466,10 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
                                                                              dict(likelihood_options or {}), hidden)
     likelihood = likelihood or bdata.default_likelihood(dataset)
     check_likelihood_options(likelihood, likelihood_options or {})
+    sizes = None
+    if table_sizes and dataset.kind == "tabular":
+        sizes = sizing.table_defaults(len(dataset.train), dataset.event_shape[0], len(dataset.valid) > 0)
+        hidden, latent_dim, train_config = sizes.apply(table_sizes, hidden, latent_dim, train_config)
     prepared = prepare_data(dataset, likelihood)
     model_config = ModelConfig(data_shape=dataset.event_shape, latent_dim=latent_dim, architecture=architecture,
                                hidden=tuple(hidden), activation=activation, likelihood=likelihood,
@@ -481,6 +491,9 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
         torch.manual_seed(train_config.seed * 1_000_003 + 7919 * ranks.rank())
     state = _run_state(model_config, spec, dataset, prepared)
     state["kl_bound"] = kl_bound_record(model)
+    if sizes is not None:
+        state["table_sizes"] = sizes.record(table_sizes)
+    state.update(extra_state or {})
     if train_config.free_bits > 0 and not getattr(model.posterior_head, "factorised", False):
         _make_trainer(model, train_config, prepared, None, state, ())  # raises the clear error before any output
     if train_config.precision == "auto":

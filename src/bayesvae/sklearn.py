@@ -14,7 +14,6 @@ seed fixed at ``fit``), and each example is scored on its own, so no matrix prod
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -31,12 +30,15 @@ from . import runs
 from .config import TrainConfig
 from .errors import ConfigError, DataValidationError
 from .estimators import estimate_log_likelihood, eval_mode
-from .training import Callback, Trainer
+from .model import VAE
+from .selection import KeepBest, candidates, select
+from .sizing import table_defaults
+from .training import Trainer
 
 __all__ = ["VAEDensity", "VAEOutlierDetector"]
 
 #: The decoders that give a table a density (a Bernoulli decoder is for 0/1 data, which standardisation removes).
-TABULAR_LIKELIHOODS = ("gaussian-learned", "gaussian-shared", "gaussian-fixed")
+TABULAR_LIKELIHOODS = ("gaussian-learned", "gaussian-shared", "gaussian-fixed", "gaussian-lowrank", "student-t")
 #: Rows a fit needs: one to train on, one to validate on, and the loader's minimum of three.
 MIN_SAMPLES = 3
 
@@ -53,25 +55,34 @@ def _fraction(value: object, *, zero: bool) -> bool:
 
 
 #: Each constructor argument, what it must be, and the test: one table from which every refusal is derived.
+def _auto(test):
+    """The test, or the value "auto" (chosen at ``fit`` from the rows and columns: :mod:`bayesvae.sizing`)."""
+    return lambda v: (isinstance(v, str) and v == "auto") or (not isinstance(v, str) and test(v))
+
+
 PARAMETER_RULES = {
-    "latent_dim": ("a positive integer", _positive_int),
-    "hidden": ("a tuple of positive integers (the encoder's layer widths)",
-               lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_positive_int(h) for h in v)),
+    "latent_dim": ("'auto' or a positive integer", _auto(_positive_int)),
+    "hidden": ("'auto' or a tuple of positive integers (the encoder's layer widths)",
+               _auto(lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_positive_int(h) for h in v))),
     "activation": ("'relu', 'tanh' or 'elu'", lambda v: v in ("relu", "tanh", "elu")),
     "likelihood": (f"one of {list(TABULAR_LIKELIHOODS)}", lambda v: v in TABULAR_LIKELIHOODS),
     "likelihood_options": ("None or a dict of the likelihood's options", lambda v: v is None or isinstance(v, dict)),
-    "max_iter": ("a positive integer (epochs)", _positive_int),
-    "batch_size": ("a positive integer", _positive_int),
+    "max_iter": ("'auto' or a positive integer (epochs)", _auto(_positive_int)),
+    "batch_size": ("'auto' or a positive integer", _auto(_positive_int)),
     "learning_rate": ("a positive finite number",
                       lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
                       and 0 < cast(float, v) < math.inf),
     "validation_fraction": ("a number in [0, 1)", lambda v: _fraction(v, zero=True)),
-    "n_iter_no_change": ("None or a positive integer (epochs)", lambda v: v is None or _positive_int(v)),
+    "n_iter_no_change": ("'auto', None or a positive integer (epochs)", _auto(lambda v: v is None or _positive_int(v))),
+    "select": ("True or False", lambda v: isinstance(v, bool)),
     "n_importance_samples": ("a positive integer (K)", _positive_int),
     "device": ("a device name such as 'cpu' or 'cuda'", lambda v: isinstance(v, (str, torch.device))),
     "contamination": ("a number in (0, 0.5]", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
                       and 0 < cast(float, v) <= 0.5),
 }
+#: The parameters that "auto" leaves to the table's rule, by the rule's name of the setting (bayesvae.sizing).
+AUTO_PARAMETERS = {"hidden": "hidden", "latent_dim": "latent_dim", "batch_size": "batch_size", "epochs": "max_iter",
+                   "patience": "n_iter_no_change"}
 
 
 @dataclass(frozen=True)
@@ -85,18 +96,6 @@ class _TableSpec(runs.DataSpec):
         return bdata._assemble("X", "X", {"x": self.table}, {}, False, seed=self.seed,
                                valid_fraction=self.valid_fraction, test_fraction=0.0, standardize=True, limit=None,
                                feature_names=self.feature_names)
-
-
-class _KeepBest(Callback):
-    """Keeps a copy of the weights of the epoch with the lowest validation loss (the trainer's ``best``), so that
-    the fitted model is the early-stopped one without a run directory."""
-
-    def __init__(self):
-        self.weights: dict | None = None
-
-    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        if trainer.state.epochs_without_improvement == 0:
-            self.weights = copy.deepcopy(trainer.model.state_dict())
 
 
 class _TabularVAE(BaseEstimator):
@@ -134,29 +133,64 @@ class _TabularVAE(BaseEstimator):
         names = None if getattr(self, "feature_names_in_", None) is None else tuple(map(str, self.feature_names_in_))
         spec = _TableSpec("X", seed=split_seed, valid_fraction=float(self.validation_fraction), test_fraction=0.0,
                           table=X, feature_names=names)
-        config = TrainConfig(epochs=int(self.max_iter), batch_size=int(self.batch_size),
+        auto = {setting for setting, name in AUTO_PARAMETERS.items() if isinstance(getattr(self, name), str)}
+
+        def given(name: str, placeholder):  # what runs.train gets; the table's rule replaces the "auto" ones
+            value = getattr(self, name)
+            return placeholder if isinstance(value, str) else value
+
+        config = TrainConfig(epochs=int(given("max_iter", 1)), batch_size=int(given("batch_size", 1)),
                              learning_rate=float(self.learning_rate), seed=train_seed,
-                             early_stopping_patience=int(self.n_iter_no_change or 0))
-        keep = _KeepBest()
-        with torch.random.fork_rng(devices=[]):  # training seeds torch's generator; the caller's stream is restored
-            trainer = runs.train(spec, out=None, train_config=config, likelihood=self.likelihood,
-                                 likelihood_options=dict(self.likelihood_options or {}),
-                                 latent_dim=int(self.latent_dim),
-                                 hidden=tuple(int(h) for h in self.hidden), activation=self.activation,
-                                 callbacks=[keep], device=self.device)
-        model = trainer.model
-        if keep.weights is not None:
-            model.load_state_dict(keep.weights)
+                             early_stopping_patience=int(given("n_iter_no_change", 0) or 0))
+
+        def train(hidden, latent_dim, sized=frozenset(auto)) -> tuple[VAE, Trainer]:
+            keep = KeepBest()
+            with torch.random.fork_rng(devices=[]):  # training seeds torch's generator; the caller's is restored
+                trainer = runs.train(spec, out=None, train_config=config, likelihood=self.likelihood,
+                                     likelihood_options=dict(self.likelihood_options or {}),
+                                     latent_dim=int(latent_dim), hidden=tuple(int(h) for h in hidden),
+                                     activation=self.activation, callbacks=[keep], device=self.device,
+                                     table_sizes=sized)
+            keep.restore(trainer.model)
+            return cast(VAE, trainer.model), trainer
+
+        if self.select:
+            model, trainer = self._select(spec, auto, train)
+        else:
+            model, trainer = train(given("hidden", (64,)), given("latent_dim", 2))
         model.eval()
         mean, scale = trainer.run_state["data"]["standardization"]
         self.model_ = model
         self.mean_, self.scale_ = np.asarray(mean, dtype=np.float64), np.asarray(scale, dtype=np.float64)
+        self.hidden_, self.latent_dim_ = tuple(trainer.run_state["model_config"]["hidden"]), int(model.latent_dim)
+        self.max_iter_, self.batch_size_ = int(trainer.config.epochs), int(trainer.config.batch_size)
+        self.n_iter_no_change_ = int(trainer.config.early_stopping_patience) or None
         history = trainer.state.history
         self.n_iter_ = int(trainer.state.epoch)
         self.loss_curve_ = [float(r["train_loss"]) for r in history]
         self.validation_loss_curve_ = [float(r["valid_loss"]) for r in history if "valid_loss" in r]
         self._score_seed = score_seed
         return self
+
+    def _select(self, spec, auto, train) -> tuple[VAE, Trainer]:
+        """``select=True``: every candidate of :func:`bayesvae.selection.candidates` trained on the same split and
+        scored on its validation rows; the best is kept, every figure is in ``selection_``."""
+        if not {"hidden", "latent_dim"} <= auto:
+            raise ConfigError(f"{type(self).__name__}(select=True) chooses hidden and latent_dim on the validation "
+                              "rows; leave them 'auto' (or set select=False)")
+        dataset = spec.load()
+        if len(dataset.valid) == 0:
+            raise ConfigError(f"{type(self).__name__}(select=True) chooses on the validation rows: give "
+                              f"validation_fraction > 0 (here {len(dataset.train)} rows are all for training)")
+        grid = candidates(table_defaults(len(dataset.train), dataset.event_shape[0]))
+        fitted: list[tuple[VAE, Trainer]] = []
+
+        def fit(candidate):  # the candidate's sizes, the rule's for the rest
+            fitted.append(train(candidate.hidden, candidate.latent_dim, frozenset(auto - {"hidden", "latent_dim"})))
+            return fitted[-1]
+
+        best, self.selection_ = select(fit, grid)
+        return fitted[best]
 
     def _standardized(self, X) -> torch.Tensor:
         check_is_fitted(self, "model_")
@@ -202,13 +236,21 @@ class VAEDensity(DensityMixin, _TabularVAE):
         latent_dim: d, the size of the latent code.
         hidden: the MLP encoder's hidden widths (the decoder mirrors them).
         activation: ``relu``, ``tanh`` or ``elu``.
-        likelihood: ``gaussian-learned`` (σ per feature), ``gaussian-shared`` or ``gaussian-fixed``
-            (``likelihood_options={"sigma": s}``, on the standardised scale).
+        likelihood: ``gaussian-learned`` (σ per feature), ``gaussian-lowrank`` (covariance W Wᵀ + diag σ² given
+            z, ``likelihood_options={"rank": r}``), ``student-t`` (heavy tails), ``gaussian-shared`` or
+            ``gaussian-fixed`` (``likelihood_options={"sigma": s}``, on the standardised scale).
         max_iter: the most epochs to train.
         batch_size, learning_rate: Adam's minibatch size and step size.
         validation_fraction: the share of rows held out for early stopping and the choice of the best epoch (0:
             none; the training loss then chooses).
         n_iter_no_change: stop after this many epochs without improvement (None: train ``max_iter`` epochs).
+        "auto" (the default of ``latent_dim``, ``hidden``, ``max_iter``, ``batch_size``, ``n_iter_no_change``):
+            chosen at ``fit`` from the training rows and columns by :func:`bayesvae.sizing.table_defaults` (the
+            rule and the measurement that chose it: docs/tabular-defaults.md); the values used are the
+            attributes ``latent_dim_``, ``hidden_``, ``max_iter_``, ``batch_size_``, ``n_iter_no_change_``.
+        select: train the small grid of widths and latent dimensions of :func:`bayesvae.selection.candidates`
+            around the rule's and keep the best by the validation rows' log-likelihood (``hidden`` and
+            ``latent_dim`` must be "auto"; every candidate's figure is in ``selection_``).
         n_importance_samples: K, the importance samples of each row's log p(x).
         random_state: the seed of the split, the weights, the minibatches, the scoring draws (an int makes
             ``fit`` and every method reproducible; a ``RandomState`` is consumed; None draws fresh seeds).
@@ -221,17 +263,21 @@ class VAEDensity(DensityMixin, _TabularVAE):
         n_iter_: epochs trained.
         loss_curve_: the training loss (negative ELBO, nats per example, in the units of X) of each epoch.
         validation_loss_curve_: the same on the held-out rows.
+        latent_dim_, hidden_, max_iter_, batch_size_, n_iter_no_change_: the sizes used (chosen or given).
+        selection_: with ``select=True``, one dict per candidate: ``hidden``, ``latent_dim``,
+            ``valid_log_likelihood_nats`` (mean over the validation rows, K = 200), ``epochs``.
     """
 
-    def __init__(self, latent_dim: int = 2, hidden: tuple[int, ...] = (64,), activation: str = "relu",
-                 likelihood: str = "gaussian-learned", likelihood_options: dict | None = None, max_iter: int = 200,
-                 batch_size: int = 128, learning_rate: float = 1e-3, validation_fraction: float = 0.1,
-                 n_iter_no_change: int | None = 20, n_importance_samples: int = 1000, random_state=None,
-                 device: str = "cpu"):
+    def __init__(self, latent_dim: int | str = "auto", hidden: tuple[int, ...] | str = "auto",
+                 activation: str = "relu", likelihood: str = "gaussian-learned",
+                 likelihood_options: dict | None = None, max_iter: int | str = "auto", batch_size: int | str = "auto",
+                 learning_rate: float = 1e-3, validation_fraction: float = 0.15,
+                 n_iter_no_change: int | None | str = "auto", select: bool = False,
+                 n_importance_samples: int = 1000, random_state=None, device: str = "cpu"):
         self.latent_dim, self.hidden, self.activation = latent_dim, hidden, activation
         self.likelihood, self.likelihood_options = likelihood, likelihood_options
         self.max_iter, self.batch_size, self.learning_rate = max_iter, batch_size, learning_rate
-        self.validation_fraction, self.n_iter_no_change = validation_fraction, n_iter_no_change
+        self.validation_fraction, self.n_iter_no_change, self.select = validation_fraction, n_iter_no_change, select
         self.n_importance_samples, self.random_state, self.device = n_importance_samples, random_state, device
 
     def score(self, X, y=None) -> float:
@@ -270,16 +316,17 @@ class VAEOutlierDetector(OutlierMixin, _TabularVAE):
         of the inliers may fall below ``offset_``.
     """
 
-    def __init__(self, contamination: float = 0.1, latent_dim: int = 2, hidden: tuple[int, ...] = (64,),
-                 activation: str = "relu", likelihood: str = "gaussian-learned",
-                 likelihood_options: dict | None = None, max_iter: int = 200, batch_size: int = 128,
-                 learning_rate: float = 1e-3, validation_fraction: float = 0.1, n_iter_no_change: int | None = 20,
-                 n_importance_samples: int = 1000, random_state=None, device: str = "cpu"):
+    def __init__(self, contamination: float = 0.1, latent_dim: int | str = "auto",
+                 hidden: tuple[int, ...] | str = "auto", activation: str = "relu",
+                 likelihood: str = "gaussian-learned", likelihood_options: dict | None = None,
+                 max_iter: int | str = "auto", batch_size: int | str = "auto", learning_rate: float = 1e-3,
+                 validation_fraction: float = 0.15, n_iter_no_change: int | None | str = "auto",
+                 select: bool = False, n_importance_samples: int = 1000, random_state=None, device: str = "cpu"):
         self.contamination = contamination
         self.latent_dim, self.hidden, self.activation = latent_dim, hidden, activation
         self.likelihood, self.likelihood_options = likelihood, likelihood_options
         self.max_iter, self.batch_size, self.learning_rate = max_iter, batch_size, learning_rate
-        self.validation_fraction, self.n_iter_no_change = validation_fraction, n_iter_no_change
+        self.validation_fraction, self.n_iter_no_change, self.select = validation_fraction, n_iter_no_change, select
         self.n_importance_samples, self.random_state, self.device = n_importance_samples, random_state, device
 
     def fit(self, X, y=None):
