@@ -181,3 +181,19 @@ def test_bf16_trains_and_evaluates_text(corpus, tmp_path, capsys):
         figures.append(json.loads(capsys.readouterr().out)["nll_nats"])
     assert all(math.isfinite(f) for f in figures)
     assert abs(figures[0] - figures[1]) < 0.05 * figures[0]  # bf16 networks, float32 densities: a few % at most
+
+
+def test_a_three_line_corpus_gets_a_report_with_its_sentences(tmp_path, capsys):
+    from bayesvae.report import report_failures
+
+    (tmp_path / "three.txt").write_text("a b\nc d\ne f\n", encoding="utf-8")
+    assert main(["train", "--data", str(tmp_path / "three.txt"), "--epochs", "1", *SMALL[:6],
+                 "--out", str(tmp_path / "r")]) == 0
+    assert main(["report", str(tmp_path / "r"), "--samples", "3"]) in (0, 1)  # 1: the latent scatter of one point fails
+    failed = report_failures(tmp_path / "r" / "report.html") or []
+    assert "Sentences" not in failed  # one test sentence: the interpolation says it needs two
+    assert "An interpolation needs two sentences" in (tmp_path / "r" / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "r"), "--limit", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --limit must be a positive integer" in err and "----" not in err

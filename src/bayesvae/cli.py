@@ -1289,10 +1289,12 @@ _TYPED_NAMES = (("posterior option 'kappa'", "--kappa"), ("posterior option 'bn_
 
 def _as_typed(message: str, args) -> str:
     """A library message with the library's names replaced by the flags that set them (when the flag exists here)."""
+    import re
+
     flags_here = set(getattr(args, "flag_of", {}).values())
     for internal, flag in _TYPED_NAMES:
-        if internal in message and flag.split()[0] in flags_here:
-            message = message.replace(internal, flag)
+        if internal in message and flag.split()[0] in flags_here:  # a whole name only ("--limit must" stays)
+            message = re.sub(r"(?<![\w-])" + re.escape(internal), flag, message)
     return message
 
 

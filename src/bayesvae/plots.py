@@ -815,15 +815,23 @@ EUCLIDEAN_KINDS = ("manifold", "traversals", "kl")
 TABULAR_KINDS = ("histograms",)
 
 
+def _is_text(ctx) -> bool:
+    return getattr(ctx.model.likelihood_head, "name", "") == "autoregressive"
+
+
 def applicable_kinds(run) -> list[str]:
     """The kinds that apply to a run: image kinds for images, ``histograms`` for tabular data, the rest always
     (``manifold`` needs two latent dimensions)."""
     ctx = context(run)
+    text = _is_text(ctx)
     out = []
     for kind in KINDS:
+        if kind == "interpolation" and text:  # sentences along the latent path (the CLI writes them as text)
+            out.append(kind)
+            continue
         if kind in IMAGE_KINDS and not ctx.is_image or kind in TABULAR_KINDS and ctx.is_image:
             continue
-        if kind in TABULAR_KINDS and getattr(ctx.model.likelihood_head, "name", "") == "autoregressive":
+        if kind in TABULAR_KINDS and text:
             continue  # text: no feature histograms (the report shows sentences)
         if kind == "manifold" and ctx.latent_dim < 2:
             continue
@@ -839,6 +847,9 @@ def plot(run, kind: str, **options):
         raise DataValidationError(f"unknown plot kind {kind!r}; choose one of {', '.join(KINDS)}")
     ctx = context(run, data=options.pop("data", None), labels=options.pop("labels", None),
                   split=options.pop("split", "test"))
+    if kind == "interpolation" and _is_text(ctx):
+        raise DataValidationError("a text run's interpolation is sentences, not a picture: `bayesvae plot RUN "
+                                  "interpolation` writes them (in Python: bayesvae.text.cli.interpolation_pairs)")
     if kind not in applicable_kinds(ctx):
         why = ("needs image data" if kind in IMAGE_KINDS and not ctx.is_image else
                "is for tabular data" if kind in TABULAR_KINDS else

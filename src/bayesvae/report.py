@@ -502,7 +502,7 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
             if not is_text:  # text: decoded sentences in the Sentences section instead
                 sections.add("explorer", "Latent explorer",
                              lambda: _explorer_html(ctx, explorer_grid, 2000))
-        elif kind in kinds:
+        elif kind in kinds and not (is_text and kind == "interpolation"):  # text: in the Sentences section
             sections.add(kind, _CAPTIONS[kind][0], plot_section(kind))
     if is_text:
         from .text.report import sentences_html

@@ -74,7 +74,9 @@ def read_sentences(path: Path) -> tuple[list[list[str]], list[int]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line_no = raw[: err.start].count(b"\n") + 1
-        raise DataValidationError(f"{where}, line {line_no}: byte {err.start} is not valid UTF-8 ({err.reason}); "
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataValidationError(f"{where}, line {line_no}, byte {column} of the line (byte {err.start + 1} of the "
+                                  f"file): not valid UTF-8 ({err.reason}); "
                                   "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     sentences, rows = [], []
     for i, line in enumerate(text.splitlines()):
@@ -101,9 +103,9 @@ def _check_lengths(parts: dict, max_length: int | None, long_sentences: str) -> 
             if len(s) > limit]
     if long and (max_length is None or long_sentences == "refuse"):
         where, row, n = long[0]
-        flag = "--max-length" if max_length is not None else f"--max-length (the default limit is {MAX_WORDS} words)"
+        limit_text = f"--max-length {limit}" if max_length is not None else f"the default limit of {MAX_WORDS} words"
         raise DataValidationError(
-            f"{where}, line {row + 1}: a sentence of {n} words exceeds {flag} {limit}; {len(long)} sentence(s) in all "
+            f"{where}, line {row + 1}: a sentence of {n} words exceeds {limit_text}; {len(long)} sentence(s) in all "
             "are longer. Pass --long-sentences cut to cut them (the count is reported), or a larger --max-length")
     if max_length is not None:
         return max_length

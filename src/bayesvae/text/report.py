@@ -39,7 +39,11 @@ def sentences_html(run, x: torch.Tensor, evaluation: dict, seed: int = 0) -> str
                                                     ("decoding", "sentence z ~ q(z)")))
     parts.append("<h3>Reconstructions</h3>" + _rows(reconstruction_lines(run, x[:8])[1:], ("input", "greedy")))
     path = "great circle" if run.model_config.posterior == "vmf" else "straight line"
-    parts.append(f"<h3>Interpolation</h3><p>Greedy sentences along the {path} between the posterior modes of the "
-                 "first two test sentences (Bowman et al. 2016).</p>"
-                 + _rows(interpolation_lines(run, x[:2]), ("t", "sentence")))
+    if x.shape[0] < 2:
+        parts.append(f"<h3>Interpolation</h3><p>An interpolation needs two sentences; this split has {x.shape[0]}."
+                     "</p>")
+    else:
+        parts.append(f"<h3>Interpolation</h3><p>Greedy sentences along the {path} between the posterior modes of "
+                     "the first two test sentences (Bowman et al. 2016).</p>"
+                     + _rows(interpolation_lines(run, x[:2]), ("t", "sentence")))
     return "".join(parts)
