@@ -182,6 +182,7 @@ def _paired(rows: list[dict], reference: str) -> None:
     if ref is None:
         return
     for r in rows:
+        assert len(r["nll_nats_per_sentence_list"]) == len(ref["nll_nats_per_sentence_list"]), "not the same sentences"
         d = torch.tensor(r["nll_nats_per_sentence_list"], dtype=torch.float64) - torch.tensor(
             ref["nll_nats_per_sentence_list"], dtype=torch.float64)
         r[f"nll_minus_{reference}_nats"] = float(d.mean())

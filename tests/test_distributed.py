@@ -373,8 +373,10 @@ def _corpus(root: Path) -> Path:
 
 @pytest.mark.parametrize("data_args", [["--data", "digits"], ["--data", "digits", "--likelihood", "gaussian-shared"],
                                        ["--data", "{corpus}", "--embedding-dim", "8"],
-                                       ["--data", "{corpus}", "--embedding-dim", "8", "--word-dropout", "0.3"]],
-                         ids=["binarised", "dequantised", "text", "text-word-dropout"])
+                                       ["--data", "{corpus}", "--embedding-dim", "8", "--word-dropout", "0.3"],
+                                       ["--data", "{corpus}", "--embedding-dim", "8", "--word-dropout", "0.3",
+                                        "--samples", "2"]],
+                         ids=["binarised", "dequantised", "text", "text-word-dropout", "text-word-dropout-k2"])
 def test_cli_training_on_two_ranks_equals_one_process(tmp_path, data_args):
     """Every rank draws the whole global batch's binarisation (or dequantisation), word dropout and latent noise
     from (seed, step) and keeps its rows, so a 2-rank run through the CLI takes the steps of the 1-process run: the

@@ -33,10 +33,12 @@ class StepDraws:
     def _keep(self, full: torch.Tensor, lead: int) -> torch.Tensor:
         return full[(slice(None),) * lead + (self.rows,)]
 
-    def uniform(self, row_shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """U[0, 1) of shape [local rows, *row_shape]."""
-        return self._keep(torch.rand((self.total, *row_shape), generator=self.generator, dtype=dtype,
-                                     device=self.generator.device), 0)
+    def uniform(self, row_shape: Sequence[int], dtype: torch.dtype = torch.float32,
+                lead_shape: Sequence[int] = ()) -> torch.Tensor:
+        """U[0, 1) of shape [*lead_shape, local rows, *row_shape]."""
+        lead = tuple(lead_shape)
+        return self._keep(torch.rand((*lead, self.total, *row_shape), generator=self.generator, dtype=dtype,
+                                     device=self.generator.device), len(lead))
 
     def normal(self, lead_shape: Sequence[int], row_shape: Sequence[int], dtype: torch.dtype = torch.float32
                ) -> torch.Tensor:

@@ -826,9 +826,6 @@ def applicable_kinds(run) -> list[str]:
     text = _is_text(ctx)
     out = []
     for kind in KINDS:
-        if kind == "interpolation" and text:  # sentences along the latent path (the CLI writes them as text)
-            out.append(kind)
-            continue
         if kind in IMAGE_KINDS and not ctx.is_image or kind in TABULAR_KINDS and ctx.is_image:
             continue
         if kind in TABULAR_KINDS and text:
@@ -857,5 +854,8 @@ def plot(run, kind: str, **options):
                if kind in EUCLIDEAN_KINDS and ctx.is_sphere else
                "is for a latent on the unit sphere (--posterior vmf)" if kind == "sphere" else
                "needs at least 2 latent dimensions")
-        raise DataValidationError(f"plot kind {kind!r} {why}; kinds for this run: {', '.join(applicable_kinds(ctx))}")
+        kinds = ", ".join(applicable_kinds(ctx))
+        if _is_text(ctx):
+            kinds += ", and interpolation as sentences (`bayesvae plot RUN interpolation`)"
+        raise DataValidationError(f"plot kind {kind!r} {why}; kinds for this run: {kinds}")
     return KINDS[kind](ctx, **options)

@@ -240,7 +240,10 @@ class DiagonalGaussian(BatchFitted, Posterior):
         if self.fit_to_batch and norm.training:
             # The first training batch sets the running statistics (not 10% of them, as BatchNorm's momentum
             # would, leaving 90% of the initial variance 1): a short run's bounds use statistics of its encoder.
-            norm.momentum = 1.0 if norm.num_batches_tracked is not None and int(norm.num_batches_tracked) == 0 else 0.1
+            if not getattr(norm, "_started", False):  # the counter is read until a batch was seen (a device sync)
+                first = norm.num_batches_tracked is not None and int(norm.num_batches_tracked) == 0
+                norm.momentum = 1.0 if first else 0.1
+                object.__setattr__(norm, "_started", not first)
             out = norm(v)
             return out
         if not norm.training:

@@ -154,9 +154,12 @@ def _evaluate(ctx: plots.PlotContext, num_samples: int, max_examples: int, seed:
         if fit < x.shape[0]:
             x = x[: max(MIN_EXAMPLES, fit)]
             if say is not None:
+                why = (f"what fits in about {duration_text(max_seconds)} here" if fit >= MIN_EXAMPLES else
+                       f"the fewest it evaluates; about {duration_text(x.shape[0] * max_seconds / max(fit, 1))} "
+                       "here")
                 say(f"report: the test log-likelihood on the first {x.shape[0]} of {x_all.shape[0]} {ctx.split} "
-                    f"examples with K = {num_samples} (what fits in about {max_seconds / 60:.0f} min here); "
-                    "`bayesvae report RUN_DIR --max-examples N` evaluates more")
+                    f"examples with K = {num_samples} ({why}); `bayesvae report RUN_DIR --max-examples N` "
+                    "evaluates more")
     prepared = ctx.prepared()
     levels = prepared.levels if prepared is not None else None
     t0 = time.perf_counter()

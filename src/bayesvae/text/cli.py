@@ -89,14 +89,14 @@ def interpolation_lines(run, x: torch.Tensor, steps: int = 7) -> list[str]:
     assert vocab is not None  # a text run stores its vocabulary
     q = run.model.posterior(x[:2])
     a, b = q.mode[0], q.mode[1]
-    t = torch.linspace(0, 1, steps).unsqueeze(1)
+    t = torch.linspace(0, 1, steps, device=a.device).unsqueeze(1)
     if run.model_config.posterior == "vmf":
         omega = torch.arccos((a * b).sum().clamp(-1 + 1e-7, 1 - 1e-7))
         path = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
     else:
         path = (1 - t) * a + t * b
     rows = run.model.decode(path).cpu()
-    return [f"{float(ti):.2f}\t{vocab.decode(r)}" for ti, r in zip(t[:, 0], rows, strict=True)]
+    return [f"{float(ti):.2f}\t{vocab.decode(r)}" for ti, r in zip(t[:, 0].cpu(), rows, strict=True)]
 
 
 def interpolation_pairs(run, x: torch.Tensor, *, pairs: int = 4, steps: int = 7, seed: int = 0) -> list[str]:

@@ -106,7 +106,9 @@ def _check_lengths(parts: dict, max_length: int | None, long_sentences: str) -> 
         limit_text = f"--max-length {limit}" if max_length is not None else f"the default limit of {MAX_WORDS} words"
         raise DataValidationError(
             f"{where}, line {row + 1}: a sentence of {n} words exceeds {limit_text}; {len(long)} sentence(s) in all "
-            "are longer. Pass --long-sentences cut to cut them (the count is reported), or a larger --max-length")
+            "are longer. Pass " + ("--long-sentences cut" if max_length is not None
+                                   else "--max-length N --long-sentences cut")
+            + " to cut them (the count is reported), or a larger --max-length")
     if max_length is not None:
         return max_length
     return max(len(s) for sents, _ in parts.values() for s in sents)

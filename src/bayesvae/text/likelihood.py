@@ -187,9 +187,13 @@ class Autoregressive(Likelihood):
         target = target.clamp_min(0)  # PAD positions are masked out; any valid id keeps the gather in range
         inputs = torch.cat([torch.full_like(target[:, :1], EOS), target[:, :-1]], dim=1)
         if self._dropping:  # a training step's draws are the global batch's (bayesvae.draws): ranks agree
-            step = draws.current(rows=x.shape[0]) if x.dim() == 2 else None
-            u = (step.uniform(x.shape[1:])[:, :width].to(inputs.device) if step is not None
-                 else torch.rand(inputs.shape, device=inputs.device))
+            step = draws.current()
+            if step is not None and x.dim() == 2 and step.local and x.shape[0] % step.local == 0:
+                # x holds K samples' copies of the local rows, sample-major ([K, B] flattened): K draws per row
+                u = step.uniform(x.shape[1:], lead_shape=(x.shape[0] // step.local,)).reshape(x.shape)
+                u = u[:, :width].to(inputs.device)
+            else:
+                u = torch.rand(inputs.shape, device=inputs.device)
             drop = u < self.word_dropout
             drop[:, 0] = False
             inputs = torch.where(drop, torch.full_like(inputs, UNK), inputs)

@@ -49,7 +49,7 @@ def model_settings(dataset, architecture: str, likelihood: str | None, options: 
                           "the encoder and the decoder (e.g. --hidden 256)")
     vocab_size = len(dataset.vocabulary)
     if "softmax" not in options:  # exact either way; the adaptive one is the faster from a few thousand words
-        options = {**options, "softmax": "adaptive" if vocab_size >= ADAPTIVE_FROM else "full"}
+        options = {**options, "softmax": "adaptive" if vocab_size >= ADAPTIVE_FROM and hidden[0] >= 4 else "full"}
     return "rnn", "autoregressive", {"hidden_size": hidden[0], **options, "vocab_size": vocab_size}
 
 
