@@ -197,3 +197,11 @@ def test_a_three_line_corpus_gets_a_report_with_its_sentences(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "r"), "--limit", "0"]) == 2
     err = capsys.readouterr().err
     assert "error: --limit must be a positive integer" in err and "----" not in err
+
+
+def test_the_report_of_a_text_run_lists_only_the_settings_it_uses(corpus, tmp_path):
+    out = tmp_path / "run"
+    assert _train(corpus, out, epochs=1) == 0
+    assert main(["report", str(out), "--samples", "3", "--max-examples", "10"]) == 0
+    page = (out / "report.html").read_text()
+    assert "conv_channels" not in page and "<th>activation</th>" not in page and "<th>architecture</th>" in page

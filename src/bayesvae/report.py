@@ -399,7 +399,8 @@ _CAPTIONS = {
                "(eq. 24) for the ELBO objective, the negative IWAE bound for the IWAE objective (its panel title says "
                "which; the two ELBO terms then do not add up to it). Solid: training (averaged over the epoch), "
                "dashed: validation."),
-    "latent": ("Latent space", "Posterior means E[z|x] of the test split, coloured by label."),
+    "latent": ("Latent space", "Posterior means E[z|x] of the test split, coloured by label where the data have "
+               "labels."),
     "manifold": ("Manifold", "Decoded means E[x|z] over a 15×15 lattice of standard-normal quantiles "
                  "(0.05 to 0.95) in the two latent dimensions with the largest KL; other dimensions at 0."),
     "samples": ("Samples", "E[x|z] for z drawn from the prior q(z) = N(0, I) (decoder means, not noisy draws)."),
@@ -422,7 +423,7 @@ _CAPTIONS["sphere"] = ("Latent sphere", "d = 2: the mean directions μ(x) of the
 #: Captions that change when z lives on the unit sphere (vmf posterior, uniform prior).
 _SPHERE_CAPTIONS = {
     "latent": ("Latent space", "Mean directions μ(x) of the test split (points on the unit sphere), coloured by "
-               "label."),
+               "label where the data have labels."),
     "samples": ("Samples", "E[x|z] for z drawn from the prior q(z), the uniform distribution on the unit sphere "
                 "(decoder means, not noisy draws)."),
     "reconstructions": ("Reconstructions", "Test inputs (left) and E[x|z] at the mean direction z = μ(x) (right)."),
@@ -526,7 +527,10 @@ def render_report(run_dir: str | Path, *, num_samples: int = 1000, max_examples:
         if data_state.get("standardization") is not None:
             data_rows.append(("standardisation", "per feature, mean and standard deviation of the training split"))
         ckpt_rows = [("checkpoint", _esc(checkpoint)), ("path", _esc(run.checkpoint))]
-        return ('<div class="cols"><div><h3>Model</h3>' + _table([(k, _esc(_fmt(v))) for k, v in mc.items()])
+        unused = {"rnn": ("activation", "conv_channels"),
+                  "mlp": ("conv_channels",)}.get(str(mc.get("architecture")), ())
+        model_rows = [(k, _esc(_fmt(v))) for k, v in mc.items() if k not in unused]  # settings this model uses
+        return ('<div class="cols"><div><h3>Model</h3>' + _table(model_rows)
                 + '</div><div><h3>Training</h3>' + _table([(k, _esc(_fmt(v))) for k, v in tc.items()])
                 + '</div><div><h3>Data</h3>' + _table(data_rows) + '<h3>Checkpoint</h3>' + _table(ckpt_rows)
                 + '</div></div>')
