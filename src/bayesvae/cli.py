@@ -486,6 +486,7 @@ def _split_data(run, split: str):
 #: how many; ``bayesvae report`` evaluates more).
 REPORT_AFTER_TRAINING_S = 300.0
 
+
 def _announce_duration(model, x: torch.Tensor, samples: int, device: torch.device, pilot: int = 4) -> None:
     """When the importance sampling of the whole split would take over ``report.ANNOUNCE_AFTER_S``, say how long
     (timed on the first ``pilot`` examples; the figures do not change) and how to make it shorter."""
