@@ -123,3 +123,42 @@ def test_block_order_trains_with_window_advice_and_says_so(tmp_path, monkeypatch
     main(["train", "--data", "digits", "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--report-samples",
           "0", "--out", str(tmp_path / "run2")])
     assert "data order: full shuffle (--data-order auto: the training split is in memory)" in capsys.readouterr().err
+
+
+def _strip_data_order(run) -> None:
+    """Rewrite every checkpoint of ``run`` as a version before the data order was a setting wrote it: no
+    ``data_order``, ``block_rows`` or ``window_blocks`` anywhere in state.json (the manifest's hash follows)."""
+    import hashlib
+    import json
+
+    from bayesvae import checkpoint as ckpt
+    for step in ckpt.list_checkpoints(run):
+        stored = json.loads((step / ckpt.STATE_FILE).read_text())
+        state = stored["state"]
+        state.pop("data_order")
+        for key in ("data_order", "block_rows", "window_blocks"):
+            state["train_config"].pop(key)
+        data = json.dumps(stored).encode()
+        (step / ckpt.STATE_FILE).write_bytes(data)
+        manifest = json.loads((step / ckpt.MANIFEST_FILE).read_text())
+        manifest["files"][ckpt.STATE_FILE] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        (step / ckpt.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_a_checkpoint_from_before_the_data_order_resumes_in_the_full_shuffle_bit_for_bit(tmp_path, capsys):
+    """A run written before ``--data-order`` existed trained in the full shuffle; ``train --resume --epochs 3``
+    keeps it (no block order chosen by ``auto``) and ends exactly where a 3-epoch run ends, every tensor."""
+    from bayesvae import checkpoint as ckpt
+    small = ["train", "--data", "digits", "--hidden", "16", "--latent-dim", "2", "--batch-size", "64",
+             "--report-samples", "0"]
+    assert main([*small, "--epochs", "1", "--out", str(tmp_path / "old")]) == 0
+    _strip_data_order(tmp_path / "old")
+    assert "data_order" not in ckpt.load_checkpoint(ckpt.resolve_checkpoint(tmp_path / "old", "last"))[1]
+    assert main(["train", "--resume", str(tmp_path / "old"), "--epochs", "3", "--report-samples", "0"]) == 0
+    assert main([*small, "--epochs", "3", "--out", str(tmp_path / "straight")]) == 0
+    (a, sa), (b, sb) = (ckpt.load_checkpoint(ckpt.resolve_checkpoint(tmp_path / r, "last"))
+                        for r in ("old", "straight"))
+    assert sa["train_config"]["data_order"] == "full" and sa["trainer"]["epoch"] == 3
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].view(-1).view(torch.uint8).equal(b[key].view(-1).view(torch.uint8)), key
