@@ -96,7 +96,7 @@ bench-vmf-bn: $(STAMP)
 
 # VAEDensity vs GaussianMixture (BIC), KernelDensity (CV), IsolationForest on scikit-learn's tables (about 6 minutes).
 bench-tabular: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) benchmarks/tabular.py --repeats 2 --workers 3 --json benchmarks/results/tabular.json
+	OMP_NUM_THREADS=1 $(PY) benchmarks/tabular.py --repeats 2 --workers 2 --json benchmarks/results/tabular.json --markdown benchmarks/results/tabular.md
 
 # The measurement behind the table defaults (docs/tabular-defaults.md): a grid of sizes on 14 tables, then the decoders (about an hour on 2 cores).
 bench-tabular-sizing: $(STAMP)

@@ -1,6 +1,6 @@
 """Tabular densities: held-out log-likelihood per example (nats, in the units of the data) and anomaly ROC-AUC of
-bayesvae's VAEDensity (its defaults, the Student-t decoder, ``select=True``) against GaussianMixture (components
-by BIC, or by a validation split), KernelDensity (bandwidth by cross-validation) and IsolationForest (AUC only),
+bayesvae's VAEDensity (its defaults, each change of their revision taken back, ``select=True``) against
+GaussianMixture (components by BIC, or by a validation split), KernelDensity (bandwidth by cross-validation) and IsolationForest (AUC only),
 on scikit-learn's five shipped tables and three synthetic sets of known density (two moons, a curved 3-D manifold
 in 20-D, a Gaussian mixture; ``--extra`` adds the earlier gaussian-8d and funnel-6d).
 
@@ -88,7 +88,7 @@ def fit_gaussian_mixture(x_train: np.ndarray, seed: int, max_components: int = 1
     fits = [GaussianMixture(k, covariance_type="full", random_state=seed).fit(z(x_train))
             for k in range(1, max_components + 1)]
     best = min(fits, key=lambda g: g.bic(z(x_train)))
-    return _density(lambda x: best.score_samples(z(x)) + jacobian, f"{best.n_components}")
+    return _density(lambda x: best.score_samples(z(x)) + jacobian, f"K = {best.n_components}")
 
 
 KDE_BANDWIDTHS = tuple(np.logspace(-1.5, 0.5, 13))
@@ -103,7 +103,7 @@ def fit_kernel_density(x_train: np.ndarray, seed: int, bandwidths=KDE_BANDWIDTHS
     search = GridSearchCV(KernelDensity(), {"bandwidth": list(bandwidths)},
                           cv=KFold(5, shuffle=True, random_state=seed)).fit(z(x_train))
     kde = search.best_estimator_
-    return _density(lambda x: kde.score_samples(z(x)) + jacobian, f"{kde.bandwidth:.3g}")
+    return _density(lambda x: kde.score_samples(z(x)) + jacobian, f"h = {kde.bandwidth:.3g} sd")
 
 
 def fit_isolation_forest(x_train: np.ndarray, seed: int) -> Scorer:
@@ -136,7 +136,7 @@ def fit_gaussian_mixture_validation(x_train: np.ndarray, seed: int, max_componen
             continue
     k, c = max(scores, key=lambda key: scores[key])
     best = GaussianMixture(k, covariance_type=c, random_state=seed).fit(z(x_train))
-    return _density(lambda x: best.score_samples(z(x)) + jacobian, f"{k} {c}")
+    return _density(lambda x: best.score_samples(z(x)) + jacobian, f"K = {k} {c}")
 
 
 def fit_vae(x_train: np.ndarray, seed: int, **settings) -> Scorer:
@@ -151,10 +151,31 @@ def fit_vae_select(x_train: np.ndarray, seed: int, **settings) -> Scorer:
     return _density(vae.score_samples, f"h {vae.hidden_[0]} d {vae.latent_dim_}")
 
 
-CONTENDERS = [
+def fit_vae_previous(x_train: np.ndarray, seed: int, **settings) -> Scorer:
+    """The defaults before the revision of docs/tabular-defaults.md: Gaussian decoder, ELBO, d = ceil(D / 4)."""
+    d = min(x_train.shape[1], 32, max(4, math.ceil(x_train.shape[1] / 4)))
+    return fit_vae(x_train, seed, likelihood="gaussian-learned", objective="elbo", latent_dim=d,
+                   hidden=(max(64, 16 * math.ceil(4 * d / 16)),), **settings)
+
+
+def fit_vae_quarter(x_train: np.ndarray, seed: int, **settings) -> Scorer:
+    """The defaults with the previous latent rule, d = ceil(D / 4) (at least 4, at most D and 32)."""
+    d = min(x_train.shape[1], 32, max(4, math.ceil(x_train.shape[1] / 4)))
+    return fit_vae(x_train, seed, latent_dim=d, hidden=(max(64, 16 * math.ceil(4 * d / 16)),), **settings)
+
+
+#: bayesvae's rows: the defaults, each of the three levers of the revision taken back alone, the defaults before
+#: it, and the selection on the validation rows.
+VAE_CONTENDERS = [
     Contender("bayesvae defaults", fit_vae),
-    Contender("bayesvae student-t", partial(fit_vae, likelihood="student-t")),
+    Contender("bayesvae gaussian-learned", partial(fit_vae, likelihood="gaussian-learned")),
+    Contender("bayesvae ELBO", partial(fit_vae, objective="elbo")),
+    Contender("bayesvae d = D/4", fit_vae_quarter),
+    Contender("bayesvae previous defaults", fit_vae_previous),
     Contender("bayesvae --select", fit_vae_select),
+]
+CONTENDERS = [
+    *VAE_CONTENDERS,
     Contender("GaussianMixture (BIC)", fit_gaussian_mixture),
     Contender("GaussianMixture (valid)", fit_gaussian_mixture_validation),
     Contender("KernelDensity (CV)", fit_kernel_density),
@@ -424,6 +445,55 @@ def run(tables: list[Table], contenders=tuple(CONTENDERS), repeats: int = 5, say
     return summary, splits
 
 
+CLASSICAL = ("GaussianMixture (BIC)", "GaussianMixture (valid)", "KernelDensity (CV)")
+
+
+def markdown(rows: list[dict]) -> str:
+    """The page's two tables from the summary rows: every contender on every set (the best log-likelihood and AUC
+    of each set in bold, the exact density aside), and one line per set: the defaults against the best of
+    bayesvae's own rows and the best classical density."""
+    def pm(value, se, fmt):
+        return "" if value is None else f"{value:{fmt}}" + ("" if se is None else f" ± {se:{fmt}}")
+
+    out = ["| data (train / test rows, features) | contender | log p(x), nats per example | minus bayesvae defaults, "
+           "nats | ROC-AUC | chosen on each split | fit, s |", "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
+    summary = ["| data | bayesvae defaults | best of bayesvae's own | defaults minus it | best classical | "
+               "defaults minus it | AUC: best bayesvae | IsolationForest |",
+               "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: |"]
+    for data in dict.fromkeys(r["data"] for r in rows):
+        mine = [r for r in rows if r["data"] == data]
+        fitted = [r for r in mine if r["contender"] != "true density"]
+        best_ll = max(round(r["log_likelihood_nats"], 2) for r in fitted if r["log_likelihood_nats"] is not None)
+        best_auc = max(round(r["roc_auc"], 3) for r in fitted)
+        for i, r in enumerate(mine):
+            head = f"{data} ({r['n_train']} / {r['n_test']}, {r['n_features']})" if i == 0 else ""
+            ll = pm(r["log_likelihood_nats"], r["log_likelihood_stderr_nats"], ".2f")
+            if ll and r["contender"] != "true density" and round(r["log_likelihood_nats"], 2) == best_ll:
+                ll = f"**{ll}**"
+            auc = pm(r["roc_auc"], r["roc_auc_stderr"], ".3f")
+            if r["contender"] != "true density" and round(r["roc_auc"], 3) == best_auc:
+                auc = f"**{auc}**"
+            diff = "" if r["minus_reference_nats"] is None else (
+                f"{r['minus_reference_nats']:+.2f}" + ("" if r["minus_reference_stderr_nats"] is None
+                                                       else f" ± {r['minus_reference_stderr_nats']:.2f}"))
+            out.append(f"| {head} | {r['contender']} | {ll} | {diff} | {auc} | {r['note']} | "
+                       f"{r['fit_seconds']:.1f} |")
+        by = {r["contender"]: r for r in mine}
+        ref = by[REFERENCE]
+        own = max((r for r in mine if r["contender"].startswith("bayesvae")), key=lambda r: r["log_likelihood_nats"])
+        classical = max((by[c] for c in CLASSICAL if c in by), key=lambda r: r["log_likelihood_nats"])
+        auc_own = max((r for r in mine if r["contender"].startswith("bayesvae")), key=lambda r: r["roc_auc"])
+        name = lambda r: r["contender"].removeprefix("bayesvae ")  # noqa: E731
+        forest = "" if "IsolationForest" not in by else f"{by['IsolationForest']['roc_auc']:.3f}"
+        summary.append(
+            f"| {data} | {ref['log_likelihood_nats']:.2f} | {name(own)}: {own['log_likelihood_nats']:.2f} | "
+            f"{ref['log_likelihood_nats'] - own['log_likelihood_nats']:+.2f} | {classical['contender']}: "
+            f"{classical['log_likelihood_nats']:.2f} | "
+            f"{ref['log_likelihood_nats'] - classical['log_likelihood_nats']:+.2f} | "
+            f"{name(auc_own)}: {auc_own['roc_auc']:.3f} | {forest} |")
+    return "\n".join(out) + "\n\n" + "\n".join(summary) + "\n"
+
+
 #: The tables of the comparison: scikit-learn's five and three synthetic sets of known density.
 def benchmark_tables(extra: bool = False) -> list[Table]:
     tables = [Table(name, _sklearn_table(name)) for name in TABLES]
@@ -439,6 +509,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--workers", type=int, default=1, help="processes, one (table, split) each")
     ap.add_argument("--extra", action="store_true", help="also gaussian-8d and funnel-6d (the earlier table's)")
     ap.add_argument("--json")
+    ap.add_argument("--markdown", metavar="FILE", help="also write the page's two tables (docs/benchmarks-tabular.md)")
     args = ap.parse_args(argv)
     info = machine.describe()
     print(machine.line(info), flush=True)
@@ -449,8 +520,9 @@ def main(argv=None) -> dict:
         args.repeats = 2
         tables = [Table("iris", _sklearn_table("iris")), correlated_gaussian(n=300, dim=3)]
         contenders = [Contender(REFERENCE, partial(fit_vae, hidden=(8,), max_iter=3, n_importance_samples=16)),
-                      Contender("bayesvae student-t", partial(fit_vae, likelihood="student-t", hidden=(8,),
-                                                              max_iter=3, n_importance_samples=16)),
+                      Contender("bayesvae gaussian-learned", partial(fit_vae, likelihood="gaussian-learned",
+                                                                     hidden=(8,), max_iter=3,
+                                                                     n_importance_samples=16)),
                       Contender("bayesvae --select", partial(fit_vae_select, max_iter=2, n_importance_samples=16)),
                       Contender("GaussianMixture (BIC)", partial(fit_gaussian_mixture, max_components=2)),
                       Contender("GaussianMixture (valid)", partial(fit_gaussian_mixture_validation,
@@ -471,6 +543,8 @@ def main(argv=None) -> dict:
               "torch": torch.__version__, "machine": info}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(rows))
     return result
 
 

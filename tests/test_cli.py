@@ -278,7 +278,7 @@ def test_npy_table(tmp_path, capsys):
     x = _write_npy(data)
     _train(tmp_path / "run", epochs=1, data=str(data))
     err = capsys.readouterr().err
-    assert "likelihood: gaussian-learned" in err and "(tabular, shape [5]" in err
+    assert "likelihood: student-t" in err and "(tabular, shape [5]" in err
     for suffix in (".npy", ".csv"):
         out = tmp_path / f"s{suffix}"
         assert main(["sample", str(tmp_path / "run"), "-n", "300", "--out", str(out)]) == 0
@@ -298,7 +298,7 @@ def test_csv_with_header(tmp_path, capsys):
     data = tmp_path / "table.csv"
     _write_csv(data)
     _train(tmp_path / "run", epochs=1, data=str(data))
-    assert "likelihood: gaussian-learned" in capsys.readouterr().err
+    assert "likelihood: student-t" in capsys.readouterr().err
     out = tmp_path / "s.csv"
     assert main(["sample", str(tmp_path / "run"), "-n", "7", "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
@@ -329,7 +329,7 @@ def test_data_info(tmp_path, capsys):
     _write_csv(tmp_path / "t.csv")
     _write_images(tmp_path / "imgs")
     expected = {
-        "t.npy": {"kind": "tabular", "event_shape": [5], "default_likelihood": "gaussian-learned"},
+        "t.npy": {"kind": "tabular", "event_shape": [5], "default_likelihood": "student-t"},
         "t.csv": {"kind": "tabular", "event_shape": [3], "feature_names": ["height", "width", "depth"]},
         "imgs": {"kind": "image", "event_shape": [3, 8, 8], "classes": ["cats", "dogs"], "labels": True},
     }

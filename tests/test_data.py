@@ -135,7 +135,7 @@ def test_npy_2d_tabular_is_standardised_with_train_stats_only(tmp_path):
     assert np.allclose(std[:3].numpy(), x[ids.numpy()].std(0)[:3], rtol=1e-4)
     assert not np.isclose(mean[1].item(), x[:, 1].mean(), atol=1e-6)  # differs from the all-rows mean
     assert torch.isfinite(ds.valid).all() and ds.describe()["constant_columns"] == [3]
-    assert D.default_likelihood(ds) == "gaussian-learned"
+    assert D.default_likelihood(ds) == "student-t"  # tables: docs/tabular-defaults.md
     assert D.load_dataset(str(tmp_path / "t.npy"), standardize=False).standardization is None
 
 

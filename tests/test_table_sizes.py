@@ -43,6 +43,23 @@ def test_apply_replaces_only_the_settings_left_unset():
         s.apply({"width"}, (11,), 99, config)
 
 
+def test_the_rule_trains_the_iwae_bound_unless_the_user_asked_for_the_elbo():
+    """The objective and its K belong to the rule (docs/tabular-defaults.md); a user's --objective, --samples or
+    free bits (which shape the ELBO) win, and an ELBO given by the user keeps its own K."""
+    s = table_defaults(300, 10)
+    assert (s.objective, s.samples) == ("iwae", 8)
+    _, _, new = s.apply(set(SETTINGS), (11,), 99, TrainConfig())
+    assert (new.objective, new.samples) == ("iwae", 8)
+    _, _, new = s.apply(set(SETTINGS) - {"objective"}, (11,), 99, TrainConfig(objective="elbo"))
+    assert (new.objective, new.samples) == ("elbo", 1)
+    assert "samples" not in s.applied(set(SETTINGS) - {"objective"}, new)
+    _, _, new = s.apply(set(SETTINGS) - {"samples"}, (11,), 99, TrainConfig(samples=3))
+    assert (new.objective, new.samples) == ("iwae", 3)
+    _, _, new = s.apply(set(SETTINGS), (11,), 99, TrainConfig(free_bits=0.5))
+    assert (new.objective, new.samples) == ("elbo", 1)
+    assert set(s.record(SETTINGS, TrainConfig(free_bits=0.5))["chosen"]) == set(SETTINGS) - {"objective", "samples"}
+
+
 def test_the_grid_of_select_is_small_holds_the_rule_and_respects_the_columns():
     for rows, cols in ((100, 2), (300, 13), (2000, 64)):
         s = table_defaults(rows, cols)
@@ -70,9 +87,12 @@ def test_cli_prints_and_records_the_sizes_it_chose_and_the_user_still_wins(tmp_p
     assert state["model_config"]["hidden"] == list(rule.hidden) and state["train_config"]["epochs"] == 3
     assert state["train_config"]["early_stopping_patience"] == rule.patience
     assert f"--latent-dim {rule.latent_dim}" in err and "early stopping on the validation split" in err
+    assert "--objective iwae --samples 8" in err and chosen["objective"] == "iwae" and chosen["samples"] == 8
+    assert (state["train_config"]["objective"], state["train_config"]["samples"]) == ("iwae", 8)
     # every size given: nothing chosen, nothing printed
     assert main(["train", "--data", data, "--out", str(tmp_path / "b"), "--epochs", "2", "--hidden", "8",
-                 "--latent-dim", "2", "--batch-size", "32", "--patience", "0", "--report-samples", "0"]) == 0
+                 "--latent-dim", "2", "--batch-size", "32", "--patience", "0", "--objective", "elbo",
+                 "--report-samples", "0"]) == 0
     assert "table sizes" not in capsys.readouterr().err
     state = json.loads((tmp_path / "b" / "run.json").read_text())
     assert "table_sizes" not in state and state["model_config"]["latent_dim"] == 2
@@ -120,6 +140,11 @@ def test_vae_density_auto_sizes_and_select():
     assert (vae.hidden_, vae.latent_dim_, vae.batch_size_, vae.n_iter_no_change_) == (
         rule.hidden, rule.latent_dim, rule.batch_size, rule.patience)
     assert vae.max_iter_ == 2 and not hasattr(vae, "selection_")
+    assert (vae.objective_, vae.train_samples_) == ("iwae", rule.samples)
+    elbo = bv.VAEDensity(max_iter=2, n_importance_samples=10, random_state=0, objective="elbo").fit(x)
+    assert (elbo.objective_, elbo.train_samples_) == ("elbo", 1)
+    with pytest.raises(ConfigError, match="objective"):
+        bv.VAEDensity(objective="iwea").fit(x)
     picked = bv.VAEDensity(max_iter=2, n_importance_samples=10, random_state=0, select=True).fit(x)
     values = [c["valid_log_likelihood_nats"] for c in picked.selection_]
     best = picked.selection_[int(np.argmax(values))]

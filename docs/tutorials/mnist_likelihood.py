@@ -6,7 +6,7 @@ The recipe of the :doc:`benchmark table <../benchmarks>`: 784-500-500-50 ReLU ML
 (k = 10) under a 60-minute budget, on dynamically binarised MNIST, evaluated by importance sampling with K = 5000
 on the 10,000 test images. This page is not executed when the site is built: it needs the MNIST files (about
 11 MB, ``bayesvae data fetch mnist``) and an hour of training. On the 2-core machine of the table it gave a test NLL
-of 84.94 nats (``make bench-table-best``).
+of 84.61 nats (``make bench-table-best``).
 """
 
 # %%
@@ -30,7 +30,7 @@ assert main(["evaluate", "runs/mnist", "--samples", "5000"]) == 0
 # %%
 # The committed weights
 # ---------------------
-# ``models/mnist-best`` holds the table's model (safetensors + JSON). Its evaluation printed NLL 84.938 nats.
+# ``models/mnist-best`` holds the table's model (safetensors + JSON). Its evaluation printed NLL 84.613 nats.
 import bayesvae as bv  # noqa: E402
 
 model = bv.load("models/mnist-best")

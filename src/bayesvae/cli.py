@@ -266,14 +266,11 @@ def _on_ready(trainer, dataset, likelihood) -> None:
            f"{num_parameters(trainer.model):,} parameters")
     sizes = trainer.run_state.get("table_sizes")
     if sizes and sizes["chosen"]:
-        from .sizing import TableSizes
-        chosen = {"hidden": "--hidden {}", "latent_dim": "--latent-dim {}", "batch_size": "--batch-size {}",
-                  "epochs": "--epochs {}", "patience": "--patience {}"}
-        text = " ".join(chosen[k].format(" ".join(map(str, v)) if isinstance(v, list) else v)
-                        for k, v in sizes["chosen"].items())
+        from . import sizing
+        text = sizing.as_flags(sizes["chosen"])
         stopping = "; early stopping on the validation split" if sizes["chosen"].get("patience") else ""
         _print(f"table sizes (from {sizes['n_rows']} training rows x {sizes['n_columns']} columns; "
-               f"{TableSizes.__module__}.table_defaults, docs/tabular-defaults.md): {text}{stopping}")
+               f"{sizing.__name__}.table_defaults, docs/tabular-defaults.md): {text}{stopping}")
     if info["kind"] == "binary" and likelihood.startswith("gaussian"):
         _print("note: a Gaussian density on 0/1 data is fitted to them dequantised over 2 levels (else it would grow "
                "without bound as σ shrinks); its bits/dim are those of the 0/1 values. --likelihood bernoulli is "
@@ -379,7 +376,7 @@ def _resume(args, callbacks, device):
 
 #: train options that a table's rule chooses when they are not given (bayesvae.sizing.SETTINGS, by dest).
 _TABLE_SIZE_DESTS = {"hidden": "hidden", "latent_dim": "latent_dim", "batch_size": "batch_size", "epochs": "epochs",
-                     "patience": "patience"}
+                     "patience": "patience", "objective": "objective", "samples": "samples"}
 
 
 def _table_sizes(args) -> set[str]:
@@ -962,8 +959,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-decay", type=float, help="exponential schedule: multiply the learning rate by this factor "
                    "after each epoch (e.g. 0.95); required with --lr-schedule exponential")
     p.add_argument("--objective", choices=["elbo", "iwae"], default="elbo",
-                   help="elbo (eq. 24, default) or iwae (the importance-weighted bound with --samples K)")
-    p.add_argument("--samples", type=int, default=1, help="K samples of z per example (eq. 23)")
+                   help="elbo (eq. 24, default) or iwae (the importance-weighted bound with --samples K; tables: "
+                        "iwae by their rule, printed)")
+    p.add_argument("--samples", type=int, default=1, help="K samples of z per example (eq. 23; default 1; tables "
+                   "trained on the IWAE bound: 8)")
     p.add_argument("--kl-warmup", type=float, default=0.0, help="epochs of linear KL warm-up (0: off)")
     p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off; default 0, "
                    "tables: on, chosen from their rows, printed)")

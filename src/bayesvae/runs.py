@@ -469,7 +469,11 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     sizes = None
     if table_sizes and dataset.kind == "tabular":
         sizes = sizing.table_defaults(len(dataset.train), dataset.event_shape[0], len(dataset.valid) > 0)
-        hidden, latent_dim, train_config = sizes.apply(table_sizes, hidden, latent_dim, train_config)
+        table_sizes = sizes.applied(table_sizes, train_config)  # (K samples stay the user's under their ELBO)
+        if not table_sizes:
+            sizes = None
+        else:
+            hidden, latent_dim, train_config = sizes.apply(table_sizes, hidden, latent_dim, train_config)
     prepared = prepare_data(dataset, likelihood)
     model_config = ModelConfig(data_shape=dataset.event_shape, latent_dim=latent_dim, architecture=architecture,
                                hidden=tuple(hidden), activation=activation, likelihood=likelihood,
@@ -492,7 +496,7 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     state = _run_state(model_config, spec, dataset, prepared)
     state["kl_bound"] = kl_bound_record(model)
     if sizes is not None:
-        state["table_sizes"] = sizes.record(table_sizes)
+        state["table_sizes"] = sizes.record(table_sizes, train_config)
     state.update(extra_state or {})
     if train_config.free_bits > 0 and not getattr(model.posterior_head, "factorised", False):
         _make_trainer(model, train_config, prepared, None, state, ())  # raises the clear error before any output

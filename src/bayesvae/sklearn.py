@@ -57,7 +57,11 @@ def _fraction(value: object, *, zero: bool) -> bool:
 #: Each constructor argument, what it must be, and the test: one table from which every refusal is derived.
 def _auto(test):
     """The test, or the value "auto" (chosen at ``fit`` from the rows and columns: :mod:`bayesvae.sizing`)."""
-    return lambda v: (isinstance(v, str) and v == "auto") or (not isinstance(v, str) and test(v))
+    return lambda v: _is_auto(v) or (not isinstance(v, str) and test(v))
+
+
+def _is_auto(value: object) -> bool:
+    return isinstance(value, str) and value == "auto"
 
 
 PARAMETER_RULES = {
@@ -74,6 +78,8 @@ PARAMETER_RULES = {
                       and 0 < cast(float, v) < math.inf),
     "validation_fraction": ("a number in [0, 1)", lambda v: _fraction(v, zero=True)),
     "n_iter_no_change": ("'auto', None or a positive integer (epochs)", _auto(lambda v: v is None or _positive_int(v))),
+    "objective": ("'auto', 'elbo' or 'iwae'", lambda v: v in ("auto", "elbo", "iwae")),
+    "train_samples": ("'auto' or a positive integer (K samples of z per row in training)", _auto(_positive_int)),
     "select": ("True or False", lambda v: isinstance(v, bool)),
     "n_importance_samples": ("a positive integer (K)", _positive_int),
     "device": ("a device name such as 'cpu' or 'cuda'", lambda v: isinstance(v, (str, torch.device))),
@@ -82,7 +88,7 @@ PARAMETER_RULES = {
 }
 #: The parameters that "auto" leaves to the table's rule, by the rule's name of the setting (bayesvae.sizing).
 AUTO_PARAMETERS = {"hidden": "hidden", "latent_dim": "latent_dim", "batch_size": "batch_size", "epochs": "max_iter",
-                   "patience": "n_iter_no_change"}
+                   "patience": "n_iter_no_change", "objective": "objective", "samples": "train_samples"}
 
 
 @dataclass(frozen=True)
@@ -133,15 +139,16 @@ class _TabularVAE(BaseEstimator):
         names = None if getattr(self, "feature_names_in_", None) is None else tuple(map(str, self.feature_names_in_))
         spec = _TableSpec("X", seed=split_seed, valid_fraction=float(self.validation_fraction), test_fraction=0.0,
                           table=X, feature_names=names)
-        auto = {setting for setting, name in AUTO_PARAMETERS.items() if isinstance(getattr(self, name), str)}
+        auto = {setting for setting, name in AUTO_PARAMETERS.items() if _is_auto(getattr(self, name))}
 
         def given(name: str, placeholder):  # what runs.train gets; the table's rule replaces the "auto" ones
             value = getattr(self, name)
-            return placeholder if isinstance(value, str) else value
+            return placeholder if _is_auto(value) else value
 
         config = TrainConfig(epochs=int(given("max_iter", 1)), batch_size=int(given("batch_size", 1)),
                              learning_rate=float(self.learning_rate), seed=train_seed,
-                             early_stopping_patience=int(given("n_iter_no_change", 0) or 0))
+                             early_stopping_patience=int(given("n_iter_no_change", 0) or 0),
+                             objective=str(given("objective", "elbo")), samples=int(given("train_samples", 1)))
 
         def train(hidden, latent_dim, sized=frozenset(auto)) -> tuple[VAE, Trainer]:
             keep = KeepBest()
@@ -165,6 +172,7 @@ class _TabularVAE(BaseEstimator):
         self.hidden_, self.latent_dim_ = tuple(trainer.run_state["model_config"]["hidden"]), int(model.latent_dim)
         self.max_iter_, self.batch_size_ = int(trainer.config.epochs), int(trainer.config.batch_size)
         self.n_iter_no_change_ = int(trainer.config.early_stopping_patience) or None
+        self.objective_, self.train_samples_ = str(trainer.config.objective), int(trainer.config.samples)
         history = trainer.state.history
         self.n_iter_ = int(trainer.state.epoch)
         self.loss_curve_ = [float(r["train_loss"]) for r in history]
@@ -226,28 +234,34 @@ class _TabularVAE(BaseEstimator):
 class VAEDensity(DensityMixin, _TabularVAE):
     """A variational autoencoder as a density estimator of tabular data, in scikit-learn's interface.
 
-    ``fit(X)`` standardises the features and trains a VAE with a Gaussian decoder (``likelihood``; default: a
-    learned σ per feature) by maximising the ELBO with Adam (:func:`bayesvae.runs.train`). ``score_samples(X)`` is
-    the importance-sampled log p(x) per row in nats, in the units of ``X``; ``score(X)`` is its MEAN over the rows
-    (the convention of :class:`sklearn.mixture.GaussianMixture`; :class:`sklearn.neighbors.KernelDensity` returns
-    the sum), so higher is better and ``GridSearchCV`` maximises the held-out log-likelihood per example.
+    ``fit(X)`` standardises the features and trains a VAE with a Student-t decoder (``likelihood``; learned
+    location, scale and degrees of freedom per feature) by maximising the IWAE bound with K = 8 samples of z per
+    row (``objective``, ``train_samples``; ``objective="elbo"`` for the ELBO) with Adam
+    (:func:`bayesvae.runs.train`). ``score_samples(X)`` is the importance-sampled log p(x) per row in nats, in
+    the units of ``X``; ``score(X)`` is its MEAN over the rows (the convention of
+    :class:`sklearn.mixture.GaussianMixture`; :class:`sklearn.neighbors.KernelDensity` returns the sum), so higher
+    is better and ``GridSearchCV`` maximises the held-out log-likelihood per example.
 
     Args:
         latent_dim: d, the size of the latent code.
         hidden: the MLP encoder's hidden widths (the decoder mirrors them).
         activation: ``relu``, ``tanh`` or ``elu``.
-        likelihood: ``gaussian-learned`` (σ per feature), ``gaussian-lowrank`` (covariance W Wᵀ + diag σ² given
-            z, ``likelihood_options={"rank": r}``), ``student-t`` (heavy tails), ``gaussian-shared`` or
-            ``gaussian-fixed`` (``likelihood_options={"sigma": s}``, on the standardised scale).
+        likelihood: ``student-t`` (the default: heavy tails, learned degrees of freedom), ``gaussian-learned``
+            (σ per feature), ``gaussian-lowrank`` (covariance W Wᵀ + diag σ² given z,
+            ``likelihood_options={"rank": r}``), ``gaussian-shared`` or ``gaussian-fixed``
+            (``likelihood_options={"sigma": s}``, on the standardised scale).
         max_iter: the most epochs to train.
         batch_size, learning_rate: Adam's minibatch size and step size.
         validation_fraction: the share of rows held out for early stopping and the choice of the best epoch (0:
             none; the training loss then chooses).
         n_iter_no_change: stop after this many epochs without improvement (None: train ``max_iter`` epochs).
-        "auto" (the default of ``latent_dim``, ``hidden``, ``max_iter``, ``batch_size``, ``n_iter_no_change``):
-            chosen at ``fit`` from the training rows and columns by :func:`bayesvae.sizing.table_defaults` (the
-            rule and the measurement that chose it: docs/tabular-defaults.md); the values used are the
-            attributes ``latent_dim_``, ``hidden_``, ``max_iter_``, ``batch_size_``, ``n_iter_no_change_``.
+        objective: the bound maximised in training, ``elbo`` (eq. 23) or ``iwae`` (Burda et al. 2016; tighter,
+            the better density), with ``train_samples`` samples of z per row.
+        "auto" (the default of ``latent_dim``, ``hidden``, ``max_iter``, ``batch_size``, ``n_iter_no_change``,
+            ``objective``, ``train_samples``): chosen at ``fit`` from the training rows and columns by
+            :func:`bayesvae.sizing.table_defaults` (the rule and the measurement that chose it:
+            docs/tabular-defaults.md); the values used are the attributes ``latent_dim_``, ``hidden_``,
+            ``max_iter_``, ``batch_size_``, ``n_iter_no_change_``, ``objective_``, ``train_samples_``.
         select: train the small grid of widths and latent dimensions of :func:`bayesvae.selection.candidates`
             around the rule's and keep the best by the validation rows' log-likelihood (``hidden`` and
             ``latent_dim`` must be "auto"; every candidate's figure is in ``selection_``).
@@ -261,23 +275,27 @@ class VAEDensity(DensityMixin, _TabularVAE):
         mean_, scale_: the standardisation, float64 [n_features].
         n_features_in_, feature_names_in_: as everywhere in scikit-learn (the names only for a DataFrame).
         n_iter_: epochs trained.
-        loss_curve_: the training loss (negative ELBO, nats per example, in the units of X) of each epoch.
+        loss_curve_: the training loss (the negative bound of ``objective_``, nats per example, in the units of X)
+            of each epoch.
         validation_loss_curve_: the same on the held-out rows.
-        latent_dim_, hidden_, max_iter_, batch_size_, n_iter_no_change_: the sizes used (chosen or given).
+        latent_dim_, hidden_, max_iter_, batch_size_, n_iter_no_change_, objective_, train_samples_: the settings
+            used (chosen or given).
         selection_: with ``select=True``, one dict per candidate: ``hidden``, ``latent_dim``,
             ``valid_log_likelihood_nats`` (mean over the validation rows, K = 200), ``epochs``.
     """
 
     def __init__(self, latent_dim: int | str = "auto", hidden: tuple[int, ...] | str = "auto",
-                 activation: str = "relu", likelihood: str = "gaussian-learned",
+                 activation: str = "relu", likelihood: str = bdata.TABLE_LIKELIHOOD,
                  likelihood_options: dict | None = None, max_iter: int | str = "auto", batch_size: int | str = "auto",
                  learning_rate: float = 1e-3, validation_fraction: float = 0.15,
-                 n_iter_no_change: int | None | str = "auto", select: bool = False,
-                 n_importance_samples: int = 1000, random_state=None, device: str = "cpu"):
+                 n_iter_no_change: int | None | str = "auto", objective: str = "auto",
+                 train_samples: int | str = "auto", select: bool = False, n_importance_samples: int = 1000,
+                 random_state=None, device: str = "cpu"):
         self.latent_dim, self.hidden, self.activation = latent_dim, hidden, activation
         self.likelihood, self.likelihood_options = likelihood, likelihood_options
         self.max_iter, self.batch_size, self.learning_rate = max_iter, batch_size, learning_rate
         self.validation_fraction, self.n_iter_no_change, self.select = validation_fraction, n_iter_no_change, select
+        self.objective, self.train_samples = objective, train_samples
         self.n_importance_samples, self.random_state, self.device = n_importance_samples, random_state, device
 
     def score(self, X, y=None) -> float:
@@ -318,15 +336,17 @@ class VAEOutlierDetector(OutlierMixin, _TabularVAE):
 
     def __init__(self, contamination: float = 0.1, latent_dim: int | str = "auto",
                  hidden: tuple[int, ...] | str = "auto", activation: str = "relu",
-                 likelihood: str = "gaussian-learned", likelihood_options: dict | None = None,
+                 likelihood: str = bdata.TABLE_LIKELIHOOD, likelihood_options: dict | None = None,
                  max_iter: int | str = "auto", batch_size: int | str = "auto", learning_rate: float = 1e-3,
                  validation_fraction: float = 0.15, n_iter_no_change: int | None | str = "auto",
-                 select: bool = False, n_importance_samples: int = 1000, random_state=None, device: str = "cpu"):
+                 objective: str = "auto", train_samples: int | str = "auto", select: bool = False,
+                 n_importance_samples: int = 1000, random_state=None, device: str = "cpu"):
         self.contamination = contamination
         self.latent_dim, self.hidden, self.activation = latent_dim, hidden, activation
         self.likelihood, self.likelihood_options = likelihood, likelihood_options
         self.max_iter, self.batch_size, self.learning_rate = max_iter, batch_size, learning_rate
         self.validation_fraction, self.n_iter_no_change, self.select = validation_fraction, n_iter_no_change, select
+        self.objective, self.train_samples = objective, train_samples
         self.n_importance_samples, self.random_state, self.device = n_importance_samples, random_state, device
 
     def fit(self, X, y=None):
