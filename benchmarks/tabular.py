@@ -1,10 +1,11 @@
 """Tabular densities: held-out log-likelihood per example (nats, in the units of the data) and anomaly ROC-AUC of
 bayesvae's VAEDensity (its defaults, each change of their revision taken back, ``select=True``) against
-GaussianMixture (components by BIC, or by a validation split), KernelDensity (bandwidth by cross-validation) and IsolationForest (AUC only),
-on scikit-learn's five shipped tables and three synthetic sets of known density (two moons, a curved 3-D manifold
-in 20-D, a Gaussian mixture; ``--extra`` adds the earlier gaussian-8d and funnel-6d).
+GaussianMixture (components by BIC, or by a validation split), KernelDensity (bandwidth by cross-validation) and
+IsolationForest (AUC only), on scikit-learn's five shipped tables and three synthetic sets of known density (two
+moons, a curved 3-D manifold in 20-D, a Gaussian mixture; ``--extra`` adds the earlier gaussian-8d and funnel-6d).
 
-    OMP_NUM_THREADS=1 python benchmarks/tabular.py --repeats 2 --workers 3 --json benchmarks/results/tabular.json
+    OMP_NUM_THREADS=1 python benchmarks/tabular.py --repeats 2 --workers 2 --json benchmarks/results/tabular.json \
+        --markdown benchmarks/results/tabular.md
     python benchmarks/tabular.py --smoke
 
 Protocol, the same for every contender:
