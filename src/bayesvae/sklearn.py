@@ -257,10 +257,9 @@ class VAEDensity(DensityMixin, _TabularVAE):
         n_iter_no_change: stop after this many epochs without improvement (None: train ``max_iter`` epochs).
         objective: the bound maximised in training, ``elbo`` (eq. 23) or ``iwae`` (Burda et al. 2016; tighter,
             the better density), with ``train_samples`` samples of z per row.
-        "auto" (the default of ``latent_dim``, ``hidden``, ``max_iter``, ``batch_size``, ``n_iter_no_change``,
-            ``objective``, ``train_samples``): chosen at ``fit`` from the training rows and columns by
-            :func:`bayesvae.sizing.table_defaults` (the rule and the measurement that chose it:
-            docs/tabular-defaults.md); the values used are the attributes ``latent_dim_``, ``hidden_``,
+        "auto" (the default of the sizes above, ``objective`` and ``train_samples``): chosen at ``fit`` from the
+            training rows and columns by :func:`bayesvae.sizing.table_defaults` (the rule and the measurement that
+            chose it: docs/tabular-defaults.md); the values used are the attributes ``latent_dim_``, ``hidden_``,
             ``max_iter_``, ``batch_size_``, ``n_iter_no_change_``, ``objective_``, ``train_samples_``.
         select: train the small grid of widths and latent dimensions of :func:`bayesvae.selection.candidates`
             around the rule's and keep the best by the validation rows' log-likelihood (``hidden`` and
@@ -275,11 +274,10 @@ class VAEDensity(DensityMixin, _TabularVAE):
         mean_, scale_: the standardisation, float64 [n_features].
         n_features_in_, feature_names_in_: as everywhere in scikit-learn (the names only for a DataFrame).
         n_iter_: epochs trained.
-        loss_curve_: the training loss (the negative bound of ``objective_``, nats per example, in the units of X)
-            of each epoch.
+        loss_curve_: the training loss of each epoch (minus the bound of ``objective_``, nats per example).
         validation_loss_curve_: the same on the held-out rows.
-        latent_dim_, hidden_, max_iter_, batch_size_, n_iter_no_change_, objective_, train_samples_: the settings
-            used (chosen or given).
+        latent_dim_, hidden_, max_iter_, batch_size_, n_iter_no_change_: the sizes used (chosen or given).
+        objective_, train_samples_: the training objective and its K used (chosen or given).
         selection_: with ``select=True``, one dict per candidate: ``hidden``, ``latent_dim``,
             ``valid_log_likelihood_nats`` (mean over the validation rows, K = 200), ``epochs``.
     """
