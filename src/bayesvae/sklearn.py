@@ -255,7 +255,7 @@ class VAEDensity(DensityMixin, _TabularVAE):
         validation_fraction: the share of rows held out for early stopping and the choice of the best epoch (0:
             none; the training loss then chooses).
         n_iter_no_change: stop after this many epochs without improvement (None: train ``max_iter`` epochs).
-        objective: the bound maximised in training, ``elbo`` (eq. 23) or ``iwae`` (Burda et al. 2016; tighter,
+        objective: the bound maximised in training, ``elbo`` (eq. 24) or ``iwae`` (Burda et al. 2016; tighter,
             the better density), with ``train_samples`` samples of z per row.
         "auto" (the default of the sizes above, ``objective`` and ``train_samples``): chosen at ``fit`` from the
             training rows and columns by :func:`bayesvae.sizing.table_defaults` (the rule and the measurement that
@@ -303,7 +303,7 @@ class VAEDensity(DensityMixin, _TabularVAE):
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """``n_samples`` draws x ~ q(x) = ∫ q(x|z) q(z) dz in the units of ``X``, float64 [n_samples, n_features]:
-        z from the prior, then x from the decoder's Gaussian (not its mean). ``random_state`` seeds the draws
+        z from the prior, then x from the decoder's distribution (not its mean). ``random_state`` seeds the draws
         (None: fresh ones); torch's global generator is left as it was."""
         check_is_fitted(self, "model_")
         if not _positive_int(n_samples):
