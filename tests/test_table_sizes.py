@@ -57,7 +57,7 @@ def test_the_rule_trains_the_iwae_bound_unless_the_user_asked_for_the_elbo():
     assert (new.objective, new.samples) == ("iwae", 3)
     _, _, new = s.apply(set(SETTINGS), (11,), 99, TrainConfig(free_bits=0.5))
     assert (new.objective, new.samples) == ("elbo", 1)
-    assert set(s.record(SETTINGS, TrainConfig(free_bits=0.5))["chosen"]) == set(SETTINGS) - {"objective", "samples"}
+    assert set(s.applied(SETTINGS, TrainConfig(free_bits=0.5))) == set(SETTINGS) - {"objective", "samples"}
 
 
 def test_the_grid_of_select_is_small_holds_the_rule_and_respects_the_columns():

@@ -374,16 +374,11 @@ def _resume(args, callbacks, device):
                        on_warning=_warn)
 
 
-#: train options that a table's rule chooses when they are not given (bayesvae.sizing.SETTINGS, by dest).
-_TABLE_SIZE_DESTS = {"hidden": "hidden", "latent_dim": "latent_dim", "batch_size": "batch_size", "epochs": "epochs",
-                     "patience": "patience", "objective": "objective", "samples": "samples"}
-
-
 def _table_sizes(args) -> set[str]:
-    """The sizes the user left unset (a preset sets them all), which a table's rule then chooses."""
-    if args.preset:
-        return set()
-    return {setting for setting, dest in _TABLE_SIZE_DESTS.items() if dest not in args.explicit}
+    """The settings of a table's rule (bayesvae.sizing.SETTINGS, each named as its option's dest) that the user
+    left unset (a preset sets them all), which the rule then chooses."""
+    from .sizing import SETTINGS
+    return set() if args.preset else set(SETTINGS) - set(args.explicit)
 
 
 def cmd_train(args) -> int:

@@ -74,7 +74,7 @@ _SAY = {
     ("output", "sentences"): "a text run's interpolation (sentences in a .txt file, not a picture)",
     ("source", "split"): "a split of the run's own data",
     ("likelihood", "default"): "the default likelihood (chosen from the data: bernoulli for binary or grey-level "
-                               "images, gaussian-learned otherwise)",
+                               "images, student-t for tables, gaussian-learned for colour images)",
 }
 
 _SHORT = {"digits": "digits", "mnist": "mnist", "npy": ".npy", "npz": ".npz (one array)",

@@ -496,7 +496,7 @@ def train(spec: DataSpec, *, out: str | Path | None, train_config: TrainConfig =
     state = _run_state(model_config, spec, dataset, prepared)
     state["kl_bound"] = kl_bound_record(model)
     if sizes is not None:
-        state["table_sizes"] = sizes.record(table_sizes, train_config)
+        state["table_sizes"] = sizes.record(table_sizes)
     state.update(extra_state or {})
     if train_config.free_bits > 0 and not getattr(model.posterior_head, "factorised", False):
         _make_trainer(model, train_config, prepared, None, state, ())  # raises the clear error before any output

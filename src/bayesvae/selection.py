@@ -17,7 +17,7 @@ import torch
 
 from .estimators import estimate_log_likelihood, eval_mode
 from .model import VAE
-from .sizing import TableSizes
+from .sizing import TableSizes, as_flags
 from .training import Callback, Trainer
 
 __all__ = ["Candidate", "candidates", "validation_log_likelihood", "KeepBest", "VALID_SAMPLES"]
@@ -32,7 +32,7 @@ class Candidate:
     latent_dim: int
 
     def describe(self) -> str:
-        return f"--hidden {' '.join(map(str, self.hidden))} --latent-dim {self.latent_dim}"
+        return as_flags({"hidden": self.hidden, "latent_dim": self.latent_dim})
 
 
 def candidates(sizes: TableSizes) -> list[Candidate]:

@@ -78,17 +78,11 @@ class TableSizes:
                 "epochs": self.epochs, "patience": self.patience, "objective": self.objective,
                 "samples": self.samples}
 
-    def record(self, which: Collection[str], config: TrainConfig) -> dict:
-        """What run.json keeps: the values chosen by the rule (only those the user left unset, as
-        :meth:`applied` says) and its inputs."""
-        which = self.applied(which, config)
+    def record(self, which: Collection[str]) -> dict:
+        """What run.json keeps: the values the rule chose (``which``: the settings it set, :meth:`applied`) and its
+        inputs."""
         return {"chosen": {k: v for k, v in self.values().items() if k in which}, "n_rows": self.n_rows,
                 "n_columns": self.n_columns, "rule": "bayesvae.sizing.table_defaults"}
-
-    def describe(self, which: Collection[str] = SETTINGS) -> str:
-        """One line: the chosen settings as the CLI's flags."""
-        values = self.values()
-        return as_flags({k: values[k] for k in SETTINGS if k in which})
 
 
 #: The CLI flag of each setting (its value follows it; a list of widths is spelled out).
